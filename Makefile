@@ -1,0 +1,28 @@
+# Each target makes and uses its own virtual environment in .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the whole flow on the built-in demo dataset
+	$(BIN)/harness prepare
+	$(BIN)/harness train
+	$(BIN)/harness tune --trials 12
+	$(BIN)/harness submit --run-id best
+
+test: $(STAMP)  ## the test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## speed ratios (see bench/)
+	$(BIN)/python bench/prepare_speed.py
+
+clean:
+	rm -rf $(VENV) .cache data

@@ -1,0 +1,157 @@
+"""The command line: one small typed function per command.
+
+Library code raises; this edge turns errors into one-line messages and exit codes (2: bad input,
+1: the job failed, 130: interrupted). Heavy libraries are imported inside command bodies so that
+`harness --help` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Experiment-tracking harness for the multimedia deepfake detection challenge.",
+    pretty_exceptions_enable=False,
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+DataOption = Annotated[
+    Optional[Path],
+    typer.Option("--data", help="Dataset folder (trainset/, valset/, testset/, label files). Default: the built-in demo dataset."),
+]
+CacheOption = Annotated[
+    Optional[Path],
+    typer.Option("--cache", help="Feature cache root. Default: $HARNESS_CACHE, else .cache/features in the project."),
+]
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"harness {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Prepare features, train, tune and submit, with every run recorded in MLflow."""
+
+
+def resolve_data(data: Path | None) -> Path:
+    """The dataset folder to use: the given one, or the demo dataset, generated on first use."""
+    if data is not None:
+        return data
+    from harness.data.demo import make_demo_dataset
+    from harness.paths import demo_data_dir
+
+    out = demo_data_dir()
+    if not (out / ".demo.json").exists():
+        typer.echo(f"Generating the demo dataset in {out} (first use) ...", err=True)
+    return make_demo_dataset(out)
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Optional[Path], typer.Option(help="Where to write it. Default: data/demo in the project.")] = None,
+    clips: Annotated[int, typer.Option(min=10, help="Number of clips over train/val/test (60/20/20).")] = 240,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 0,
+) -> None:
+    """Write the synthetic demo dataset in the competition's layout."""
+    from harness.data.demo import make_demo_dataset
+    from harness.paths import demo_data_dir
+
+    try:
+        path = make_demo_dataset(out or demo_data_dir(), clips=clips, seed=seed)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    typer.echo(str(path))
+
+
+@app.command()
+def prepare(
+    data: DataOption = None,
+    cache: CacheOption = None,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes.")] = 2,
+    modality: Annotated[str, typer.Option(help="Features to extract: audio.")] = "audio",
+    sample_rate: Annotated[Optional[int], typer.Option(help="Resample audio to this rate (Hz).")] = None,
+    n_mels: Annotated[Optional[int], typer.Option(help="Mel bands.")] = None,
+    n_fft: Annotated[Optional[int], typer.Option(help="FFT window length (samples).")] = None,
+    hop_length: Annotated[Optional[int], typer.Option(help="Hop between frames (samples).")] = None,
+    fmax: Annotated[Optional[float], typer.Option(help="Highest mel frequency (Hz).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width (time axis) after resizing.")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Image height; default: n_mels (no resize).")] = None,
+) -> None:
+    """Validate a dataset and extract features once into the cache (resumable, parallel)."""
+    from harness.config import AudioFeatures, replace
+
+    cfg = replace(
+        AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length,
+        fmax=fmax, width=width, height=height,
+    )
+    run_prepare(resolve_data(data), cfg, cache=cache, workers=workers, modality=modality)
+
+
+def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, modality: str = "audio", quiet: bool = False):  # noqa: ANN001, ANN201
+    """Shared by `prepare` and by commands that prepare missing features first."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from harness.data.cache import prepare_audio
+    from harness.data.labels import DatasetError, load_dataset
+    from harness.paths import cache_dir
+
+    console = Console(stderr=True)
+    if modality != "audio":
+        raise fail(f"--modality {modality!r} is not available yet; use audio")
+    try:
+        ds = load_dataset(data)
+    except DatasetError as e:
+        raise fail(str(e)) from None
+    if ds.track == "image":
+        raise fail(f"{ds.root}: this is an image-track dataset; it has no audio to extract")
+    for w in ds.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    columns = (TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=quiet) as progress:
+        task = progress.add_task(modality, total=None)
+        report = prepare_audio(
+            ds, cfg, cache_root=cache or cache_dir(), workers=workers,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if not quiet or report.failures:
+        for f in report.failures:
+            console.print(f"[yellow]failed:[/] {f.split}/{f.name}: {f.reason} ({f.detail})")
+        rate = f"{report.clips_per_s:.1f} clips/s" if report.done else "nothing to compute"
+        console.print(
+            f"prepared {report.total} clips: {report.done} done, {report.reused} reused, {len(report.failures)} failed; "
+            f"{rate}; cache {report.cache}"
+        )
+    return ds, report
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The feature cache: each clip decoded once, in parallel, written atomically, packed for training.
+
+Layout under `<cache root>/<dataset id>/<feature key>/`:
+
+    settings.json                 the feature settings that the key names
+    items/<split>/<id>.npy        one uint8 image per clip; <id> hashes the name, size and mtime, so an
+    items/<split>/<id>.fail.json  edited clip is recomputed; a failure is recorded with its reason
+    <split>.npy                   packed (N, H, W) uint8, read by training as a memmap
+    <split>.csv                   name,label,row,ok,reason: one line per sample, in label-file order
+    failures.csv                  split,name,reason,detail of every clip without features
+
+Items are the durable record (a second run skips them; an interrupted run leaves only temporary
+files, removed next time); the packed arrays are derived from them. Failed clips keep a row (zeros,
+ok=0) so that a test clip without features still gets a score at submission.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from harness.config import AudioFeatures
+from harness.data.labels import Dataset, Sample
+
+INDEX_FIELDS = ("name", "label", "row", "ok", "reason")
+CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progress bar lively
+
+
+@dataclass(frozen=True)
+class Failure:
+    split: str
+    name: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class PrepareReport:
+    cache: Path
+    total: int = 0
+    done: int = 0
+    reused: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else float("nan")
+
+
+def dataset_id(ds: Dataset) -> str:
+    digest = hashlib.sha1(str(ds.root).encode()).hexdigest()[:8]
+    return f"{ds.root.name}-{digest}"
+
+
+def feature_dir(ds: Dataset, cfg: AudioFeatures, cache_root: Path) -> Path:
+    return cache_root / dataset_id(ds) / cfg.key()
+
+
+def _item_stem(sample: Sample) -> str:
+    st = sample.path.stat()
+    return hashlib.sha1(f"{sample.name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+# ---- worker side -------------------------------------------------------------------------------
+
+def _init_worker() -> None:
+    # BLAS threads spin-wait and starve the decoder on small machines: one thread per process.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _extract_chunk(cfg: AudioFeatures, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | None]:
+    """Compute and write each (clip, item path); return None or (reason, detail) per clip."""
+    from harness.data.features import audio_features
+    from harness.data.media import MediaError
+
+    results: list[tuple[str, str] | None] = []
+    for clip, item in jobs:
+        item_path = Path(item)
+        try:
+            image = audio_features(clip, cfg)
+        except MediaError as e:
+            _atomic_write_bytes(item_path.with_suffix(".fail.json"), json.dumps({"reason": e.reason, "detail": e.detail}).encode())
+            results.append((e.reason, e.detail))
+            continue
+        _atomic_write_bytes(item_path, _npy_bytes(image))
+        results.append(None)
+    return results
+
+
+# ---- parent side -------------------------------------------------------------------------------
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    for tmp in folder.rglob("*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def prepare_audio(
+    ds: Dataset,
+    cfg: AudioFeatures,
+    *,
+    cache_root: Path,
+    workers: int = 2,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> PrepareReport:
+    """Make sure every clip of `splits` has an entry in the cache, then pack each split.
+
+    Returns a report of what was computed, reused and failed. Clip failures never raise.
+    """
+    out = feature_dir(ds, cfg, cache_root)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    _atomic_write_bytes(out / "settings.json", json.dumps(asdict(cfg), indent=2).encode())
+    report = PrepareReport(cache=out)
+
+    todo: list[tuple[str, str]] = []
+    for split in splits:
+        folder = out / "items" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for s in ds.split(split):
+            report.total += 1
+            item = folder / f"{_item_stem(s)}.npy"
+            if item.exists() or item.with_suffix(".fail.json").exists():
+                report.reused += 1
+            else:
+                todo.append((str(s.path), str(item)))
+
+    start = time.perf_counter()
+    if on_progress:
+        on_progress(0, len(todo))
+    if todo:
+        report.done = _run_pool(cfg, todo, workers, on_progress)
+    report.seconds = time.perf_counter() - start
+    for split in splits:
+        report.failures += pack_split(ds, cfg, out, split)
+    _write_failures(out, report.failures)
+    return report
+
+
+def _run_pool(cfg: AudioFeatures, todo: list[tuple[str, str]], workers: int, on_progress: Callable[[int, int], None] | None) -> int:
+    finished = 0
+    ctx = get_context("spawn")  # a clean interpreter: no inherited threads or locks from torch et al.
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_init_worker) as pool:
+        pending = {pool.submit(_extract_chunk, cfg, chunk): len(chunk) for chunk in _chunks(todo, CHUNK)}
+        try:
+            while pending:
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
+                    finished += pending.pop(fut)
+                    if on_progress:
+                        on_progress(finished, len(todo))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return finished
+
+
+def pack_split(ds: Dataset, cfg: AudioFeatures, out: Path, split: str) -> list[Failure]:
+    """Gather a split's items into `<split>.npy` + `<split>.csv` (rewritten only when they changed)."""
+    samples = ds.split(split)
+    rows: list[dict[str, object]] = []
+    failures: list[Failure] = []
+    items: list[Path | None] = []
+    for i, s in enumerate(samples):
+        item = out / "items" / split / f"{_item_stem(s)}.npy"
+        fail = item.with_suffix(".fail.json")
+        if item.exists():
+            rows.append({"name": s.name, "label": "" if s.label is None else s.label, "row": i, "ok": 1, "reason": ""})
+            items.append(item)
+            continue
+        info = json.loads(fail.read_text()) if fail.exists() else {"reason": "not prepared", "detail": "no cache entry"}
+        failures.append(Failure(split, s.name, info["reason"], info["detail"]))
+        rows.append({"name": s.name, "label": "" if s.label is None else s.label, "row": i, "ok": 0, "reason": info["reason"]})
+        items.append(None)
+
+    index_text = _csv_text(rows, INDEX_FIELDS)
+    index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
+    if not samples:
+        return failures
+    if index_path.exists() and array_path.exists() and index_path.read_text() == index_text:
+        return failures  # same samples, same items: the pack is current
+    tmp = array_path.with_name(f"{split}.tmp-{os.getpid()}.npy")
+    packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), *cfg.shape))
+    for i, item in enumerate(items):
+        packed[i] = np.load(item) if item is not None else 0
+    packed.flush()
+    del packed
+    os.replace(tmp, array_path)
+    _atomic_write_bytes(index_path, index_text.encode())
+    return failures
+
+
+def _csv_text(rows: list[dict[str, object]], fields: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_failures(out: Path, failures: list[Failure]) -> None:
+    rows = [asdict(f) for f in failures]
+    _atomic_write_bytes(out / "failures.csv", _csv_text(rows, ("split", "name", "reason", "detail")).encode())
+
+
+def load_split(out: Path, split: str) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """The packed images of a split (read-only memmap) and its index rows."""
+    with open(out / f"{split}.csv", newline="") as f:
+        index = list(csv.DictReader(f))
+    return np.load(out / f"{split}.npy", mmap_mode="r"), index
