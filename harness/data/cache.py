@@ -6,7 +6,7 @@ Layout under `<cache root>/<dataset id>/<feature key>/`:
     items/<split>/<id>.npy        one uint8 image per clip; <id> hashes the name, size and mtime, so an
     items/<split>/<id>.fail.json  edited clip is recomputed; a failure is recorded with its reason
     <split>.npy                   packed (N, H, W) uint8, read by training as a memmap
-    <split>.csv                   name,label,row,ok,reason: one line per sample, in label-file order
+    <split>.csv                   name,label,row,ok,reason,item: one line per sample, in label-file order
     failures.csv                  split,name,reason,detail of every clip without features
 
 Items are the durable record (a second run skips them; an interrupted run leaves only temporary
@@ -22,7 +22,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,7 +32,7 @@ import numpy as np
 from harness.config import AudioFeatures
 from harness.data.labels import Dataset, Sample
 
-INDEX_FIELDS = ("name", "label", "row", "ok", "reason")
+INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item")  # item: the entry's id, so a changed clip repacks
 CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progress bar lively
 
 
@@ -86,7 +86,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 # ---- worker side -------------------------------------------------------------------------------
 
-def _init_worker() -> None:
+def init_worker() -> None:
     # BLAS threads spin-wait and starve the decoder on small machines: one thread per process.
     from threadpoolctl import threadpool_limits
 
@@ -132,10 +132,12 @@ def prepare_audio(
     workers: int = 2,
     splits: tuple[str, ...] = ("train", "val", "test"),
     on_progress: Callable[[int, int], None] | None = None,
+    pool: Executor | None = None,
 ) -> PrepareReport:
     """Make sure every clip of `splits` has an entry in the cache, then pack each split.
 
     Returns a report of what was computed, reused and failed. Clip failures never raise.
+    `pool` lends an executor made with `make_pool` (benchmarks pass a warm one).
     """
     out = feature_dir(ds, cfg, cache_root)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +161,11 @@ def prepare_audio(
     if on_progress:
         on_progress(0, len(todo))
     if todo:
-        report.done = _run_pool(cfg, todo, workers, on_progress)
+        if pool is None:
+            with make_pool(workers) as own:
+                report.done = _run_pool(own, cfg, todo, on_progress)
+        else:
+            report.done = _run_pool(pool, cfg, todo, on_progress)
     report.seconds = time.perf_counter() - start
     for split in splits:
         report.failures += pack_split(ds, cfg, out, split)
@@ -167,22 +173,27 @@ def prepare_audio(
     return report
 
 
-def _run_pool(cfg: AudioFeatures, todo: list[tuple[str, str]], workers: int, on_progress: Callable[[int, int], None] | None) -> int:
-    finished = 0
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for feature extraction, one BLAS thread each."""
     ctx = get_context("spawn")  # a clean interpreter: no inherited threads or locks from torch et al.
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_init_worker) as pool:
-        pending = {pool.submit(_extract_chunk, cfg, chunk): len(chunk) for chunk in _chunks(todo, CHUNK)}
-        try:
-            while pending:
-                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in ready:
-                    fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
-                    finished += pending.pop(fut)
-                    if on_progress:
-                        on_progress(finished, len(todo))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=init_worker)
+
+
+def _run_pool(pool: Executor, cfg: AudioFeatures, todo: list[tuple[str, str]], on_progress: Callable[[int, int], None] | None) -> int:
+    finished = 0
+    pending = {pool.submit(_extract_chunk, cfg, chunk): len(chunk) for chunk in _chunks(todo, CHUNK)}
+    try:
+        while pending:
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
+                finished += pending.pop(fut)
+                if on_progress:
+                    on_progress(finished, len(todo))
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
     return finished
 
 
@@ -193,15 +204,17 @@ def pack_split(ds: Dataset, cfg: AudioFeatures, out: Path, split: str) -> list[F
     failures: list[Failure] = []
     items: list[Path | None] = []
     for i, s in enumerate(samples):
-        item = out / "items" / split / f"{_item_stem(s)}.npy"
+        stem = _item_stem(s)
+        item = out / "items" / split / f"{stem}.npy"
         fail = item.with_suffix(".fail.json")
+        label = "" if s.label is None else s.label
         if item.exists():
-            rows.append({"name": s.name, "label": "" if s.label is None else s.label, "row": i, "ok": 1, "reason": ""})
+            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem})
             items.append(item)
             continue
         info = json.loads(fail.read_text()) if fail.exists() else {"reason": "not prepared", "detail": "no cache entry"}
         failures.append(Failure(split, s.name, info["reason"], info["detail"]))
-        rows.append({"name": s.name, "label": "" if s.label is None else s.label, "row": i, "ok": 0, "reason": info["reason"]})
+        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": info["reason"], "item": stem})
         items.append(None)
 
     index_text = _csv_text(rows, INDEX_FIELDS)

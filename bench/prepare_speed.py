@@ -1,0 +1,147 @@
+"""How fast `harness prepare` extracts audio features, against the tutorial and against decoding alone.
+
+Three measurements on the same clips, in one run:
+  seed     ../shared/bench/seed_mel.py's pipeline (moviepy -> WAV -> librosa), one clip after another,
+           as the tutorial runs it, after one warm-up clip (import time excluded);
+  decode   PyAV decode + mono + resample only (the floor for any feature pipeline using that decoder),
+           in the same warm worker pool that prepare uses;
+  prepare  the full cache build (decode, checks, log-mel, atomic write, pack) in that warm pool.
+Sets: the 10 shared real clips copied under new names (--copies times) and a generated demo set.
+With --seed-settings the features use the tutorial's settings, and the images are compared with the
+seed's: mean absolute difference in grey levels.
+
+    python bench/prepare_speed.py [--copies 20] [--demo-clips 300] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import wait
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+from harness.config import SEED_AUDIO, AudioFeatures  # noqa: E402
+from harness.data.cache import make_pool, prepare_audio  # noqa: E402
+from harness.data.labels import load_dataset  # noqa: E402
+
+
+def copied_real_dataset(dst: Path, copies: int) -> Path:
+    """The shared real clips under new names, `copies` times over, as a one-split dataset."""
+    src = SHARED / "data" / "ffdv-phase1-sample"
+    clips = sorted(src.glob("*set/*.mp4"))
+    (dst / "trainset").mkdir(parents=True)
+    lines = ["video_name,target"]
+    for k in range(copies):
+        for c in clips:
+            name = f"c{k:03d}_{c.name}"
+            shutil.copyfile(c, dst / "trainset" / name)
+            lines.append(f"{name},{k % 2}")
+    (dst / "train_label.txt").write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def seed_rate(clips: list[Path]) -> float:
+    sys.path.insert(0, str(SHARED / "bench"))
+    from seed_mel import seed_mel_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = os.path.join(tmp, "a.wav")
+        seed_mel_image(str(clips[0]), wav)  # warm-up: imports and first-call set-up
+        start = time.perf_counter()
+        for c in clips:
+            seed_mel_image(str(c), wav)
+        return len(clips) / (time.perf_counter() - start)
+
+
+def _decode_chunk(paths: list[str], sample_rate: int) -> int:
+    from harness.data.media import decode_audio
+
+    for p in paths:
+        decode_audio(p, sample_rate)
+    return len(paths)
+
+
+def warm(pool, clip: Path, workers: int, cfg: AudioFeatures) -> None:  # noqa: ANN001
+    """Start every worker and pay its imports before timing anything."""
+    from harness.data.features import audio_features
+
+    futures = [pool.submit(audio_features, str(clip), cfg) for _ in range(workers * 2)]
+    wait(futures)
+
+
+def decode_rate(pool, clips: list[Path], sample_rate: int) -> float:  # noqa: ANN001
+    paths = [str(c) for c in clips]
+    start = time.perf_counter()
+    futures = [pool.submit(_decode_chunk, paths[i : i + 8], sample_rate) for i in range(0, len(paths), 8)]
+    wait(futures)
+    for f in futures:
+        f.result()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def prepare_rate(pool, data: Path, cfg: AudioFeatures, cache: Path) -> float:  # noqa: ANN001
+    ds = load_dataset(data)
+    report = prepare_audio(ds, cfg, cache_root=cache, pool=pool)
+    assert not report.failures, report.failures
+    return report.done / report.seconds
+
+
+def seed_difference() -> list[float]:
+    """Mean absolute difference between the seed's images and ours with the seed's settings."""
+    sys.path.insert(0, str(SHARED / "bench"))
+    from seed_mel import seed_mel_image
+
+    from harness.data.features import audio_features
+
+    diffs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in sorted((SHARED / "data" / "ffdv-phase1-sample").glob("*set/*.mp4")):
+            ref = seed_mel_image(str(c), os.path.join(tmp, "a.wav")).astype(np.float32)
+            diffs.append(float(np.abs(ref - audio_features(c, SEED_AUDIO)).mean()))
+    return diffs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=20, help="copies of the 10 real clips (default 20: 200 clips)")
+    ap.add_argument("--demo-clips", type=int, default=300, help="generated demo clips (0 to skip)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed-settings", action="store_true", help="use the tutorial's feature settings for prepare")
+    args = ap.parse_args()
+    cfg = SEED_AUDIO if args.seed_settings else AudioFeatures()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sets = {"real x%d" % args.copies: copied_real_dataset(tmp / "real", args.copies)}
+        if args.demo_clips:
+            from harness.data.demo import make_demo_dataset
+
+            sets[f"demo {args.demo_clips}"] = make_demo_dataset(tmp / "demo", clips=args.demo_clips, seed=1)
+        print(f"features: {cfg.key()} ({'seed settings' if args.seed_settings else 'defaults'}), workers={args.workers}, cores={os.cpu_count()}")
+        with make_pool(args.workers) as pool:
+            for label, data in sets.items():
+                clips = sorted(data.glob("*set/*.mp4"))
+                warm(pool, clips[0], args.workers, cfg)
+                seed = seed_rate(clips[:10] if label.startswith("real") else clips[:20])
+                decode = decode_rate(pool, clips, cfg.sample_rate)
+                prep = prepare_rate(pool, data, cfg, tmp / f"cache-{len(label)}")
+                print(
+                    f"{label:>10}: clips={len(clips)} seed={seed:.2f}/s decode-only={decode:.1f}/s prepare={prep:.1f}/s  "
+                    f"prepare/seed={prep / seed:.1f}x  decode-only/prepare time ratio={decode / prep:.2f}x"
+                )
+    diffs = seed_difference()
+    print(f"seed-settings images vs seed: mean abs diff {np.mean(diffs):.2f} grey levels (per clip: {', '.join(f'{d:.2f}' for d in diffs)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The feature cache: parallel build, failures reported not raised, resumable, keyed by settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.config import AudioFeatures, replace
+from harness.data.cache import load_split, prepare_audio
+from harness.data.labels import load_dataset
+from tests.conftest import write_clip, write_labels, write_truncated_clip
+
+
+def _with_bad_clips(root: Path) -> Path:
+    """Add one clip of each bad kind to the train split, and make a test clip unreadable."""
+    train = root / "trainset"
+    write_clip(train / "noaudio.mp4", audio=False)
+    write_clip(train / "silent.mp4", amplitude=0.0)
+    write_clip(train / "short.mp4", seconds=0.2)
+    write_truncated_clip(train / "cut.mp4")
+    (train / "junk.mp4").write_bytes(os.urandom(5000))
+    (train / "empty.mp4").write_bytes(b"")
+    rows = [(f"train{i}.mp4", i % 2) for i in range(4)]
+    rows += [(n, 1) for n in ("noaudio.mp4", "silent.mp4", "short.mp4", "cut.mp4", "junk.mp4", "empty.mp4")]
+    write_labels(root / "train_label.txt", rows)
+    (root / "testset" / "test1.mp4").write_bytes(b"not a video")
+    return root
+
+
+def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
+    ds = load_dataset(_with_bad_clips(small_dataset))
+    cfg = AudioFeatures(width=64)
+    report = prepare_audio(ds, cfg, cache_root=tmp_path / "cache", workers=2)
+
+    reasons = {f.name: f.reason for f in report.failures}
+    assert reasons == {
+        "noaudio.mp4": "no audio stream",
+        "silent.mp4": "silent",
+        "short.mp4": "too short",
+        "cut.mp4": "truncated",
+        "junk.mp4": "undecodable",
+        "empty.mp4": "empty file",
+        "test1.mp4": "undecodable",
+    }
+    assert report.total == 14 and report.done == 14 and report.reused == 0
+
+    images, index = load_split(report.cache, "train")
+    assert images.shape == (10, 128, 64) and images.dtype == np.uint8
+    assert [r["name"] for r in index] == [s.name for s in ds.split("train")]  # label-file order
+    ok = np.array([r["ok"] == "1" for r in index])
+    assert ok.sum() == 4 and images[ok].max() > 0 and images[~ok].max() == 0
+    # A test clip without features keeps its row, so that submission can still score it.
+    _, test_index = load_split(report.cache, "test")
+    assert [(r["name"], r["ok"], r["reason"]) for r in test_index] == [("test1.mp4", "0", "undecodable"), ("test0.mp4", "1", "")]
+    failures = (report.cache / "failures.csv").read_text()
+    assert "train,cut.mp4,truncated,decoded" in failures
+
+
+def test_second_run_reuses_and_edited_clip_is_recomputed(small_dataset: Path, tmp_path: Path) -> None:
+    cfg = AudioFeatures(width=64)
+    first = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    packed = (first.cache / "train.npy").stat().st_mtime_ns
+    second = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    assert (second.done, second.reused) == (0, 8)
+    assert (second.cache / "train.npy").stat().st_mtime_ns == packed  # nothing changed: pack kept
+
+    old = np.load(first.cache / "train.npy")[0]
+    write_clip(small_dataset / "trainset" / "train0.mp4", seconds=1.5, freq=2000)
+    third = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    assert (third.done, third.reused) == (1, 7)
+    images, _ = load_split(third.cache, "train")
+    assert not np.array_equal(images[0], old)
+
+
+def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) -> None:
+    """A run killed mid-write leaves only a temporary file; the next run removes it and finishes."""
+    cfg = AudioFeatures(width=64)
+    first = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    items = sorted((first.cache / "items" / "val").glob("*.npy"))
+    partial = items[0].with_name(items[0].name + ".tmp-999")
+    partial.write_bytes(items[0].read_bytes()[:100])  # what a killed writer leaves behind
+    items[0].unlink()  # ... and the entry it never renamed into place
+    again = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    assert again.done == 1 and not partial.exists()
+    assert np.load(items[0]).shape == (128, 64)
+
+
+def test_settings_key_the_cache(small_dataset: Path, tmp_path: Path) -> None:
+    ds = load_dataset(small_dataset)
+    a = prepare_audio(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)
+    b = prepare_audio(ds, replace(AudioFeatures(width=64), n_mels=64), cache_root=tmp_path / "c", workers=1)
+    c = prepare_audio(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)
+    assert a.cache != b.cache and a.cache == c.cache
+    assert b.done == 8 and c.reused == 8
+    assert load_split(b.cache, "val")[0].shape == (2, 64, 64)
