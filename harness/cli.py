@@ -145,6 +145,93 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, modality: 
     return ds, report
 
 
+def load_run_config(path: Path | None):  # noqa: ANN201 - RunConfig
+    """RunConfig from a TOML file with [features] and [train] tables (and `modality`), or the defaults."""
+    import tomllib
+
+    from harness.config import RunConfig, from_dict
+
+    if path is None:
+        return RunConfig()
+    try:
+        return from_dict(RunConfig, tomllib.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise fail(f"{path}: {e}") from None
+
+
+@app.command()
+def train(
+    data: DataOption = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with [features] and [train] tables.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="timm model name or name.tag.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="bce | ce | focal.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (0 = off).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw | sgd | radam.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet-1k weights.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Local backbone weights (.safetensors, or .pth read weights-only).")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
+    max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
+    cache: CacheOption = None,
+) -> None:
+    """Train one timm model on the feature cache and record the run in MLflow."""
+    from harness.config import replace
+
+    base = load_run_config(config)
+    cfg = replace(base, train=replace(
+        base.train, backbone=backbone, lr=lr, loss=loss, label_smoothing=label_smoothing, optimizer=optimizer,
+        epochs=epochs, batch_size=batch_size, pretrained=pretrained, weights=str(weights) if weights else None,
+        seed=seed, device=device, max_params=max_params,
+    ))
+    data_dir = resolve_data(data)
+    run_prepare(data_dir, cfg.features, cache=cache, workers=2, quiet=True)
+    run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
+
+
+def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> str:  # noqa: ANN001
+    from harness.console import EpochTable
+    from harness.data.labels import DatasetError
+    from harness.engine import TrainingDiverged
+    from harness.models import ModelRuleError, WeightsUnavailableError
+    from harness.paths import cache_dir
+    from harness.run import train_run
+
+    try:
+        result = train_run(cfg, data_dir=data_dir, experiment=experiment, cache_root=cache or cache_dir(),
+                           callbacks=[EpochTable(title=cfg.train.backbone)])
+    except (DatasetError, ModelRuleError, WeightsUnavailableError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    except (TrainingDiverged, ValueError) as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    typer.echo(f"run id: {result.run_id}")
+    return result.run_id
+
+
+@app.command()
+def check(
+    backbone: Annotated[str, typer.Option(help="timm model name or name.tag.")],
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Check the pretrained-weights rule too.")] = True,
+    max_params: Annotated[float, typer.Option(help="Parameter cap (thop count).")] = 200e6,
+    in_chans: Annotated[int, typer.Option(help="Input channels: 1 for spectrograms, 3 for faces.")] = 1,
+    height: Annotated[int, typer.Option(help="Input height.")] = 128,
+    width: Annotated[int, typer.Option(help="Input width.")] = 256,
+) -> None:
+    """Check a backbone against the competition rules without training: verdict, parameters, MACs."""
+    from harness.models import ModelRuleError, check_compliance
+
+    try:
+        report = check_compliance(backbone, pretrained=pretrained, in_chans=in_chans, input_size=(height, width), max_params=max_params)
+    except ModelRuleError as e:
+        raise fail(str(e)) from None
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
 def main() -> None:
     try:
         app()

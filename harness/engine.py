@@ -1,0 +1,283 @@
+"""The training loop: fit a model on cached features, validate every epoch, keep the best by val AUC.
+
+It reports through `harness.callbacks.Callback` and knows nothing of MLflow or Optuna. On CUDA it
+uses AMP (bf16 where supported, else fp16 with a gradient scaler) and channels_last; on CPU, fp32.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.augment import image_augment, mixup, spec_augment
+from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
+from harness.config import TrainConfig
+from harness.data.dataset import SplitArrays, batches
+from harness.metrics import classification_metrics
+
+LOSSES = ("bce", "ce", "focal")
+OPTIMIZERS = ("adamw", "sgd", "radam")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a number: the run cannot go on."""
+
+
+def head_outputs(loss: str) -> int:
+    """Cross-entropy trains a two-logit head; the others a single fake logit."""
+    return 2 if loss == "ce" else 1
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class Precision:
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    scaler: torch.amp.GradScaler | None
+
+    def autocast(self, device: torch.device):  # noqa: ANN201
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+
+def pick_precision(device: torch.device) -> Precision:
+    if device.type != "cuda":
+        return Precision(None, None)
+    if torch.cuda.is_bf16_supported():
+        return Precision(torch.bfloat16, None)  # bf16 has fp32's range: no scaler needed
+    return Precision(torch.float16, torch.amp.GradScaler("cuda"))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm weights, as usual for conv nets and transformers.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "radam":
+        return torch.optim.RAdam(groups, lr=cfg.lr, decoupled_weight_decay=True)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def loss_fn(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`target` is the probability of fake (soft under mixup)."""
+    logits = logits.float()
+    if cfg.loss == "ce":
+        soft = torch.stack([1 - target, target], dim=1)
+        return F.cross_entropy(logits, soft, label_smoothing=cfg.label_smoothing)
+    target = target * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+    if cfg.loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target)
+    if cfg.loss == "focal":
+        from torchvision.ops import sigmoid_focal_loss
+
+        return sigmoid_focal_loss(logits[:, 0], target, alpha=-1, gamma=cfg.focal_gamma, reduction="mean")
+    raise ValueError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
+
+
+def fake_probability(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.softmax(dim=1)[:, 1] if logits.shape[1] == 2 else logits[:, 0].sigmoid()
+
+
+class Normalise(torch.nn.Module):
+    """uint8 (B, C, H, W) -> float, scaled by the backbone's pretrained mean/std."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, norm: Normalise, data: SplitArrays, *, batch_size: int, device: torch.device, precision: Precision) -> np.ndarray:
+    model.eval()
+    scores = []
+    for x, _ in batches(data, batch_size, shuffle=False):
+        x = norm(x.to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            scores.append(fake_probability(model(x)).cpu())
+    return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """safetensors, written under a temporary name and renamed: never a half checkpoint."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Loop:
+    """The state one training run carries from step to step."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    norm: Normalise
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    precision: Precision
+    device: torch.device
+    rng: np.random.Generator
+    aug_gen: torch.Generator
+
+
+def fit(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    *,
+    train: SplitArrays,
+    val: SplitArrays,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out_dir: Path,
+    callbacks: Sequence[Callback] = (),
+    info: dict | None = None,
+) -> FitResult:
+    """Train `model` and return the best epoch by val AUC, its checkpoint and val scores."""
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"need clips to train and validate on (train={len(train)}, val={len(val)})")
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size + (len(train) % cfg.batch_size > 1))
+    loop = _Loop(
+        cfg=cfg, model=model, norm=Normalise(mean, std).to(device), optimizer=optimizer,
+        scheduler=warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch),
+        precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed),
+        aug_gen=torch.Generator().manual_seed(cfg.seed),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {"device": str(device), "precision": str(loop.precision.autocast_dtype or "fp32"), "train_clips": len(train),
+            "val_clips": len(val), **(info or {})}
+    for cb in callbacks:
+        cb.on_start(info)
+    result = FitResult(best_epoch=0, best_metrics={}, checkpoint=None, val_names=val.names, val_labels=val.labels,
+                       val_scores=np.zeros(len(val)), info=info)
+    try:
+        _run_epochs(loop, train, val, out_dir / "best.safetensors", callbacks, result)
+    except KeyboardInterrupt:
+        # Ctrl-C: the best checkpoint so far is kept and reported before the interrupt goes on.
+        result.stopped_by = "interrupted"
+        for cb in callbacks:
+            cb.on_end(result)
+        raise
+    for cb in callbacks:
+        cb.on_end(result)
+    return result
+
+
+def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: Path, callbacks: Sequence[Callback], result: FitResult) -> None:
+    cfg = loop.cfg
+    best_auc, stale = -1.0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        train_loss, seen = _train_one_epoch(loop, train)
+        train_seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"train loss became {train_loss} in epoch {epoch} (try a lower --lr)")
+        scores = predict(loop.model, loop.norm, val, batch_size=cfg.batch_size * 2, device=loop.device, precision=loop.precision)
+        metrics = {f"val_{k}": v for k, v in classification_metrics(val.labels, scores).items()}
+        metrics.update(train_loss=train_loss, lr=loop.optimizer.param_groups[0]["lr"],
+                       epoch_seconds=time.perf_counter() - start, samples_per_s=seen / train_seconds)
+        auc = metrics["val_auc"] if math.isfinite(metrics["val_auc"]) else 0.0
+        improved = auc > best_auc
+        if improved:
+            best_auc, stale = auc, 0
+            save_checkpoint(loop.model, checkpoint)
+            result.best_epoch, result.best_metrics, result.val_scores, result.checkpoint = epoch, metrics, scores, checkpoint
+        else:
+            stale += 1
+        report = EpochReport(epoch=epoch, metrics=metrics, improved=improved)
+        result.history.append(report)
+        try:
+            for cb in callbacks:
+                cb.on_epoch(report)
+        except StopTraining as stop:
+            result.stopped_by = stop.reason
+            return
+        if cfg.patience and stale >= cfg.patience:
+            result.stopped_by = "early stopping"
+            return
+
+
+def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
+    cfg, model, device = loop.cfg, loop.model, loop.device
+    augment = spec_augment if train.images.ndim == 3 else image_augment
+    model.train()
+    total = torch.zeros((), device=device)
+    seen = 0
+    for x, y in batches(train, cfg.batch_size, shuffle=True, generator=loop.rng):
+        x = augment(loop.norm(x.to(device, non_blocking=True)), cfg.augment, loop.aug_gen)
+        y = y.to(device, non_blocking=True)
+        if cfg.augment.mixup > 0:
+            x, y = mixup(x, y, cfg.augment.mixup, loop.aug_gen)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with loop.precision.autocast(device):
+            loss = loss_fn(cfg, model(x), y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        scaler = loop.precision.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(loop.optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(loop.optimizer)
+            scaler.update()
+        else:
+            loop.optimizer.step()
+        loop.scheduler.step()
+        total += loss.detach() * len(x)  # stays on the device: no sync per step
+        seen += len(x)
+    return float(total) / max(1, seen), seen

@@ -1,0 +1,118 @@
+"""The training engine on small synthetic spectrograms, with a tiny timm model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from harness.callbacks import EpochReport, FitResult, StopTraining
+from harness.config import Augment, TrainConfig
+from harness.data.dataset import SplitArrays
+from harness.engine import TrainingDiverged, fit, head_outputs, seed_everything
+
+NO_AUG = Augment(time_mask=0, freq_mask=0, time_shift=0)
+
+
+def spectrograms(n: int, seed: int, *, difficulty: float = 0.0) -> SplitArrays:
+    """Noise images; fakes carry a faint horizontal band (a tonal artefact) at a random height."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 120, (n, 32, 64)).astype(np.uint8)
+    for i in np.flatnonzero(labels):
+        row = rng.integers(4, 28)
+        images[i, row : row + 2] += np.uint8(90 * (1 - difficulty))
+    return SplitArrays(images=images, labels=labels.astype(np.int64), names=[f"c{i}.mp4" for i in range(n)])
+
+
+def tiny(loss: str = "bce") -> torch.nn.Module:
+    return timm.create_model("test_byobnet", pretrained=False, in_chans=1, num_classes=head_outputs(loss))
+
+
+class Recorder:
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.events: list[str] = []
+        self.stop_at = stop_at
+        self.reports: list[EpochReport] = []
+
+    def on_start(self, info: dict) -> None:
+        self.events.append("start")
+        self.info = info
+
+    def on_epoch(self, report: EpochReport) -> None:
+        self.events.append(f"epoch{report.epoch}")
+        self.reports.append(report)
+        if self.stop_at == report.epoch:
+            raise StopTraining(f"pruned at epoch {report.epoch}")
+
+    def on_end(self, result: FitResult) -> None:
+        self.events.append("end")
+
+
+def _fit(tmp_path: Path, cfg: TrainConfig, callbacks=(), loss: str = "bce", **data) -> FitResult:
+    seed_everything(cfg.seed)  # the model's initial weights are part of the run
+    return fit(cfg, tiny(loss), train=spectrograms(64, 0, **data), val=spectrograms(32, 1, **data), mean=[0.5], std=[0.25],
+               out_dir=tmp_path, callbacks=callbacks)
+
+
+def test_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    rec = Recorder()
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, device="cpu", augment=NO_AUG, patience=0)
+    result = _fit(tmp_path, cfg, [rec])
+    assert rec.events == ["start", "epoch1", "epoch2", "epoch3", "epoch4", "end"]
+    assert result.best_metrics["val_auc"] > 0.9
+    assert result.best_metrics["val_auc"] == max(r.metrics["val_auc"] for r in rec.reports)
+    for key in ("train_loss", "lr", "epoch_seconds", "samples_per_s", "val_tpr_fpr1e-3", "val_eer", "val_f1", "val_logloss"):
+        assert key in rec.reports[0].metrics
+    state = load_file(result.checkpoint)
+    model = tiny()
+    model.load_state_dict(state)  # the best epoch's weights, complete
+    assert len(result.val_scores) == 32 and ((0 <= result.val_scores) & (result.val_scores <= 1)).all()
+    assert rec.info["device"] == "cpu" and rec.info["precision"] == "fp32"
+
+
+def test_same_seed_same_run(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=16, device="cpu", patience=0)
+    a = _fit(tmp_path / "a", cfg)
+    b = _fit(tmp_path / "b", cfg)
+    assert np.allclose(a.val_scores, b.val_scores, atol=1e-6)
+
+
+def test_callback_stop_and_early_stopping(tmp_path: Path) -> None:
+    rec = Recorder(stop_at=2)
+    result = _fit(tmp_path, TrainConfig(epochs=5, batch_size=16, device="cpu"), [rec])
+    assert result.stopped_by == "pruned at epoch 2" and rec.events[-1] == "end" and len(result.history) == 2
+    # An unlearnable task stops on patience.
+    flat = _fit(tmp_path, TrainConfig(epochs=8, batch_size=16, device="cpu", patience=1, lr=1e-6), difficulty=1.0)
+    assert flat.stopped_by == "early stopping" and len(flat.history) < 8
+
+
+@pytest.mark.parametrize(("loss", "optimizer"), [("ce", "sgd"), ("focal", "radam"), ("bce", "adamw")])
+def test_losses_and_optimizers_train(tmp_path: Path, loss: str, optimizer: str) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3 if optimizer != "sgd" else 3e-2, loss=loss, optimizer=optimizer,
+                      label_smoothing=0.1, device="cpu", augment=Augment(mixup=0.4), patience=0)
+    result = _fit(tmp_path, cfg, loss=loss)
+    assert result.best_metrics["val_auc"] > 0.75
+
+
+def test_nan_loss_is_an_error(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e12, optimizer="sgd", grad_clip=0, device="cpu")
+    with pytest.raises(TrainingDiverged, match="train loss became nan in epoch"):
+        _fit(tmp_path, cfg)
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_reports(tmp_path: Path) -> None:
+    class Interrupt(Recorder):
+        def on_epoch(self, report: EpochReport) -> None:
+            super().on_epoch(report)
+            if report.epoch == 2:
+                raise KeyboardInterrupt
+
+    rec = Interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, TrainConfig(epochs=5, batch_size=16, device="cpu"), [rec])
+    assert rec.events[-1] == "end" and (tmp_path / "best.safetensors").exists()

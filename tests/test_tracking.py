@@ -1,0 +1,271 @@
+"""MLflow tracking against a real SQLite store in a temporary folder.
+
+Creating a store runs mlflow's schema migrations (several seconds), so one store serves the module
+and only the default-location test creates a second.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from harness import tracking
+from harness.callbacks import EpochReport, FitResult
+from harness.config import Augment, AudioFeatures, RunConfig, TrainConfig
+from harness.metrics import classification_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+N_EPOCHS = 3
+CONFIG = RunConfig(
+    features=AudioFeatures(fmax=None, width=128),
+    train=TrainConfig(lr=3e-4, epochs=N_EPOCHS, augment=Augment(mixup=0.2, hflip=False)),
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """A client on a temporary SQLite store; HARNESS_HOME there too, so artifacts and the
+    checkpoint cache stay in the temporary folder."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'store' / 'mlflow.db'}")
+        client = tracking.setup()
+        experiment_id = tracking.get_or_create_experiment(
+            client, "tests", artifact_location=(home / "artifacts").as_uri()
+        )
+        yield client, experiment_id, home
+
+
+def fake_fit(tmp: Path, *, n: int = 60, seed: int = 0) -> FitResult:
+    """Scores that separate the classes imperfectly, a tiny checkpoint and a short history."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    scores = np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
+    checkpoint = tmp / "best.safetensors"
+    save_file({"w": np.ones((2, 3), np.float32)}, str(checkpoint))
+    best = {f"val_{k}": v for k, v in classification_metrics(labels, scores).items()}
+    history = [
+        EpochReport(epoch, {"train_loss": 1.0 / epoch, "lr": 1e-3, **best}, improved=True)
+        for epoch in range(1, N_EPOCHS + 1)
+    ]
+    return FitResult(
+        best_epoch=N_EPOCHS, best_metrics=best, checkpoint=checkpoint,
+        val_names=[f"clip{i}.mp4" for i in range(n)], val_labels=labels, val_scores=scores,
+        history=history, stopped_by="early stopping",
+        info={"device": "cpu", "params": 11_200_000, "macs": 1.8e9, "input_size": (1, 128, 128)},
+    )
+
+
+def record(client, experiment_id: str, result: FitResult, **kwargs) -> tracking.RunRecorder:
+    with tracking.RunRecorder(
+        client, experiment_id=experiment_id, run_name="unit", config=CONFIG,
+        tags={"data.fingerprint": "abc123"}, **kwargs,
+    ) as rec:
+        rec.on_start(result.info)
+        for report in result.history:
+            rec.on_epoch(report)
+        rec.on_end(result)
+    return rec
+
+
+@pytest.fixture(scope="module")
+def finished(store, tmp_path_factory):
+    client, experiment_id, _ = store
+    result = fake_fit(tmp_path_factory.mktemp("fit"))
+    return record(client, experiment_id, result), result
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_recorder_logs_params_metrics_tags_and_artifacts(store, finished):
+    client, _, home = store
+    rec, result = finished
+    run = client.get_run(rec.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "unit"
+    assert run.data.params["train.lr"] == "0.0003"
+    assert run.data.params["features.fmax"] == "None"
+    assert run.data.params["train.augment.mixup"] == "0.2"
+    tags = run.data.tags
+    assert {"git.commit", "git.dirty", "version.mlflow", "version.numpy"} <= set(tags)
+    assert tags["data.fingerprint"] == "abc123"
+    assert tags["device"] == "cpu"
+    assert tags["info.input_size"] == "(1, 128, 128)"
+    assert tags["stopped_by"] == "early stopping"
+    metrics = run.data.metrics
+    assert metrics["info.params"] == 11_200_000
+    assert metrics["best_epoch"] == N_EPOCHS
+    auc = metrics["best_val_auc"]
+    assert auc == pytest.approx(result.best_metrics["val_auc"])
+    low, high = metrics["val_auc_ci_low"], metrics["val_auc_ci_high"]
+    assert 0 <= low < auc < high <= 1
+
+    history = client.get_metric_history(rec.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, N_EPOCHS + 1))
+    assert [m.value for m in history] == pytest.approx([1.0, 0.5, 1 / 3])
+    # One timestamp per epoch: all of an epoch's metrics share it.
+    lr = client.get_metric_history(rec.run_id, "lr")
+    assert [m.timestamp for m in lr] == [m.timestamp for m in history]
+
+    assert {
+        "plots/roc.png", "plots/pr.png", "plots/confusion.png", "plots/score_hist.png",
+        "val_predictions.csv", "checkpoint/config.json", "checkpoint/params.json",
+        "checkpoint/best.safetensors",
+    } <= artifact_paths(client, rec.run_id)
+    assert client.get_experiment(run.info.experiment_id).artifact_location == (home / "artifacts").as_uri()
+    assert 0 < rec.log_seconds()
+
+
+def test_predictions_csv_holds_every_clip(store, finished, tmp_path):
+    client, _, _ = store
+    rec, result = finished
+    csv_path = Path(client.download_artifacts(rec.run_id, "val_predictions.csv", str(tmp_path)))
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "name,label,score"
+    assert len(lines) == 1 + len(result.val_names)
+    name, label, score = lines[1].split(",")
+    assert (name, int(label), float(score)) == ("clip0.mp4", 0, pytest.approx(result.val_scores[0]))
+
+
+def test_one_log_batch_per_epoch(store, tmp_path, monkeypatch):
+    client, experiment_id, _ = store
+    result = fake_fit(tmp_path)
+    calls = []
+    real = client.log_batch
+    monkeypatch.setattr(client, "log_batch", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    with tracking.RunRecorder(client, experiment_id=experiment_id, run_name=None, config=CONFIG) as rec:
+        rec.on_start(result.info)
+        calls.clear()
+        for report in result.history:
+            rec.on_epoch(report)
+        assert len(calls) == N_EPOCHS
+        assert all(len(kw["metrics"]) == len(result.history[0].metrics) for kw in calls)
+
+
+def test_error_marks_run_failed_with_one_line_tag(store):
+    client, experiment_id, _ = store
+    with pytest.raises(ValueError, match="bad batch"):
+        with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="boom", config=CONFIG) as rec:
+            raise ValueError("bad batch\nshape (3, 4)" + "x" * 1000)
+    run = client.get_run(rec.run_id)
+    assert run.info.status == "FAILED"
+    error = run.data.tags["error"]
+    assert error.startswith("ValueError: bad batch shape (3, 4)")
+    assert "\n" not in error and len(error) == 500
+
+
+def test_ctrl_c_marks_run_killed(store):
+    client, experiment_id, _ = store
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="ctrl-c", config=CONFIG) as rec:
+            raise KeyboardInterrupt
+    run = client.get_run(rec.run_id)
+    assert run.info.status == "KILLED"
+    assert "error" not in run.data.tags
+
+
+def test_explicit_finish_is_not_overwritten_on_exit(store):
+    client, experiment_id, _ = store
+    with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="pruned", config=CONFIG) as rec:
+        rec.finish("KILLED", extra_tags={"pruned": "true"})
+    run = client.get_run(rec.run_id)
+    assert (run.info.status, run.data.tags["pruned"]) == ("KILLED", "true")
+
+
+def test_load_run_config_round_trip(store, finished):
+    client, _, home = store
+    rec, _ = finished
+    config, checkpoint = tracking.load_run_config(client, rec.run_id)
+    assert config == CONFIG
+    assert checkpoint.is_file() and checkpoint.name == "best.safetensors"
+    assert checkpoint.is_relative_to(home / ".cache" / "runs")
+    assert tracking.load_run_config(client, rec.run_id) == (config, checkpoint)  # from the cache
+
+
+def test_load_run_config_unknown_or_without_checkpoint(store):
+    client, experiment_id, _ = store
+    with pytest.raises(LookupError, match="no run"):
+        tracking.load_run_config(client, "0" * 32)
+    with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="empty", config=CONFIG) as rec:
+        pass
+    with pytest.raises(LookupError, match="no checkpoint"):
+        tracking.load_run_config(client, rec.run_id)
+
+
+def test_close_orphans_kills_running_children_only(store):
+    client, experiment_id, _ = store
+    parent = tracking.RunRecorder(client, experiment_id=experiment_id, run_name="study", config=CONFIG)
+
+    def child(name: str) -> tracking.RunRecorder:
+        return tracking.RunRecorder(
+            client, experiment_id=experiment_id, run_name=name, config=CONFIG, parent_run_id=parent.run_id
+        )
+
+    orphan, done = child("crashed"), child("done")
+    done.finish()
+    stranger = tracking.RunRecorder(client, experiment_id=experiment_id, run_name="elsewhere", config=CONFIG)
+
+    assert tracking.close_orphans(client, experiment_id, parent_run_id=parent.run_id) == [orphan.run_id]
+    run = client.get_run(orphan.run_id)
+    assert (run.info.status, run.data.tags["orphaned"]) == ("KILLED", "true")
+    assert client.get_run(done.run_id).info.status == "FINISHED"
+    assert client.get_run(stranger.run_id).info.status == "RUNNING"
+    assert client.get_run(parent.run_id).data.tags.get("mlflow.parentRunId") is None
+    assert client.get_run(orphan.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+    closed = tracking.close_orphans(client, experiment_id)  # no parent: the whole experiment
+    assert {parent.run_id, stranger.run_id} <= set(closed)
+    assert orphan.run_id not in closed
+
+
+def test_get_or_create_experiment_is_idempotent(store):
+    client, experiment_id, _ = store
+    assert tracking.get_or_create_experiment(client, "tests") == experiment_id
+    client.delete_experiment(experiment_id)
+    assert tracking.get_or_create_experiment(client, "tests") == experiment_id  # restored
+    assert client.get_experiment(experiment_id).lifecycle_stage == "active"
+
+
+def test_default_store_is_anchored_to_project_root(tmp_path, monkeypatch):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HARNESS_HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    client = tracking.setup()
+    assert client.tracking_uri == f"sqlite:///{home / 'mlruns' / 'mlflow.db'}"
+    experiment_id = tracking.get_or_create_experiment(client, "default store")
+    rec = record(client, experiment_id, fake_fit(tmp_path, n=10))
+    assert (home / "mlruns" / "mlflow.db").is_file()
+    run_folders = list((home / "mlruns" / "artifacts").glob(f"*/{rec.run_id}/artifacts"))
+    assert len(run_folders) == 1
+    assert (run_folders[0] / "plots" / "roc.png").is_file()
+    assert (run_folders[0] / "checkpoint" / "best.safetensors").is_file()
+    assert not (elsewhere / "mlruns").exists()
+
+
+def test_git_state_inside_and_outside_a_checkout(tmp_path):
+    inside = tracking.git_state(ROOT)
+    if inside["git.commit"] == "unknown":
+        pytest.skip("the project is not a git checkout here")
+    assert len(inside["git.commit"]) == 40 and inside["git.dirty"] in ("true", "false")
+    assert tracking.git_state(tmp_path) == {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+def test_package_versions():
+    versions = tracking.package_versions()
+    assert versions["version.harness"] == "0.1.0"
+    assert {"version.mlflow", "version.numpy", "version.torch"} <= set(versions)
+
+
+def test_ui_url_opens_model_training_view():
+    assert tracking.ui_url("127.0.0.1", 5000) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    assert tracking.ui_url("0.0.0.0", 8080).startswith("http://127.0.0.1:8080/#/")
