@@ -27,6 +27,8 @@ class EpochTable:
 
     def __init__(self, console: Console | None = None, *, title: str = "") -> None:
         self.console = console or Console(stderr=True)
+        if not self.console.is_terminal:
+            self.console.width = max(self.console.width, 140)  # logs and pipes: keep each row on one line
         self.title = title
 
     def on_start(self, info: dict[str, Any]) -> None:
