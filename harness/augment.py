@@ -12,25 +12,31 @@ import torch.nn.functional as F
 from harness.config import Augment
 
 
-def _band_mask(batch: int, length: int, max_frac: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _rand(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    # Random numbers are drawn where the generator lives (the training device), so augmenting a
+    # batch on a GPU needs no host round trip.
+    return torch.rand(*shape, generator=generator, device=generator.device)
+
+
+def _band_mask(batch: int, length: int, max_frac: float, generator: torch.Generator) -> torch.Tensor:
     """(B, length) bool: one random band per sample, up to max_frac of the axis."""
-    widths = (torch.rand(batch, generator=generator) * max_frac * length).long()
-    starts = (torch.rand(batch, generator=generator) * (length - widths + 1).float()).long()
-    pos = torch.arange(length)
-    return ((pos >= starts[:, None]) & (pos < (starts + widths)[:, None])).to(device)
+    widths = (_rand(batch, generator=generator) * max_frac * length).long()
+    starts = (_rand(batch, generator=generator) * (length - widths + 1).float()).long()
+    pos = torch.arange(length, device=generator.device)
+    return (pos >= starts[:, None]) & (pos < (starts + widths)[:, None])
 
 
 def spec_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> torch.Tensor:
     b, _, h, w = x.shape
     s = cfg.strength
     if cfg.time_shift * s > 0:
-        shifts = ((torch.rand(b, generator=generator) * 2 - 1) * cfg.time_shift * s * w).long().to(x.device)
+        shifts = ((_rand(b, generator=generator) * 2 - 1) * cfg.time_shift * s * w).long()
         cols = (torch.arange(w, device=x.device)[None, :] - shifts[:, None]) % w
         x = torch.gather(x, 3, cols[:, None, None, :].expand(b, x.shape[1], h, w))
     if cfg.time_mask * s > 0:
-        x = x.masked_fill(_band_mask(b, w, cfg.time_mask * s, generator, x.device)[:, None, None, :], 0.0)
+        x = x.masked_fill(_band_mask(b, w, cfg.time_mask * s, generator)[:, None, None, :], 0.0)
     if cfg.freq_mask * s > 0:
-        x = x.masked_fill(_band_mask(b, h, cfg.freq_mask * s, generator, x.device)[:, None, :, None], 0.0)
+        x = x.masked_fill(_band_mask(b, h, cfg.freq_mask * s, generator)[:, None, :, None], 0.0)
     return x
 
 
@@ -40,11 +46,11 @@ def image_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> 
     if cfg.resized_crop * s > 0:
         x = _resized_crop(x, 1.0 - min(cfg.resized_crop * s, 0.9), generator)
     if cfg.hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        flip = _rand(b, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     if cfg.colour * s > 0:
-        gain = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1).to(x.device) * cfg.colour * s
-        bias = (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1).to(x.device) * cfg.colour * s
+        gain = 1 + (_rand(b, 1, 1, 1, generator=generator) * 2 - 1) * cfg.colour * s
+        bias = (_rand(b, 1, 1, 1, generator=generator) * 2 - 1) * cfg.colour * s
         x = x * gain + bias
     return x
 
@@ -52,11 +58,11 @@ def image_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> 
 def _resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -> torch.Tensor:
     """One random crop per sample (area in [min_area, 1], square-ish), resized back to full size."""
     b, _, h, w = x.shape
-    area = min_area + (1 - min_area) * torch.rand(b, generator=generator)
+    area = min_area + (1 - min_area) * _rand(b, generator=generator)
     side = area.sqrt()
-    cx = (torch.rand(b, generator=generator) * (1 - side)) * 2 - (1 - side)  # centre in [-1+side, 1-side]
-    cy = (torch.rand(b, generator=generator) * (1 - side)) * 2 - (1 - side)
-    theta = torch.zeros(b, 2, 3)
+    cx = (_rand(b, generator=generator) * (1 - side)) * 2 - (1 - side)  # centre in [-1+side, 1-side]
+    cy = (_rand(b, generator=generator) * (1 - side)) * 2 - (1 - side)
+    theta = torch.zeros(b, 2, 3, device=generator.device)
     theta[:, 0, 0] = side
     theta[:, 1, 1] = side
     theta[:, 0, 2] = cx
@@ -80,5 +86,5 @@ def jpeg_uint8(images, probability: float, rng) -> None:  # noqa: ANN001 - numpy
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each sample with another of the batch; targets become soft."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]

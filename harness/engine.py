@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from harness.augment import image_augment, mixup, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
 from harness.config import TrainConfig
-from harness.data.dataset import SplitArrays, batches
+from harness.data.dataset import DeviceResident, SplitArrays, batches
 from harness.metrics import classification_metrics
 
 LOSSES = ("bce", "ce", "focal")
@@ -77,7 +77,8 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        on_cuda = next(model.parameters()).is_cuda
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=on_cuda)  # one kernel for all parameters
     if cfg.optimizer == "radam":
         return torch.optim.RAdam(groups, lr=cfg.lr, decoupled_weight_decay=True)
     if cfg.optimizer == "sgd":
@@ -164,6 +165,7 @@ class _Loop:
     device: torch.device
     rng: np.random.Generator
     aug_gen: torch.Generator
+    resident: DeviceResident | None  # the train split on the device, when it fits
 
 
 def fit(
@@ -192,7 +194,8 @@ def fit(
         cfg=cfg, model=model, norm=Normalise(mean, std).to(device), optimizer=optimizer,
         scheduler=warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch),
         precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed),
-        aug_gen=torch.Generator().manual_seed(cfg.seed),
+        aug_gen=torch.Generator(device=device).manual_seed(cfg.seed),
+        resident=DeviceResident(train, device) if DeviceResident.fits(train, device) else None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"device": str(device), "precision": str(loop.precision.autocast_dtype or "fp32"), "train_clips": len(train),
@@ -254,7 +257,9 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
-    for x, y in batches(train, cfg.batch_size, shuffle=True, generator=loop.rng):
+    source = loop.resident.batches(cfg.batch_size, generator=loop.rng) if loop.resident else \
+        batches(train, cfg.batch_size, shuffle=True, generator=loop.rng)
+    for x, y in source:
         x = augment(loop.norm(x.to(device, non_blocking=True)), cfg.augment, loop.aug_gen)
         y = y.to(device, non_blocking=True)
         if cfg.augment.mixup > 0:

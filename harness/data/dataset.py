@@ -35,18 +35,50 @@ def load_arrays(feature_dir: Path, split: str, *, usable_only: bool = True) -> S
     return SplitArrays(images=np.ascontiguousarray(images[keep]), labels=labels, names=[index[i]["name"] for i in keep])
 
 
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Sample indices per batch. The last batch may be short, except when shuffling for training,
+    where a batch of one would upset batch norm and is dropped."""
+    order = generator.permutation(n) if shuffle and generator is not None else np.arange(n)
+    if shuffle and n % batch_size == 1 and n > 1:
+        order = order[:-1]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def as_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) spectrograms or (B, H, W, 3) images -> (B, C, H, W)."""
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
 def batches(
     data: SplitArrays, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images with a channel axis, float labels) per batch. The last batch may be short,
-    except when shuffling for training, where a batch of one would upset batch norm."""
-    order = generator.permutation(len(data)) if shuffle and generator is not None else np.arange(len(data))
-    n = len(order)
-    if shuffle and n % batch_size == 1 and n > 1:
-        order = order[:-1]
-        n -= 1
-    for start in range(0, n, batch_size):
-        idx = np.sort(order[start : start + batch_size]) if not shuffle else order[start : start + batch_size]
-        x = torch.from_numpy(data.images[idx])
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (B, C, H, W)
-        yield x, torch.from_numpy(data.labels[idx]).float()
+    """(uint8 images with a channel axis, float labels) per batch, from host memory."""
+    for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator):
+        yield as_nchw(torch.from_numpy(data.images[idx])), torch.from_numpy(data.labels[idx]).float()
+
+
+class DeviceResident:
+    """A split uploaded to the accelerator once, batched there: no host work or copy per step.
+
+    Used when the uint8 split is small next to the device's free memory (it usually is: 32 KiB a clip).
+    """
+
+    def __init__(self, data: SplitArrays, device: torch.device) -> None:
+        self.images = torch.from_numpy(data.images).to(device)
+        self.labels = torch.from_numpy(data.labels).float().to(device)
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, *, generator: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
+            i = torch.from_numpy(idx).to(self.device, non_blocking=True)
+            yield as_nchw(self.images[i]), self.labels[i]
+
+    @staticmethod
+    def fits(data: SplitArrays, device: torch.device, share: float = 0.25) -> bool:
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return data.images.nbytes < share * free
