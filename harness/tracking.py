@@ -308,6 +308,25 @@ def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]
     return config, folder / weights[0]
 
 
+RUN_ALIASES = ("best", "last")
+
+
+def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str = "harness") -> str:
+    """A run id, or `best` (highest best_val_auc) / `last` (newest) among the FINISHED runs of
+    `experiment` that trained a model, so scripts can say `harness submit --run-id best`."""
+    if ref not in RUN_ALIASES:
+        return ref
+    found = client.get_experiment_by_name(experiment)
+    order = (["metrics.best_val_auc DESC"] if ref == "best" else []) + ["attributes.start_time DESC"]
+    runs = [] if found is None else client.search_runs(
+        [found.experiment_id], filter_string="attributes.status = 'FINISHED' and metrics.best_val_auc >= 0",
+        order_by=order, max_results=1,
+    )
+    if not runs:
+        raise LookupError(f"--run-id {ref}: no finished training run in experiment {experiment!r} yet")
+    return runs[0].info.run_id
+
+
 def _get_run(client: MlflowClient, run_id: str) -> Any:
     try:
         return client.get_run(run_id)

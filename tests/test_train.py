@@ -91,3 +91,19 @@ def test_ctrl_c_kills_the_run_and_keeps_the_checkpoint(small_dataset: Path, tmp_
     run = _only_run(store)
     assert run.info.status == "KILLED" and run.data.tags.get("stopped_by") == "interrupted"
     assert "checkpoint/best.safetensors" in {a.path for a in store.list_artifacts(run.info.run_id, "checkpoint")}
+
+
+def test_best_and_last_resolve_to_finished_runs(small_dataset: Path, tmp_path: Path, store) -> None:
+    from harness.tracking import resolve_run_id
+
+    with pytest.raises(LookupError, match="no finished training run"):
+        resolve_run_id(store, "best", experiment="t")
+    first = _run(small_dataset, tmp_path)
+    second = _run(small_dataset, tmp_path, TrainConfig(**{**TINY.__dict__, "seed": 1}))
+    assert resolve_run_id(store, "last", experiment="t") == second.run_id
+    aucs = {r.run_id: store.get_run(r.run_id).data.metrics["best_val_auc"] for r in (first, second)}
+    best = resolve_run_id(store, "best", experiment="t")
+    assert aucs[best] == max(aucs.values())
+    if aucs[first.run_id] == aucs[second.run_id]:
+        assert best == second.run_id  # ties go to the newer run
+    assert resolve_run_id(store, first.run_id, experiment="t") == first.run_id
