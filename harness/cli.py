@@ -232,6 +232,88 @@ def check(
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Clips, audio files, or folders of them (searched recursively).")],
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Score with this MLflow run's best checkpoint (or best / last).")] = None,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Score with a promoted bundle folder.")] = None,
+    tta: Annotated[Optional[int], typer.Option(min=1, help="Time shifts averaged per clip (default 1, or the bundle's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+) -> None:
+    """Print `path,score` (probability of fake) per clip, through the code a bundle's api.py runs."""
+    from harness.predict import Predictor, expand_paths, write_scores
+
+    if (run_id is None) == (bundle is None):
+        raise fail("give exactly one of --run-id and --bundle")
+    try:
+        if run_id is not None:
+            from harness import tracking
+
+            predictor = Predictor.from_run(tracking.resolve_run_id(tracking.setup(), run_id), tta=tta or 1, device=device)
+        else:
+            predictor = Predictor.from_bundle(bundle, tta=tta, device=device)
+    except (LookupError, FileNotFoundError, ValueError, RuntimeError) as e:
+        raise fail(str(e)) from None
+    files = expand_paths(paths)
+    if not files:
+        raise fail("no clips in the given folders")
+    rows = predictor.score_many(files)
+    write_scores(rows, sys.stdout)
+    for row in rows:
+        if not row.ok:
+            typer.echo(f"warning: {row.path}: {row.reason} ({row.detail}); scored {row.score} (fallback)", err=True)
+    if not any(row.ok for row in rows):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def submit(
+    run_id: Annotated[str, typer.Option("--run-id", help="Run to promote: an id, best (highest val AUC) or last.")],
+    data: DataOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: submissions/<run id> in the project.")] = None,
+    tta: Annotated[int, typer.Option(min=1, help="Circular time shifts averaged per clip (1 = none).")] = 1,
+    model_name: Annotated[Optional[str], typer.Option(help="Registry name. Default: harness-<dataset folder>.")] = None,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register, alias 'champion', tag the run.")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes for the test clips.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    cache: CacheOption = None,
+) -> None:
+    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from harness.data.labels import DatasetError
+    from harness.paths import cache_dir
+    from harness.submit import SubmitError, ValidationError
+    from harness.submit import submit as promote
+
+    console = Console(stderr=True)
+    data_dir = resolve_data(data)
+    columns = (TextColumn("features {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("test", total=None)
+            report = promote(
+                run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
+                register=register, workers=workers, device=device,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except ValidationError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    except (LookupError, SubmitError, DatasetError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    for f in report.fallbacks:
+        console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}")
+    typer.echo(f"prediction: {report.csv} ({report.rows} rows, {len(report.fallbacks)} at the fallback score "
+               f"{report.fallback_score}, listed in fallbacks.csv; checked against the template)")
+    if report.bundle is not None:
+        typer.echo(f"bundle: {report.bundle} and {report.archive}")
+    if report.model_version is not None:
+        typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
+
+
 def main() -> None:
     try:
         app()

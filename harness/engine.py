@@ -21,7 +21,6 @@ from harness.augment import image_augment, mixup, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
 from harness.config import TrainConfig
 from harness.data.dataset import DeviceResident, SplitArrays, batches
-from harness.metrics import classification_metrics
 
 LOSSES = ("bce", "ce", "focal")
 OPTIMIZERS = ("adamw", "sgd", "radam")
@@ -218,6 +217,9 @@ def fit(
 
 
 def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: Path, callbacks: Sequence[Callback], result: FitResult) -> None:
+    # sklearn costs seconds to import: only training needs it, not the prediction path (the bundle's API).
+    from harness.metrics import classification_metrics
+
     cfg = loop.cfg
     best_auc, stale = -1.0, 0
     for epoch in range(1, cfg.epochs + 1):

@@ -113,14 +113,14 @@ def git_state(root: Path) -> dict[str, str]:
 
     Untracked (not ignored) files count as dirty: a new module changes what a run executes.
     """
-    commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain")
+    commit = run_git(root, "rev-parse", "HEAD")
+    status = run_git(root, "status", "--porcelain")
     if commit is None or status is None:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
     return {"git.commit": commit, "git.dirty": "true" if status else "false"}
 
 
-def _git(root: Path, *args: str) -> str | None:
+def run_git(root: Path, *args: str) -> str | None:
     try:
         done = subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
@@ -298,7 +298,7 @@ def _write_predictions(path: Path, names: list[str], labels: Any, scores: Any) -
 def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]:
     """The settings and best checkpoint of a recorded run, downloaded once into
     `.cache/runs/<run_id>` (a run's artifacts never change after it ends)."""
-    _get_run(client, run_id)
+    get_run(client, run_id)
     names = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoint")}
     weights = sorted(n for n in names if n.endswith(".safetensors"))
     if "config.json" not in names or not weights:
@@ -311,23 +311,27 @@ def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]
 RUN_ALIASES = ("best", "last")
 
 
-def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str = "harness") -> str:
-    """A run id, or `best` (highest best_val_auc) / `last` (newest) among the FINISHED runs of
-    `experiment` that trained a model, so scripts can say `harness submit --run-id best`."""
+def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str | None = None) -> str:
+    """A run id, or `best` (highest best_val_auc; ties to the newest) / `last` (newest) among the
+    FINISHED runs that trained a model, in `experiment` or in every experiment of the store, so
+    scripts can say `harness submit --run-id best`."""
     if ref not in RUN_ALIASES:
         return ref
-    found = client.get_experiment_by_name(experiment)
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found is not None else []
     order = (["metrics.best_val_auc DESC"] if ref == "best" else []) + ["attributes.start_time DESC"]
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id], filter_string="attributes.status = 'FINISHED' and metrics.best_val_auc >= 0",
-        order_by=order, max_results=1,
-    )
+    finished = "attributes.status = 'FINISHED' and metrics.best_val_auc >= 0"
+    runs = client.search_runs(ids, filter_string=finished, order_by=order, max_results=1) if ids else []
     if not runs:
-        raise LookupError(f"--run-id {ref}: no finished training run in experiment {experiment!r} yet")
+        where = f"experiment {experiment!r}" if experiment else "this store"
+        raise LookupError(f"--run-id {ref}: no finished training run in {where} yet")
     return runs[0].info.run_id
 
 
-def _get_run(client: MlflowClient, run_id: str) -> Any:
+def get_run(client: MlflowClient, run_id: str) -> Any:
     try:
         return client.get_run(run_id)
     except MlflowException as exc:

@@ -1,0 +1,251 @@
+"""Checkpoint + clips -> probability of fake: the one scoring path behind `harness predict`,
+`harness submit` and a promoted bundle's `api.py`.
+
+A `Predictor` is built from a run's settings and its safetensors checkpoint, from a recorded run
+(`from_run`, through `harness.tracking`) or from a bundle folder (`from_bundle`, no MLflow at all:
+this module imports neither mlflow nor harness.tracking until `from_run` is called).
+
+Scoring one clip:
+
+  features  `audio_features(path, cfg.features)`: the function the feature cache runs, so a clip is
+            scored from the very image training would have made of it;
+  model     `create_model(backbone, pretrained=False, in_chans=1, num_classes=head_outputs(loss))`
+            with the checkpoint loaded strictly from safetensors (nothing unpickles), in eval mode under
+            `torch.inference_mode`, fp32, normalised by the backbone's pretrained mean/std;
+  TTA       with `tta=N` (N > 1) the probability is the mean over N circular shifts of the time axis,
+            evenly spaced over the shifts training saw: from -m to +m columns, m = the run's
+            `augment.time_shift * augment.strength` times the image width (over the whole width,
+            k * W / N, when training did not shift). N = 1 (the default) scores the image as it is.
+
+Clips without usable features (missing, empty, undecodable, no audio, truncated, too short, silent)
+make `score` raise a `MediaError`; the batch form `score_many` catches it, scores the clip
+`FALLBACK_SCORE` and says why in the `Scored` row.
+
+Fallback: 0.5, the uninformative score. AUC, the challenge's metric, ranks clips: 0.5 puts a clip we
+cannot judge in the middle of the ranking rather than betting on either class (the train prior would
+rank it as confidently as the class mix happens to be, and 0 or 1 would put it at an extreme).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from harness.config import RunConfig, from_dict
+from harness.data.labels import VIDEO_EXTS
+from harness.data.media import MediaError
+
+FALLBACK_SCORE = 0.5
+SCORE_DECIMALS = 8  # the challenge asks for at least 6
+BUNDLE_CONFIG = "config.json"
+BUNDLE_WEIGHTS = "weights/model.safetensors"
+BUNDLE_FORMAT = 1
+AUDIO_EXTS = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
+BATCH_SIZE = 16
+
+
+class MissingFile(MediaError):
+    reason = "missing"
+
+
+@dataclass(frozen=True)
+class Scored:
+    path: str
+    score: float  # probability of fake; FALLBACK_SCORE when not ok
+    ok: bool
+    reason: str = ""  # MediaError.reason when not ok
+    detail: str = ""
+
+
+def format_score(score: float) -> str:
+    return f"{score:.{SCORE_DECIMALS}f}"
+
+
+def write_scores(rows: Iterable[Scored], stream: IO[str]) -> None:
+    """`path,score` lines, CSV-quoted where a path needs it: what `harness predict` and `api.py` print."""
+    writer = csv.writer(stream, lineterminator="\n")
+    for row in rows:
+        writer.writerow([row.path, format_score(row.score)])
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given (whatever their extension); folders replaced by the clips and audio files they
+    hold, recursively, in name order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            exts = VIDEO_EXTS | AUDIO_EXTS
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts and not f.name.startswith(".")))
+        else:
+            out.append(p)
+    return out
+
+
+def tta_shifts(cfg: RunConfig, n: int) -> list[int]:
+    """The circular time shifts (columns) averaged over for `n`-fold TTA; [0] for n = 1."""
+    if n < 1:
+        raise ValueError(f"tta must be at least 1, got {n}")
+    width = cfg.features.width
+    if n == 1:
+        return [0]
+    aug = cfg.train.augment
+    reach = aug.time_shift * aug.strength * width
+    if reach >= 1:
+        return [round(float(s)) for s in np.linspace(-reach, reach, n)]
+    return [round(k * width / n) for k in range(n)]
+
+
+class Predictor:
+    """A loaded model and its feature settings; `score(path)` and `score_many(paths)`."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        weights: Path | str,
+        *,
+        tta: int = 1,
+        device: str = "cpu",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        fallback: float = FALLBACK_SCORE,
+        batch_size: int = BATCH_SIZE,
+        source: str = "",
+    ) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from harness.engine import Normalise, head_outputs, pick_device
+        from harness.models import create_model, model_data_config
+
+        if cfg.modality != "audio":
+            raise ValueError(f"modality {cfg.modality!r} cannot be scored yet; only audio")
+        if not 0.0 <= fallback <= 1.0:
+            raise ValueError(f"fallback score must lie in [0, 1], got {fallback}")
+        self.cfg = cfg
+        self.weights = Path(weights)
+        self.shifts = tta_shifts(cfg, tta)
+        self.tta = tta
+        self.fallback = float(fallback)
+        self.batch_size = max(1, batch_size)
+        self.source = source or str(self.weights)
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            _use_available_cpus(torch)
+        model = create_model(cfg.train.backbone, pretrained=False, in_chans=1, num_classes=head_outputs(cfg.train.loss))
+        model.load_state_dict(load_file(str(self.weights)), strict=True)  # safetensors: tensors only, no pickle
+        if mean is None or std is None:
+            data_cfg = model_data_config(model, in_chans=1)  # timm's pretrained config: data, works offline
+            mean, std = data_cfg["mean"], data_cfg["std"]
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.model = model.to(self.device).eval()
+        self.norm = Normalise(self.mean, self.std).to(self.device)
+
+    # ----------------------------------------------------------------------------------- builders
+
+    @classmethod
+    def from_run(cls, run_id: str, *, tta: int = 1, device: str = "cpu") -> Predictor:
+        """The best checkpoint of a recorded run (downloaded once into .cache/runs). Raises LookupError
+        for an unknown run or one without a checkpoint."""
+        from harness import tracking  # lazy: the only import of mlflow on this path
+
+        cfg, weights = tracking.load_run_config(tracking.setup(), run_id)
+        return cls(cfg, weights, tta=tta, device=device, source=f"run {run_id}")
+
+    @classmethod
+    def from_bundle(cls, folder: Path | str, *, tta: int | None = None, device: str = "cpu") -> Predictor:
+        """A promoted bundle (config.json + weights/model.safetensors). `tta` None: the bundle's own,
+        the setting its prediction.csv was made with."""
+        folder = Path(folder)
+        path = folder / BUNDLE_CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: not a bundle (no {BUNDLE_CONFIG})")
+        config = json.loads(path.read_text())
+        if config.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{path}: bundle format {config.get('format')!r}, this code reads {BUNDLE_FORMAT}")
+        cfg = from_dict(RunConfig, config["run_config"])
+        model, scoring = config["model"], config["scoring"]
+        return cls(
+            cfg, folder / model["weights"], tta=scoring["tta"] if tta is None else tta, device=device,
+            mean=model["mean"], std=model["std"], fallback=scoring["fallback_score"],
+            source=f"bundle {folder} (run {config.get('run_id')})",
+        )
+
+    # ------------------------------------------------------------------------------------ scoring
+
+    def features(self, path: Path | str) -> np.ndarray:
+        """The uint8 log-mel image of one clip. Raises a MediaError (MissingFile when there is no file)."""
+        from harness.data.features import audio_features
+
+        if not Path(path).is_file():
+            raise MissingFile(path, "no such file")
+        return audio_features(path, self.cfg.features)
+
+    def score_images(self, images: np.ndarray) -> np.ndarray:
+        """Probability of fake for (N, H, W) uint8 images, TTA applied; float64 (N,)."""
+        import torch
+
+        from harness.engine import fake_probability
+
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != self.cfg.features.shape:
+            raise ValueError(f"expected (N, {', '.join(map(str, self.cfg.features.shape))}) images, got {images.shape}")
+        out = np.empty(len(images), dtype=np.float64)
+        step = max(1, self.batch_size // len(self.shifts))
+        with torch.inference_mode():
+            for start in range(0, len(images), step):
+                chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + step]))
+                x = self.norm(chunk.unsqueeze(1).to(self.device))
+                if self.shifts != [0]:
+                    x = torch.cat([torch.roll(x, s, dims=3) for s in self.shifts])
+                probs = fake_probability(self.model(x)).view(len(self.shifts), len(chunk)).mean(dim=0)
+                out[start : start + len(chunk)] = probs.double().cpu().numpy()
+        return out
+
+    def score(self, path: Path | str) -> float:
+        """Probability of fake for one clip. Raises a MediaError when it has no usable audio."""
+        return float(self.score_images(self.features(path)[None])[0])
+
+    def score_many(
+        self, paths: Sequence[Path | str], *, on_progress: Callable[[int, int], None] | None = None
+    ) -> list[Scored]:
+        """One row per path, in order; clips without features get the fallback score and the reason."""
+        rows: list[Scored | None] = [None] * len(paths)
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            scores = self.score_images(np.stack([image for _, image in pending]))
+            for (i, _), score in zip(pending, scores):
+                rows[i] = Scored(str(paths[i]), float(score), True)
+            pending.clear()
+
+        for i, path in enumerate(paths):
+            try:
+                pending.append((i, self.features(path)))
+            except MediaError as e:
+                rows[i] = Scored(str(path), self.fallback, False, e.reason, e.detail)
+            if len(pending) >= self.batch_size:
+                flush()
+            if on_progress:
+                on_progress(i + 1, len(paths))
+        if pending:
+            flush()
+        return rows  # type: ignore[return-value] - every slot is filled
+
+
+def _use_available_cpus(torch) -> None:  # noqa: ANN001 - the torch module
+    """Use every CPU this process may run on (torch's default may count physical cores only), unless
+    OMP_NUM_THREADS says otherwise (on a machine shared with other busy processes, 1 thread is faster)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        available = os.cpu_count() or 1
+    if torch.get_num_threads() < available:
+        torch.set_num_threads(available)
