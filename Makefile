@@ -12,17 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  ## the whole flow on the built-in demo dataset
+demo: $(STAMP)  ## prepare -> train -> submit on the built-in demo dataset (a few minutes on a laptop CPU)
 	$(BIN)/harness prepare
 	$(BIN)/harness train
-	$(BIN)/harness tune --trials 12
-	$(BIN)/harness submit --run-id best
+	$(BIN)/harness submit --run-id last --out submissions/demo
+	@echo "next: $(BIN)/harness tune --trials 50   then   $(BIN)/harness ui"
 
 test: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)  ## speed ratios (see bench/)
 	$(BIN)/python bench/prepare_speed.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/api_speed.py
 
 clean:
 	rm -rf $(VENV) .cache data
