@@ -63,7 +63,15 @@ def resolve_data(data: Path | None) -> Path:
     out = demo_data_dir()
     if not (out / ".demo.json").exists():
         typer.echo(f"Generating the demo dataset in {out} (first use) ...", err=True)
-    return make_demo_dataset(out)
+    try:
+        return make_demo_dataset(out)
+    except ValueError:
+        # Our own folder, made by an older version of the generator: make it again.
+        import shutil
+
+        typer.echo(f"Regenerating the demo dataset in {out} (made by another version) ...", err=True)
+        shutil.rmtree(out)
+        return make_demo_dataset(out)
 
 
 @app.command("demo-data")
