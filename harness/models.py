@@ -207,14 +207,29 @@ def create_model(
         raise ModelRuleError(f"{resolved}: {params / 1e6:.1f}M parameters exceed the {MAX_PARAMS / 1e6:g}M cap")
     options = dict(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
     if not pretrained:
-        return timm.create_model(resolved, pretrained=False, **options)
-    if weights is not None:
+        model = timm.create_model(resolved, pretrained=False, **options)
+    elif weights is not None:
         _check_weights_file(Path(weights), resolved, meta)
-        return _from_file(resolved, Path(weights), options)
-    local = _cached_weights(resolved) or bundled_weights(resolved)
-    if local is not None:
-        return _from_file(resolved, local, options)
-    return _download(resolved, options)
+        model = _from_file(resolved, Path(weights), options)
+    elif (local := _cached_weights(resolved) or bundled_weights(resolved)) is not None:
+        model = _from_file(resolved, local, options)
+    else:
+        model = _download(resolved, options)
+    return _small_head(model)
+
+
+def _small_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Start the new head near zero: logits ~0, loss ~ln 2.
+
+    Some timm inits scale a linear head by 1/sqrt(fan_out); with one output that is U(-1, 1) over
+    1280 pretrained features, so the first logits are around +-9 and the first epochs are spent
+    undoing that (seen on tf_efficientnet_lite0: train loss 2.9 in epoch 1).
+    """
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        torch.nn.init.trunc_normal_(head.weight, std=0.01)
+        torch.nn.init.zeros_(head.bias)
+    return model
 
 
 def _from_file(resolved: str, path: Path, options: dict) -> torch.nn.Module:
