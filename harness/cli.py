@@ -322,6 +322,71 @@ def submit(
         typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
 
 
+@app.command()
+def tune(
+    study: Annotated[str, typer.Option(help="Study name in studies/ (demo, ffdv-audio) or a TOML file.")] = "demo",
+    data: DataOption = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Finished (complete + pruned) trials wanted in total.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes (one GPU each when there are GPUs).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="sqlite:///FILE or postgresql://... Default: studies/NAME.db.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds after which no new trial starts.")] = None,
+) -> None:
+    """Run or resume an Optuna study: pruned, parallel, one MLflow parent run with a child run per trial."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from harness.data.labels import DatasetError
+    from harness.tuning import SpecError, StudyError, leaderboard_table, load_spec, run_study, trials_table
+
+    console = Console(stderr=True)
+    try:
+        spec = load_spec(study)
+        data_dir = resolve_data(data)
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            result = run_study(spec, data_dir=data_dir, storage=storage, trials=trials, workers=workers, timeout=timeout,
+                               on_progress=lambda progress: live.update(trials_table(progress)))
+    except (SpecError, DatasetError) as e:
+        raise fail(str(e)) from None
+    except StudyError as e:
+        raise fail(str(e), EXIT_FAILED) from None
+    console.print(leaderboard_table(result))
+    if result.best is not None and result.best.run_id:
+        typer.echo(f"next: harness submit --run-id {result.best.run_id}" + (f" --data {data}" if data else ""))
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the project's store (127.0.0.1) and print the runs view's URL."""
+    from harness import tracking
+
+    server = tracking.serve_ui(host="127.0.0.1", port=port)
+    typer.echo(f"MLflow UI: {tracking.ui_url('127.0.0.1', port)}  (Ctrl-C stops it)")
+    try:
+        raise typer.Exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait()
+
+
+@app.command()
+def dashboard(
+    study: Annotated[str, typer.Option(help="Study name or TOML file, to find its default storage.")] = "demo",
+    storage: Annotated[Optional[str], typer.Option(help="Study storage URL. Default: the study's SQLite file.")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Start optuna-dashboard on a study's storage (127.0.0.1)."""
+    from harness.tuning import SpecError, default_storage, load_spec, serve_dashboard
+
+    try:
+        url = storage or default_storage(load_spec(study, check_models=False))
+    except SpecError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"optuna-dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops it)")
+    serve_dashboard(storage=url, host="127.0.0.1", port=port)
+
+
 def main() -> None:
     try:
         app()
