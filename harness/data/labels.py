@@ -120,17 +120,18 @@ def _read_rows(path: Path, header: tuple[str, str]) -> list[tuple[int, list[str]
     return out
 
 
-def _read_labels(path: Path, split: str, folder: Path, exts: frozenset[str]) -> list[Sample]:
+def _read_listing(path: Path, split: str, folder: Path, exts: frozenset[str], *, labelled: bool) -> list[Sample]:
+    """A label file (`video_name,target`) or a test template (`video_name,score`) as samples."""
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    for line, (name, target) in _read_rows(path, LABEL_HEADER):
+    for line, (name, second) in _read_rows(path, LABEL_HEADER if labelled else TEMPLATE_HEADER):
         _check_name(name, path, line)
         if name in seen:
             raise DatasetError(path, f"duplicate name {name!r} (first on line {seen[name]})", line)
         seen[name] = line
-        if target not in ("0", "1"):
-            raise DatasetError(path, f"target must be 0 or 1, found {target!r}", line)
-        samples.append(_sample(name, split, folder, int(target), path, line, exts))
+        if labelled and second not in ("0", "1"):
+            raise DatasetError(path, f"target must be 0 or 1, found {second!r}", line)
+        samples.append(_sample(name, split, folder, int(second) if labelled else None, path, line, exts))
     return samples
 
 
@@ -141,18 +142,6 @@ def _sample(name: str, split: str, folder: Path, label: int | None, src: Path, l
     if not clip.is_file():
         raise DatasetError(src, f"listed file is missing: {clip}", line)
     return Sample(name=name, split=split, path=clip, label=label)
-
-
-def _read_template(path: Path, folder: Path, exts: frozenset[str]) -> list[Sample]:
-    samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    for line, (name, _score) in _read_rows(path, TEMPLATE_HEADER):
-        _check_name(name, path, line)
-        if name in seen:
-            raise DatasetError(path, f"duplicate name {name!r} (first on line {seen[name]})", line)
-        seen[name] = line
-        samples.append(_sample(name, "test", folder, None, path, line, exts))
-    return samples
 
 
 def _media_files(folder: Path) -> list[Path]:
@@ -193,7 +182,7 @@ def load_dataset(root: Path | str) -> Dataset:
         if label_file is None:
             raise DatasetError(root / LABEL_FILES[split][0], f"missing label file for {folder.name}/ (also looked for {LABEL_FILES[split][1]})")
         ds.label_files.append(label_file)
-        ds.samples[split] = _read_labels(label_file, split, folder, exts)
+        ds.samples[split] = _read_listing(label_file, split, folder, exts, labelled=True)
         _warn_unlisted(ds, folder, ds.samples[split], label_file, exts)
     if not any(ds.samples.values()):
         raise DatasetError(root, "no trainset/, valset/ or testset/ with clips")
@@ -206,7 +195,7 @@ def _load_test_split(ds: Dataset, folder: Path, exts: frozenset[str]) -> None:
         if not folder.is_dir():
             raise DatasetError(template, f"template given but folder {folder.name}/ is missing")
         ds.label_files.append(template)
-        ds.samples["test"] = _read_template(template, folder, exts)
+        ds.samples["test"] = _read_listing(template, "test", folder, exts, labelled=False)
         ds.template = [s.name for s in ds.samples["test"]]
         _warn_unlisted(ds, folder, ds.samples["test"], template, exts)
     elif folder.is_dir():
