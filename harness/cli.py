@@ -322,69 +322,101 @@ def submit(
         typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
 
 
+StudyOption = Annotated[
+    str,
+    typer.Option("--study", help="Study spec: a name in studies/ (demo, ffdv-audio) or a TOML file."),
+]
+
+
 @app.command()
 def tune(
-    study: Annotated[str, typer.Option(help="Study name in studies/ (demo, ffdv-audio) or a TOML file.")] = "demo",
+    study: StudyOption = "demo",
     data: DataOption = None,
-    trials: Annotated[Optional[int], typer.Option(min=1, help="Finished (complete + pruned) trials wanted in total.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes (one GPU each when there are GPUs).")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="sqlite:///FILE or postgresql://... Default: studies/NAME.db.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds after which no new trial starts.")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Finished (complete + pruned) trials wanted in the study in total; failed ones do not count. Default: the spec's.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes, one GPU each when GPUs exist. Default: the spec's.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DB. Default: studies/NAME.db.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="Start no new trial after this many seconds (running ones finish).")] = None,
+    cache: CacheOption = None,
 ) -> None:
-    """Run or resume an Optuna study: pruned, parallel, one MLflow parent run with a child run per trial."""
+    """Search backbone, learning rate, loss and more with Optuna: pruned, resumable, parallel, one MLflow run tree.
+
+    Running the same command again resumes the same study and MLflow parent run.
+    """
     from rich.console import Console
     from rich.live import Live
 
+    from harness import tuning
     from harness.data.labels import DatasetError
-    from harness.tuning import SpecError, StudyError, leaderboard_table, load_spec, run_study, trials_table
 
-    console = Console(stderr=True)
     try:
-        spec = load_spec(study)
-        data_dir = resolve_data(data)
-        with Live(console=console, refresh_per_second=2, transient=False) as live:
-            result = run_study(spec, data_dir=data_dir, storage=storage, trials=trials, workers=workers, timeout=timeout,
-                               on_progress=lambda progress: live.update(trials_table(progress)))
-    except (SpecError, DatasetError) as e:
+        spec = tuning.load_spec(study)
+    except tuning.SpecError as e:
         raise fail(str(e)) from None
-    except StudyError as e:
+    data_dir = resolve_data(data)
+    for features in spec.feature_configs():  # every input size the study can pick, once, up front
+        run_prepare(data_dir, features, cache=cache, workers=2, quiet=True)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # logs and pipes: keep each row on one line
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            result = tuning.run_study(
+                spec, data_dir=data_dir, storage=storage, trials=trials, workers=workers, timeout=timeout,
+                cache_root=cache, on_progress=lambda progress: live.update(tuning.trials_table(progress)),
+            )
+    except (tuning.SpecError, DatasetError) as e:
+        raise fail(str(e)) from None
+    except tuning.StudyError as e:
         raise fail(str(e), EXIT_FAILED) from None
-    console.print(leaderboard_table(result))
-    if result.best is not None and result.best.run_id:
-        typer.echo(f"next: harness submit --run-id {result.best.run_id}" + (f" --data {data}" if data else ""))
+    console.print()
+    console.print(tuning.leaderboard_table(result))
+    best = result.best
+    if best is None or not best.run_id:
+        raise fail(f"study {result.study}: no trial completed ({result.stopped})", EXIT_FAILED)
+    typer.echo(f"best: trial {best.number}, {result.objectives[0]} {best.value:.4f}, run {best.run_id}")
+    typer.echo(f"next: harness submit --run-id {best.run_id}" + (f" --data {data}" if data else ""))
 
 
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
-    """Start the MLflow UI on the project's store (127.0.0.1) and print the runs view's URL."""
+    """Start the MLflow UI on the project's store (127.0.0.1) and print the runs view's URL (Ctrl-C stops it)."""
     from harness import tracking
 
-    server = tracking.serve_ui(host="127.0.0.1", port=port)
-    typer.echo(f"MLflow UI: {tracking.ui_url('127.0.0.1', port)}  (Ctrl-C stops it)")
+    process = tracking.serve_ui(host="127.0.0.1", port=port)
+    typer.echo(f"MLflow UI: {tracking.ui_url('127.0.0.1', port)}  (Ctrl-C to stop)")
     try:
-        raise typer.Exit(server.wait())
+        code = process.wait()
     except KeyboardInterrupt:
-        server.terminate()
-        server.wait()
+        process.terminate()
+        process.wait(timeout=15)
+        raise
+    if code != 0:
+        raise fail(f"mlflow server exited with status {code} (is port {port} in use?)", EXIT_FAILED)
 
 
 @app.command()
 def dashboard(
-    study: Annotated[str, typer.Option(help="Study name or TOML file, to find its default storage.")] = "demo",
-    storage: Annotated[Optional[str], typer.Option(help="Study storage URL. Default: the study's SQLite file.")] = None,
+    study: StudyOption = "demo",
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL. Default: the study's studies/NAME.db.")] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
 ) -> None:
-    """Start optuna-dashboard on a study's storage (127.0.0.1)."""
-    from harness.tuning import SpecError, default_storage, load_spec, serve_dashboard
+    """Start optuna-dashboard on a study's storage (127.0.0.1; Ctrl-C stops it)."""
+    from harness import tuning
 
     try:
-        url = storage or default_storage(load_spec(study, check_models=False))
-    except SpecError as e:
+        spec = tuning.load_spec(study, check_models=False)
+    except tuning.SpecError as e:
         raise fail(str(e)) from None
-    typer.echo(f"optuna-dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops it)")
-    serve_dashboard(storage=url, host="127.0.0.1", port=port)
+    url = storage or tuning.default_storage(spec)
+    if storage is None and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise fail(f"no study storage at {url.removeprefix('sqlite:///')}; run `harness tune --study {study}` first")
+    typer.echo(f"optuna-dashboard: http://127.0.0.1:{port}/dashboard  (storage {tuning.redact(url)}; Ctrl-C to stop)")
+    try:
+        tuning.serve_dashboard(storage=url, host="127.0.0.1", port=port)
+    except tuning.SpecError as e:
+        raise fail(str(e)) from None
 
 
 def main() -> None:

@@ -82,7 +82,6 @@ ALIASES = {
     "mixup": "train.augment.mixup",
 }
 INPUT_SIZE = "input_size"  # "HxW" strings: features.height (mel axis) x features.width (time axis)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_ATTR = "mlflow.parent_run_id"
 SPACE_ATTR = "harness.space_hash"
 _POLL_S = 1.0
@@ -1002,13 +1001,11 @@ class _Gate:
         self.job = job
         self.on_trial_end = on_trial_end
         self.held = False
-        self.why = ""
         self.poll_s = min(2.0, job.spec.heartbeat.interval / 2)
 
     def acquire(self) -> bool:
         while True:
             if self.job.deadline is not None and time.time() >= self.job.deadline:
-                self.why = "timeout"
                 return False
             self.lock.acquire()
             try:
@@ -1018,10 +1015,8 @@ class _Gate:
                 self.lock.release()
                 raise
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-            if finished >= self.job.target:
-                self.why = "target reached"
-            elif counts[TrialState.FAIL] >= self.job.spec.max_failures:
-                self.why = "too many failures"
+            if finished >= self.job.target or counts[TrialState.FAIL] >= self.job.spec.max_failures:
+                pass  # the study is done (or failing): stop
             elif finished + counts[TrialState.RUNNING] < self.job.target:
                 self.held = True  # ask() runs next: a WAITING (re-queued) trial first, else a new one
                 return True
@@ -1288,6 +1283,9 @@ def run_study(
     except KeyboardInterrupt:
         interrupted = True
         _stop_workers(processes)
+    except BaseException:  # on_progress raised, or the storage failed: never leave workers behind
+        _stop_workers(processes, signalled=False)
+        raise
     rows = _rows(study, spec)
     exitcodes = tuple(p.exitcode if p.exitcode is not None else -1 for p in processes)
 
@@ -1351,12 +1349,13 @@ def _watch(study: optuna.Study, spec: StudySpec, target: int, processes: list, s
             p.join(timeout=_POLL_S / max(1, len(processes)))
 
 
-def _stop_workers(processes: list) -> None:
-    """After Ctrl-C: workers in the same terminal got SIGINT too; give them time to record their
-    runs as KILLED, then interrupt, then terminate whatever is left."""
+def _stop_workers(processes: list, *, signalled: bool = True) -> None:
+    """Stop the workers: interrupt them (after Ctrl-C in a terminal they got SIGINT already, so
+    first give them a moment), wait for them to record their runs as KILLED, then terminate."""
     import signal
 
-    for wait_s, action in ((3.0, None), (30.0, signal.SIGINT), (10.0, signal.SIGTERM)):
+    steps = ((3.0, None), (30.0, signal.SIGINT), (10.0, signal.SIGTERM))
+    for wait_s, action in steps if signalled else steps[1:]:
         if action is not None:
             for p in processes:
                 if p.is_alive():
