@@ -78,7 +78,7 @@ def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) ->
     cfg = AudioFeatures(width=64)
     first = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
     items = sorted((first.cache / "items" / "val").glob("*.npy"))
-    partial = items[0].with_name(items[0].name + ".tmp-999")
+    partial = items[0].with_name(items[0].name + ".tmp-999999999")  # a pid no process has
     partial.write_bytes(items[0].read_bytes()[:100])  # what a killed writer leaves behind
     items[0].unlink()  # ... and the entry it never renamed into place
     again = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
@@ -119,9 +120,23 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def _remove_stale_temporaries(folder: Path) -> None:
+    """Remove what interrupted writers left behind. Temporary names carry the writer's pid, so the
+    files of a writer still at work (another prepare on the same cache) are left alone."""
     for tmp in folder.rglob("*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+        match = re.search(r"\.tmp-(\d+)", tmp.name)
+        if match is None or not _pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
 
 
 def prepare_audio(
@@ -142,7 +157,9 @@ def prepare_audio(
     out = feature_dir(ds, cfg, cache_root)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
-    _atomic_write_bytes(out / "settings.json", json.dumps(asdict(cfg), indent=2).encode())
+    settings = json.dumps(asdict(cfg), indent=2).encode()
+    if not (out / "settings.json").exists() or (out / "settings.json").read_bytes() != settings:
+        _atomic_write_bytes(out / "settings.json", settings)
     report = PrepareReport(cache=out)
 
     todo: list[tuple[str, str]] = []
