@@ -92,6 +92,31 @@ def init_worker() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    import cv2
+
+    cv2.setNumThreads(0)  # OpenCV's own thread pool (resize, DFT) would fight the other worker too
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to reuse freed memory instead of returning it to the kernel.
+
+    Each clip allocates a dozen buffers of 0.5-3 MB (samples, frames, spectrum); by default glibc
+    maps and unmaps them, and first-touch page faults (about 350 a clip) cost 0.5 ms of the
+    10 ms a clip takes. Keeping up to 256 MB mapped per worker removes them. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+    mallopt(m_top_pad, 64 << 20)
 
 
 def _extract_chunk(cfg: AudioFeatures, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | None]:
