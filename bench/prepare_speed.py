@@ -31,7 +31,7 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 from harness.config import SEED_AUDIO, AudioFeatures  # noqa: E402
-from harness.data.cache import make_pool, prepare_audio  # noqa: E402
+from harness.data.cache import make_pool, prepare_features  # noqa: E402
 from harness.data.labels import load_dataset  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def decode_rate(pool, clips: list[Path], sample_rate: int, job=_decode_chunk) ->
 def prepare_rate(pool, data: Path, cfg: AudioFeatures, cache: Path) -> float:  # noqa: ANN001
     """Clips/s of the whole cache build, from the dataset check to the packed splits."""
     start = time.perf_counter()
-    report = prepare_audio(load_dataset(data), cfg, cache_root=cache, pool=pool)
+    report = prepare_features(load_dataset(data), cfg, cache_root=cache, pool=pool)
     seconds = time.perf_counter() - start
     assert not report.failures, report.failures
     return report.done / seconds

@@ -32,7 +32,7 @@ from harness.engine import Normalise, fit, loss_fn, make_optimizer, pick_device,
 
 def generated(n: int, shape: tuple[int, int], seed: int) -> SplitArrays:
     rng = np.random.default_rng(seed)
-    return SplitArrays(images=rng.integers(0, 256, (n, *shape), dtype=np.uint8), labels=np.arange(n) % 2,
+    return SplitArrays(inputs={"audio": rng.integers(0, 256, (n, *shape), dtype=np.uint8)}, labels=np.arange(n) % 2,
                        names=[f"g{i}" for i in range(n)])
 
 
@@ -123,7 +123,7 @@ def main() -> int:
                                             run_name="train-speed", config=RunConfig(train=cfg))
             callbacks += [recorder, snapshots := LogTime(recorder)]
         seed_everything(0)
-        result = fit(cfg, build(args.backbone), train=train, val=val, mean=[0.5], std=[0.25], out_dir=Path(tmp) / "run",
+        result = fit(cfg, build(args.backbone), train=train, val=val, stats={"audio": ([0.5], [0.25])}, out_dir=Path(tmp) / "run",
                      callbacks=callbacks)
         if recorder is not None:
             recorder.finish("FINISHED")

@@ -85,6 +85,17 @@ def jpeg_uint8(images, probability: float, rng) -> None:  # noqa: ANN001 - numpy
 
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each sample with another of the batch; targets become soft."""
+    mixed, target = mixup_inputs({"x": x}, y, alpha, generator)
+    return mixed["x"], target
+
+
+def mixup_inputs(inputs: dict[str, torch.Tensor], y: torch.Tensor, alpha: float,
+                 generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Mixup over every input of a batch with one mixing weight and one pairing; a mixed clip keeps an
+    input only when both of its sources had it (`<name>_present` masks)."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)
-    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+    perm = torch.randperm(y.shape[0], generator=generator, device=generator.device)
+    out = {}
+    for key, x in inputs.items():
+        out[key] = x & x[perm] if key.endswith("_present") else lam * x + (1 - lam) * x[perm]
+    return out, lam * y + (1 - lam) * y[perm]

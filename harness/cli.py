@@ -96,7 +96,8 @@ def prepare(
     data: DataOption = None,
     cache: CacheOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes.")] = 2,
-    modality: Annotated[str, typer.Option(help="Features to extract: audio.")] = "audio",
+    modality: Annotated[str, typer.Option(help="Features to extract: audio (log-mels), video (face crops; for an "
+                                          "image-track dataset, one crop per image), fusion (both).")] = "audio",
     sample_rate: Annotated[Optional[int], typer.Option(help="Resample audio to this rate (Hz).")] = None,
     n_mels: Annotated[Optional[int], typer.Option(help="Mel bands.")] = None,
     n_fft: Annotated[Optional[int], typer.Option(help="FFT window length (samples).")] = None,
@@ -104,53 +105,78 @@ def prepare(
     fmax: Annotated[Optional[float], typer.Option(help="Highest mel frequency (Hz).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (time axis) after resizing.")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height; default: n_mels (no resize).")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Face frames sampled per clip, evenly spread.")] = None,
+    face_size: Annotated[Optional[int], typer.Option(min=16, help="Face crop side (pixels).")] = None,
+    margin: Annotated[Optional[float], typer.Option(min=0.0, help="Margin around the face box, fraction of its side.")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="Face detector (see harness.data.faces.DETECTORS).")] = None,
 ) -> None:
     """Validate a dataset and extract features once into the cache (resumable, parallel)."""
-    from harness.config import AudioFeatures, replace
+    from harness.config import AudioFeatures, RunConfig, VideoFeatures, replace
 
-    cfg = replace(
-        AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length,
-        fmax=fmax, width=width, height=height,
-    )
-    run_prepare(resolve_data(data), cfg, cache=cache, workers=workers, modality=modality)
+    try:
+        cfg = RunConfig(
+            modality=modality,
+            features=replace(AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft,
+                             hop_length=hop_length, fmax=fmax, width=width, height=height),
+            video=replace(VideoFeatures(), frames=frames, size=face_size, margin=margin, detector=detector),
+        )
+    except ValueError as e:
+        raise fail(str(e)) from None
+    run_prepare(resolve_data(data), cfg, cache=cache, workers=workers)
 
 
-def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, modality: str = "audio", quiet: bool = False):  # noqa: ANN001, ANN201
-    """Shared by `prepare` and by commands that prepare missing features first."""
+def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: bool = False):  # noqa: ANN001, ANN201
+    """Shared by `prepare` and by commands that prepare missing features first: every input that
+    `cfg.modality` reads (audio, face crops or both). Returns the dataset, the RunConfig actually
+    used (an image-track dataset turns a video modality into `image`) and one report per input."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from harness.data.cache import prepare_audio
+    from harness.config import replace
+    from harness.data.cache import prepare_features
     from harness.data.labels import DatasetError, load_dataset
     from harness.paths import cache_dir
 
     console = Console(stderr=True)
-    if modality != "audio":
-        raise fail(f"--modality {modality!r} is not available yet; use audio")
     try:
         ds = load_dataset(data)
     except DatasetError as e:
         raise fail(str(e)) from None
     if ds.track == "image":
-        raise fail(f"{ds.root}: this is an image-track dataset; it has no audio to extract")
+        if cfg.modality in ("audio", "fusion"):
+            raise fail(f"{ds.root}: this is an image-track dataset (face images); it has no audio: use --modality image")
+        cfg = replace(cfg, modality="image")
+    elif cfg.modality == "image":
+        raise fail(f"{ds.root}: this dataset holds clips, not face images: use --modality video")
     for w in ds.warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    columns = (TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=quiet) as progress:
-        task = progress.add_task(modality, total=None)
-        report = prepare_audio(
-            ds, cfg, cache_root=cache or cache_dir(), workers=workers,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
-    if not quiet or report.failures:
-        for f in report.failures:
-            console.print(f"[yellow]failed:[/] {f.split}/{f.name}: {f.reason} ({f.detail})")
-        rate = f"{report.clips_per_s:.1f} clips/s" if report.done else "nothing to compute"
-        console.print(
-            f"prepared {report.total} clips: {report.done} done, {report.reused} reused, {len(report.failures)} failed; "
-            f"{rate}; cache {report.cache}"
-        )
-    return ds, report
+    reports = {}
+    for name in cfg.inputs:
+        columns = (TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, disable=quiet) as progress:
+            task = progress.add_task("faces" if name == "video" else name, total=None)
+            try:
+                report = prepare_features(
+                    ds, cfg.features_for(name), cache_root=cache or cache_dir(), workers=workers,
+                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+            except ValueError as e:  # an unknown detector, say
+                raise fail(str(e)) from None
+        reports[name] = report
+        if not quiet or report.failures:
+            for f in report.failures:
+                console.print(f"[yellow]failed:[/] {f.split}/{f.name}: {f.reason} ({f.detail})")
+            rate = f"{report.clips_per_s:.1f} clips/s" if report.done else "nothing to compute"
+            what = "faces of" if name == "video" else "audio of"
+            console.print(
+                f"prepared {what} {report.total} {'images' if ds.track == 'image' else 'clips'}: {report.done} done, "
+                f"{report.reused} reused, {len(report.failures)} failed; {rate}; cache {report.cache}"
+            )
+            if report.frames:
+                share = report.fallback_frames / report.frames
+                console.print(f"frames without a face (centre crop used): {report.fallback_frames} of {report.frames} "
+                              f"({share:.1%}); per clip in the index's `fallback` column")
+    return ds, cfg, reports
 
 
 def load_run_config(path: Path | None):  # noqa: ANN201 - RunConfig
@@ -170,8 +196,10 @@ def load_run_config(path: Path | None):  # noqa: ANN201 - RunConfig
 @app.command()
 def train(
     data: DataOption = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with [features] and [train] tables.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with [features], [video] and [train] tables.")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="audio | video | fusion | image (face-image datasets).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="timm model name or name.tag.")] = None,
+    video_backbone: Annotated[Optional[str], typer.Option(help="Fusion's video branch (default: --backbone).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     loss: Annotated[Optional[str], typer.Option(help="bce | ce | focal.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (0 = off).")] = None,
@@ -190,13 +218,17 @@ def train(
     from harness.config import replace
 
     base = load_run_config(config)
-    cfg = replace(base, train=replace(
-        base.train, backbone=backbone, lr=lr, loss=loss, label_smoothing=label_smoothing, optimizer=optimizer,
-        epochs=epochs, batch_size=batch_size, pretrained=pretrained, weights=str(weights) if weights else None,
-        seed=seed, device=device, max_params=max_params,
-    ))
+    try:
+        cfg = replace(base, modality=modality, train=replace(
+            base.train, backbone=backbone, video_backbone=video_backbone, lr=lr, loss=loss,
+            label_smoothing=label_smoothing, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+            pretrained=pretrained, weights=str(weights) if weights else None, seed=seed, device=device,
+            max_params=max_params,
+        ))
+    except ValueError as e:
+        raise fail(str(e)) from None
     data_dir = resolve_data(data)
-    run_prepare(data_dir, cfg.features, cache=cache, workers=2, quiet=True)
+    _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
 
 
@@ -210,7 +242,7 @@ def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> st
 
     try:
         result = train_run(cfg, data_dir=data_dir, experiment=experiment, cache_root=cache or cache_dir(),
-                           callbacks=[EpochTable(title=cfg.train.backbone)])
+                           callbacks=[EpochTable(title=cfg.train.backbone if cfg.modality == "audio" else f"{cfg.modality}: {cfg.train.backbone}")])
     except (DatasetError, ModelRuleError, WeightsUnavailableError, FileNotFoundError) as e:
         raise fail(str(e)) from None
     except (TrainingDiverged, ValueError) as e:
@@ -353,8 +385,8 @@ def tune(
     except tuning.SpecError as e:
         raise fail(str(e)) from None
     data_dir = resolve_data(data)
-    for features in spec.feature_configs():  # every input size the study can pick, once, up front
-        run_prepare(data_dir, features, cache=cache, workers=2, quiet=True)
+    for cfg in spec.prepare_configs():  # every input the study can pick, once, up front
+        run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 160)  # logs and pipes: keep each row on one line

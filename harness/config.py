@@ -74,6 +74,38 @@ SEED_AUDIO = AudioFeatures(
 
 
 @dataclass(frozen=True)
+class VideoFeatures:
+    """Face crops: `frames` frames sampled uniformly over a clip, the largest face in each cut out
+    square with `margin` (a fraction of the face box added on every side) and resized to `size`.
+
+    A frame where the detector finds no face falls back to a centre square of `fallback_crop` of the
+    frame's shorter side, and is counted in the cache's index (column `fallback`), never skipped.
+    Detection runs on a copy scaled to `detect_width` pixels wide (faces in these clips fill a good
+    part of the frame); faces narrower than `min_face` of that width are ignored (the real clips'
+    faces span about 0.55 of the width; a smaller floor let the cascades pick background blobs).
+    For the image track each image is one frame: the cache stores (1, size, size, 3).
+    """
+
+    frames: int = 8
+    size: int = 112
+    margin: float = 0.25
+    detector: str = "haar"
+    detect_width: int = 192
+    min_face: float = 0.3
+    fallback_crop: float = 0.6
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.frames, self.size, self.size, 3)
+
+    def key(self) -> str:
+        return "video-" + _stable_hash(dataclasses.asdict(self))
+
+
+MODALITIES = ("audio", "video", "fusion", "image")
+
+
+@dataclass(frozen=True)
 class Augment:
     """Training-time augmentations; each one off at 0 (or False). `strength` scales them all."""
 
@@ -112,6 +144,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     max_params: float = 200e6
+    video_backbone: str | None = None  # fusion's video branch; None = the same name as `backbone`
     augment: Augment = Augment()
 
 
@@ -119,9 +152,25 @@ class TrainConfig:
 class RunConfig:
     """Everything that decides a run's result, as logged and as saved beside its checkpoint."""
 
-    modality: str = "audio"
+    modality: str = "audio"  # audio | video | fusion | image (see MODALITIES)
     features: AudioFeatures = AudioFeatures()
+    video: VideoFeatures = VideoFeatures()
     train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"unknown modality {self.modality!r}; choose from {', '.join(MODALITIES)}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The cached inputs a model of this modality reads: ("audio",), ("video",) or both."""
+        return {"audio": ("audio",), "video": ("video",), "image": ("video",), "fusion": ("audio", "video")}[self.modality]
+
+    def features_for(self, name: str) -> AudioFeatures | VideoFeatures:
+        """The feature settings of one input; the image track's are one frame per image."""
+        if name == "audio":
+            return self.features
+        return dataclasses.replace(self.video, frames=1) if self.modality == "image" else self.video
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

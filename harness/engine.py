@@ -17,10 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.augment import image_augment, mixup, spec_augment
+from harness.augment import image_augment, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
-from harness.config import TrainConfig
+from harness.config import Augment, TrainConfig
 from harness.data.dataset import DeviceResident, SplitArrays, batches
+from harness.modalities import head_outputs
+
+Stats = dict[str, tuple[Sequence[float], Sequence[float]]]  # input name -> (mean, std)
 
 LOSSES = ("bce", "ce", "focal")
 OPTIMIZERS = ("adamw", "sgd", "radam")
@@ -28,11 +31,6 @@ OPTIMIZERS = ("adamw", "sgd", "radam")
 
 class TrainingDiverged(RuntimeError):
     """The loss stopped being a number: the run cannot go on."""
-
-
-def head_outputs(loss: str) -> int:
-    """Cross-entropy trains a two-logit head; the others a single fake logit."""
-    return 2 if loss == "ce" else 1
 
 
 def pick_device(name: str) -> torch.device:
@@ -128,16 +126,54 @@ class Normalise(torch.nn.Module):
         return (x.float() - self.mean) / self.std
 
 
+class Inputs(torch.nn.Module):
+    """uint8 batches as cached -> what the model takes: normalised, in layout, augmented in training.
+
+    "audio" (B, H, W) -> (B, 1, H, W); "video" (B, K, S, S, 3) -> (B, K, 3, S, S). One input is passed
+    to the model positionally; several (fusion) by name, with their `<name>_present` masks.
+    """
+
+    def __init__(self, stats: Stats) -> None:
+        super().__init__()
+        self.norms = torch.nn.ModuleDict({name: Normalise(mean, std) for name, (mean, std) in stats.items()})
+
+    def forward(self, batch: dict[str, torch.Tensor], device: torch.device, *, augment: Augment | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, norm in self.norms.items():
+            x = batch[name].to(device, non_blocking=True)
+            if name == "audio":
+                x = norm(x.unsqueeze(1))
+                if augment is not None:
+                    x = spec_augment(x, augment, generator)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+            else:
+                b, k, h, w, c = x.shape
+                x = norm(x.permute(0, 1, 4, 2, 3).reshape(b * k, c, h, w)).reshape(b, k * c, h, w).contiguous()
+                if augment is not None:  # one flip / colour / crop per clip, the same on all its frames
+                    x = image_augment(x, augment, generator)
+                x = x.reshape(b, k, c, h, w)
+            out[name] = x
+        for key, mask in batch.items():
+            if key.endswith("_present"):
+                out[key] = mask.to(device, non_blocking=True)
+        return out
+
+
+def call_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if len(inputs) == 1:
+        return model(next(iter(inputs.values())))
+    return model(**inputs)
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, norm: Normalise, data: SplitArrays, *, batch_size: int, device: torch.device, precision: Precision) -> np.ndarray:
+def predict(model: torch.nn.Module, inputs: Inputs, data: SplitArrays, *, batch_size: int, device: torch.device, precision: Precision) -> np.ndarray:
     model.eval()
     scores = []
-    for x, _ in batches(data, batch_size, shuffle=False):
-        x = norm(x.to(device, non_blocking=True))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+    for batch, _ in batches(data, batch_size, shuffle=False):
         with precision.autocast(device):
-            scores.append(fake_probability(model(x)).cpu())
+            scores.append(fake_probability(call_model(model, inputs(batch, device))).cpu())
     return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
 
 
@@ -157,7 +193,7 @@ class _Loop:
 
     cfg: TrainConfig
     model: torch.nn.Module
-    norm: Normalise
+    inputs: Inputs
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     precision: Precision
@@ -173,13 +209,14 @@ def fit(
     *,
     train: SplitArrays,
     val: SplitArrays,
-    mean: Sequence[float],
-    std: Sequence[float],
+    stats: Stats,
     out_dir: Path,
     callbacks: Sequence[Callback] = (),
     info: dict | None = None,
 ) -> FitResult:
-    """Train `model` and return the best epoch by val AUC, its checkpoint and val scores."""
+    """Train `model` and return the best epoch by val AUC, its checkpoint and val scores.
+
+    `stats` gives each input's normalisation (mean, std) and so names the inputs the model reads."""
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"need clips to train and validate on (train={len(train)}, val={len(val)})")
     seed_everything(cfg.seed)
@@ -190,7 +227,7 @@ def fit(
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = max(1, len(train) // cfg.batch_size + (len(train) % cfg.batch_size > 1))
     loop = _Loop(
-        cfg=cfg, model=model, norm=Normalise(mean, std).to(device), optimizer=optimizer,
+        cfg=cfg, model=model, inputs=Inputs(stats).to(device), optimizer=optimizer,
         scheduler=warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch),
         precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed),
         aug_gen=torch.Generator(device=device).manual_seed(cfg.seed),
@@ -228,7 +265,7 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train loss became {train_loss} in epoch {epoch} (try a lower --lr)")
-        scores = predict(loop.model, loop.norm, val, batch_size=cfg.batch_size * 2, device=loop.device, precision=loop.precision)
+        scores = predict(loop.model, loop.inputs, val, batch_size=cfg.batch_size * 2, device=loop.device, precision=loop.precision)
         metrics = {f"val_{k}": v for k, v in classification_metrics(val.labels, scores).items()}
         metrics.update(train_loss=train_loss, lr=loop.optimizer.param_groups[0]["lr"],
                        epoch_seconds=time.perf_counter() - start, samples_per_s=seen / train_seconds)
@@ -255,21 +292,18 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
 
 def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
     cfg, model, device = loop.cfg, loop.model, loop.device
-    augment = spec_augment if train.images.ndim == 3 else image_augment
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
     source = loop.resident.batches(cfg.batch_size, generator=loop.rng) if loop.resident else \
         batches(train, cfg.batch_size, shuffle=True, generator=loop.rng)
-    for x, y in source:
-        x = augment(loop.norm(x.to(device, non_blocking=True)), cfg.augment, loop.aug_gen)
+    for batch, y in source:
+        x = loop.inputs(batch, device, augment=cfg.augment, generator=loop.aug_gen)
         y = y.to(device, non_blocking=True)
         if cfg.augment.mixup > 0:
-            x, y = mixup(x, y, cfg.augment.mixup, loop.aug_gen)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+            x, y = mixup_inputs(x, y, cfg.augment.mixup, loop.aug_gen)
         with loop.precision.autocast(device):
-            loss = loss_fn(cfg, model(x), y)
+            loss = loss_fn(cfg, call_model(model, x), y)
         loop.optimizer.zero_grad(set_to_none=True)
         scaler = loop.precision.scaler
         if scaler is not None:
@@ -285,6 +319,6 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
         else:
             loop.optimizer.step()
         loop.scheduler.step()
-        total += loss.detach() * len(x)  # stays on the device: no sync per step
-        seen += len(x)
+        total += loss.detach() * len(y)  # stays on the device: no sync per step
+        seen += len(y)
     return float(total) / max(1, seen), seen

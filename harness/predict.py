@@ -38,7 +38,7 @@ from typing import IO
 import numpy as np
 
 from harness.config import RunConfig, from_dict
-from harness.data.labels import VIDEO_EXTS
+from harness.data.labels import IMAGE_EXTS, VIDEO_EXTS
 from harness.data.media import MediaError
 
 FALLBACK_SCORE = 0.5
@@ -80,7 +80,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            exts = VIDEO_EXTS | AUDIO_EXTS
+            exts = VIDEO_EXTS | AUDIO_EXTS | IMAGE_EXTS
             out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts and not f.name.startswith(".")))
         else:
             out.append(p)
@@ -111,8 +111,7 @@ class Predictor:
         *,
         tta: int = 1,
         device: str = "cpu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        stats: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
         fallback: float = FALLBACK_SCORE,
         batch_size: int = BATCH_SIZE,
         source: str = "",
@@ -120,16 +119,15 @@ class Predictor:
         import torch
         from safetensors.torch import load_file
 
-        from harness.engine import Normalise, head_outputs, pick_device
-        from harness.models import create_model, model_data_config
+        from harness.engine import Inputs, pick_device
+        from harness.modalities import build_model, input_stats
 
-        if cfg.modality != "audio":
-            raise ValueError(f"modality {cfg.modality!r} cannot be scored yet; only audio")
         if not 0.0 <= fallback <= 1.0:
             raise ValueError(f"fallback score must lie in [0, 1], got {fallback}")
         self.cfg = cfg
         self.weights = Path(weights)
-        self.shifts = tta_shifts(cfg, tta)
+        # TTA shifts the log-mel's time axis: it applies to models that read audio.
+        self.shifts = tta_shifts(cfg, tta) if "audio" in cfg.inputs else [0]
         self.tta = tta
         self.fallback = float(fallback)
         self.batch_size = max(1, batch_size)
@@ -137,14 +135,13 @@ class Predictor:
         self.device = pick_device(device)
         if self.device.type == "cpu":
             _use_available_cpus(torch)
-        model = create_model(cfg.train.backbone, pretrained=False, in_chans=1, num_classes=head_outputs(cfg.train.loss))
+        model = build_model(cfg, pretrained=False)
         model.load_state_dict(load_file(str(self.weights)), strict=True)  # safetensors: tensors only, no pickle
-        if mean is None or std is None:
-            data_cfg = model_data_config(model, in_chans=1)  # timm's pretrained config: data, works offline
-            mean, std = data_cfg["mean"], data_cfg["std"]
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        # timm's pretrained config (data, works offline) unless the bundle recorded its own
+        stats = stats or input_stats(cfg, model)
+        self.stats = {name: (tuple(float(v) for v in m), tuple(float(v) for v in s)) for name, (m, s) in stats.items()}
         self.model = model.to(self.device).eval()
-        self.norm = Normalise(self.mean, self.std).to(self.device)
+        self.inputs = Inputs(self.stats).to(self.device)
 
     # ----------------------------------------------------------------------------------- builders
 
@@ -170,57 +167,97 @@ class Predictor:
             raise ValueError(f"{path}: bundle format {config.get('format')!r}, this code reads {BUNDLE_FORMAT}")
         cfg = from_dict(RunConfig, config["run_config"])
         model, scoring = config["model"], config["scoring"]
+        stats = {name: (v["mean"], v["std"]) for name, v in model["inputs"].items()}
         return cls(
             cfg, folder / model["weights"], tta=scoring["tta"] if tta is None else tta, device=device,
-            mean=model["mean"], std=model["std"], fallback=scoring["fallback_score"],
+            stats=stats, fallback=scoring["fallback_score"],
             source=f"bundle {folder} (run {config.get('run_id')})",
         )
 
     # ------------------------------------------------------------------------------------ scoring
 
-    def features(self, path: Path | str) -> np.ndarray:
-        """The uint8 log-mel image of one clip. Raises a MediaError (MissingFile when there is no file)."""
-        from harness.data.features import audio_features
+    def features(self, path: Path | str) -> dict[str, np.ndarray]:
+        """The uint8 inputs of one clip (or face image), as the cache would hold them.
 
+        A fusion model gets `<input>_present` flags and zeros for an input that failed, so a clip with
+        unreadable video still gets a score from its audio (and the reverse). Raises a MediaError
+        (MissingFile when there is no file) when no input can be made.
+        """
         if not Path(path).is_file():
             raise MissingFile(path, "no such file")
-        return audio_features(path, self.cfg.features)
+        out: dict[str, np.ndarray] = {}
+        errors: list[MediaError] = []
+        for name in self.cfg.inputs:
+            settings = self.cfg.features_for(name)
+            try:
+                if name == "audio":
+                    from harness.data.features import audio_features
 
-    def score_images(self, images: np.ndarray) -> np.ndarray:
-        """Probability of fake for (N, H, W) uint8 images, TTA applied; float64 (N,)."""
-        import torch
+                    out[name] = audio_features(path, settings)
+                else:
+                    from harness.data.faces import video_features
 
-        from harness.engine import fake_probability
-
-        images = np.asarray(images)
-        if images.ndim != 3 or images.shape[1:] != self.cfg.features.shape:
-            raise ValueError(f"expected (N, {', '.join(map(str, self.cfg.features.shape))}) images, got {images.shape}")
-        out = np.empty(len(images), dtype=np.float64)
-        step = max(1, self.batch_size // len(self.shifts))
-        with torch.inference_mode():
-            for start in range(0, len(images), step):
-                chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + step]))
-                x = self.norm(chunk.unsqueeze(1).to(self.device))
-                if self.shifts != [0]:
-                    x = torch.cat([torch.roll(x, s, dims=3) for s in self.shifts])
-                probs = fake_probability(self.model(x)).view(len(self.shifts), len(chunk)).mean(dim=0)
-                out[start : start + len(chunk)] = probs.double().cpu().numpy()
+                    out[name] = video_features(path, settings).crops
+            except MediaError as e:
+                if len(self.cfg.inputs) == 1:
+                    raise
+                errors.append(e)
+                out[name] = np.zeros(settings.shape, dtype=np.uint8)
+                out[f"{name}_present"] = np.array(False)
+        if len(errors) == len(self.cfg.inputs):
+            raise errors[0]
+        if len(self.cfg.inputs) > 1:
+            for name in self.cfg.inputs:
+                out.setdefault(f"{name}_present", np.array(True))
         return out
 
+    def score_inputs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Probability of fake for a batch of stacked inputs (as `features` makes them, stacked along
+        a first axis), TTA applied; float64 (N,)."""
+        import torch
+
+        from harness.engine import call_model, fake_probability
+
+        for name in self.cfg.inputs:
+            want = self.cfg.features_for(name).shape
+            if batch[name].shape[1:] != tuple(want):
+                raise ValueError(f"expected {name} inputs of shape (N, {', '.join(map(str, want))}), got {batch[name].shape}")
+        n = len(batch[self.cfg.inputs[0]])
+        out = np.empty(n, dtype=np.float64)
+        step = max(1, self.batch_size // len(self.shifts))
+        with torch.inference_mode():
+            for start in range(0, n, step):
+                chunk = {k: torch.from_numpy(np.ascontiguousarray(v[start : start + step])) for k, v in batch.items()}
+                size = len(chunk[self.cfg.inputs[0]])
+                x = self.inputs(chunk, self.device)
+                if self.shifts != [0]:
+                    x = {k: torch.cat([torch.roll(v, s, dims=3) for s in self.shifts]) if k == "audio"
+                         else torch.cat([v] * len(self.shifts)) for k, v in x.items()}
+                probs = fake_probability(call_model(self.model, x)).view(len(self.shifts), size).mean(dim=0)
+                out[start : start + size] = probs.double().cpu().numpy()
+        return out
+
+    def score_images(self, images: np.ndarray) -> np.ndarray:
+        """Probability of fake for a single-input model's stacked inputs: (N, H, W) log-mels or
+        (N, frames, size, size, 3) face crops."""
+        if len(self.cfg.inputs) != 1:
+            raise ValueError(f"a {self.cfg.modality} model reads {' and '.join(self.cfg.inputs)}: use score_inputs")
+        return self.score_inputs({self.cfg.inputs[0]: np.asarray(images)})
+
     def score(self, path: Path | str) -> float:
-        """Probability of fake for one clip. Raises a MediaError when it has no usable audio."""
-        return float(self.score_images(self.features(path)[None])[0])
+        """Probability of fake for one clip. Raises a MediaError when it has no usable input."""
+        return float(self.score_inputs({k: v[None] for k, v in self.features(path).items()})[0])
 
     def score_many(
         self, paths: Sequence[Path | str], *, on_progress: Callable[[int, int], None] | None = None
     ) -> list[Scored]:
         """One row per path, in order; clips without features get the fallback score and the reason."""
         rows: list[Scored | None] = [None] * len(paths)
-        pending: list[tuple[int, np.ndarray]] = []
+        pending: list[tuple[int, dict[str, np.ndarray]]] = []
 
         def flush() -> None:
-            scores = self.score_images(np.stack([image for _, image in pending]))
-            for (i, _), score in zip(pending, scores):
+            stacked = {k: np.stack([inputs[k] for _, inputs in pending]) for k in pending[0][1]}
+            for (i, _), score in zip(pending, self.score_inputs(stacked)):
                 rows[i] = Scored(str(paths[i]), float(score), True)
             pending.clear()
 

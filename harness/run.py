@@ -13,10 +13,10 @@ from pathlib import Path
 
 from harness.callbacks import Callback, FitResult
 from harness.config import RunConfig
-from harness.data.cache import feature_dir, prepare_audio
+from harness.data.cache import feature_dir, prepare_features
 from harness.data.dataset import load_arrays
 from harness.data.labels import Dataset, load_dataset
-from harness.engine import fit, head_outputs, seed_everything
+from harness.engine import fit, seed_everything
 
 PRUNED_PREFIX = "pruned"
 
@@ -28,23 +28,36 @@ class RunResult:
     fit: FitResult | None
 
 
-def features_for(ds: Dataset, cfg: RunConfig, cache_root: Path, *, workers: int = 2) -> Path:
-    """The run's feature folder, computing whatever is missing (a no-op when all is cached)."""
-    if cfg.modality != "audio":
-        raise ValueError(f"modality {cfg.modality!r} is not available yet; use audio")
-    prepare_audio(ds, cfg.features, cache_root=cache_root, workers=workers, splits=("train", "val"))
-    return feature_dir(ds, cfg.features, cache_root)
+def data_fingerprint(ds: Dataset, cfg: RunConfig) -> str:
+    """The label files and the feature settings a run reads: what `submit` compares a dataset with."""
+    return "-".join([ds.fingerprint(), *(cfg.features_for(name).key() for name in cfg.inputs)])
+
+
+def check_track(ds: Dataset, cfg: RunConfig) -> None:
+    """Image-track datasets train `image` models, clip datasets the others. Raises ValueError."""
+    if ds.track == "image" and cfg.modality != "image":
+        raise ValueError(f"{ds.root}: an image-track dataset (face images) trains modality image, not {cfg.modality}")
+    if ds.track != "image" and cfg.modality == "image":
+        raise ValueError(f"{ds.root}: this dataset holds clips; modality image is for face-image datasets (use video)")
+
+
+def features_for(ds: Dataset, cfg: RunConfig, cache_root: Path, *, workers: int = 2) -> dict[str, Path]:
+    """The run's feature folder per input, computing whatever is missing (a no-op when all is cached)."""
+    check_track(ds, cfg)
+    folders = {}
+    for name in cfg.inputs:
+        features = cfg.features_for(name)
+        prepare_features(ds, features, cache_root=cache_root, workers=workers, splits=("train", "val"))
+        folders[name] = feature_dir(ds, features, cache_root)
+    return folders
 
 
 def gate(cfg: RunConfig):  # noqa: ANN201 - ComplianceReport
     """The competition rules, checked before the first step. Raises ModelRuleError."""
-    from harness.models import ModelRuleError, check_compliance
+    from harness.modalities import check_run
+    from harness.models import ModelRuleError
 
-    t = cfg.train
-    report = check_compliance(
-        t.backbone, pretrained=t.pretrained or t.weights is not None, in_chans=1,
-        input_size=cfg.features.shape, max_params=t.max_params, num_classes=head_outputs(t.loss),
-    )
+    report = check_run(cfg)
     if not report.ok:
         raise ModelRuleError(report.summary())
     return report
@@ -63,7 +76,7 @@ def train_run(
 ) -> RunResult:
     """Train one model and record it. Errors are recorded on the run, then raised."""
     from harness import tracking
-    from harness.models import create_model, model_data_config
+    from harness.modalities import build_model, input_stats
 
     ds = load_dataset(data_dir)  # a bad dataset fails before any run is created
     client = tracking.setup()
@@ -73,21 +86,26 @@ def train_run(
         run_name=run_name,
         config=cfg,
         parent_run_id=parent_run_id,
-        tags={"data.path": str(ds.root), "data.fingerprint": f"{ds.fingerprint()}-{cfg.features.key()}", **(tags or {})},
+        tags={"data.path": str(ds.root), **(tags or {}),
+              "data.fingerprint": data_fingerprint(ds, cfg)},
     )
     try:
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
         train, val = load_arrays(features, "train"), load_arrays(features, "val")
+        if not len(train) or not len(val):
+            raise ValueError(f"no usable {'/'.join(cfg.inputs)} features to train on (train={len(train)}, val={len(val)}); "
+                             f"see failures.csv in {', '.join(map(str, features.values()))}")
         t = cfg.train
         seed_everything(t.seed)  # before the head is initialised: same seed, same run
-        model = create_model(t.backbone, pretrained=t.pretrained or t.weights is not None, in_chans=1,
-                             num_classes=head_outputs(t.loss), weights=t.weights, drop_rate=t.drop_rate)
-        data_cfg = model_data_config(model, in_chans=1)
-        info = {"backbone": report.resolved, "params": report.params, "thop_params": report.thop_params,
-                "macs": report.macs, "input_size": "x".join(map(str, report.input_size))}
+        model = build_model(cfg)
+        info = {"modality": cfg.modality, "backbone": report.resolved, "params": report.params,
+                "thop_params": report.thop_params, "macs": report.macs,
+                "input_size": "x".join(map(str, report.input_size))}
+        if cfg.modality != "audio":
+            info["faces"] = "x".join(map(str, cfg.features_for("video").shape))
         with tempfile.TemporaryDirectory(prefix="harness-run-") as work:
-            result = fit(t, model, train=train, val=val, mean=data_cfg["mean"], std=data_cfg["std"],
+            result = fit(t, model, train=train, val=val, stats=input_stats(cfg, model),
                          out_dir=Path(work), callbacks=[recorder, *callbacks], info=info)
     except KeyboardInterrupt:
         recorder.finish("KILLED")

@@ -6,7 +6,7 @@ dataset that is refused:
 1. refuses a run that did not finish (FAILED; KILLED, pruned or interrupted; still RUNNING), has no
    checkpoint, or breaks the compliance gates (`harness.run.gate`, re-checked on the run's config);
 2. scores every row of the test template, in its order (every test clip in name order when there is
-   no template). Features come through the feature cache (`prepare_audio`: the same `audio_features`
+   no template). Features come through the feature cache (`prepare_features`: the same `audio_features`
    as `harness predict`, computed in parallel and reused), the model through `harness.predict`.
    A clip whose features cannot be computed scores `FALLBACK_SCORE` (0.5: see harness.predict) and
    is listed in OUT/fallbacks.csv (`video_name,reason,detail,score`) and in the report;
@@ -118,6 +118,7 @@ def submit(
     ValidationError for a CSV that fails its checks) or DatasetError (bad dataset or template)."""
     from harness import paths, tracking
     from harness.data.labels import load_dataset
+    from harness.run import data_fingerprint
 
     start = time.perf_counter()
     client = tracking.setup()
@@ -127,14 +128,14 @@ def submit(
     cfg, weights = tracking.load_run_config(client, run_id)
     compliance = check_compliance(cfg, run_id)
     ds = load_dataset(data_dir)
-    if ds.track != "video":
-        raise SubmitError(f"{ds.root}: an {ds.track}-track dataset; this run scores the audio of clips")
+    if (ds.track == "image") != (cfg.modality == "image"):
+        raise SubmitError(f"{ds.root}: an {ds.track}-track dataset; run {run_id} is a {cfg.modality} model")
     names = ds.template if ds.template is not None else [s.name for s in ds.split("test")]
     if not names:
         raise SubmitError(f"{ds.root}: no test clips (testset/ is missing or empty)")
     warnings = list(ds.warnings)
     trained_on = run.data.tags.get("data.fingerprint")
-    if trained_on and trained_on != f"{ds.fingerprint()}-{cfg.features.key()}":
+    if trained_on and trained_on != data_fingerprint(ds, cfg):
         warnings.append(f"{ds.root} differs from the dataset run {run_id} was trained on (data.fingerprint "
                         f"{trained_on}): its label files or template changed, or it is another dataset")
 
@@ -200,23 +201,50 @@ def _score_test_split(
     ds: Any, predictor: Predictor, names: list[str], *, cache_root: Path, workers: int,
     on_progress: Callable[[int, int], None] | None,
 ) -> tuple[list[float], list[Fallback]]:
+    """Score the test split from the feature cache (prepared here if needed), in the template's order.
+
+    A clip with none of the model's inputs gets the fallback score; a fusion model scores a clip
+    from whichever input it has."""
     import numpy as np
 
-    from harness.data.cache import feature_dir, load_split, prepare_audio
+    from harness.data.cache import feature_dir, load_split, prepare_features
+    from harness.data.dataset import load_arrays
 
-    prepared = prepare_audio(ds, predictor.cfg.features, cache_root=cache_root, workers=workers, splits=("test",),
-                             on_progress=on_progress)
-    images, index = load_split(feature_dir(ds, predictor.cfg.features, cache_root), "test")
-    if [row["name"] for row in index] != names:
-        raise SubmitError(f"the feature cache's test index does not follow the template's order ({prepared.cache})")
-    usable = np.flatnonzero([row["ok"] == "1" for row in index])
+    cfg = predictor.cfg
+    folders, failures, reasons = {}, {}, {}
+    for name in cfg.inputs:
+        settings = cfg.features_for(name)
+        prepared = prepare_features(ds, settings, cache_root=cache_root, workers=workers, splits=("test",),
+                                    on_progress=on_progress)
+        folders[name] = feature_dir(ds, settings, cache_root)
+        _, index = load_split(folders[name], "test")
+        if [row["name"] for row in index] != names:
+            raise SubmitError(f"the feature cache's test index does not follow the template's order ({prepared.cache})")
+        failures.update({(name, f.name): f.detail for f in prepared.failures})
+        for row in index:
+            if row["ok"] != "1":
+                reasons.setdefault(row["name"], []).append((name, row["reason"]))
+    data = load_arrays(folders, "test", usable_only=False)
+    missing = {n for n, why in reasons.items() if len(why) == len(cfg.inputs)}  # no input at all
+    usable = np.flatnonzero([n not in missing for n in data.names])
     scores = np.full(len(names), predictor.fallback, dtype=np.float64)
     for start in range(0, len(usable), 1024):  # a bounded slice of the memmap in memory at a time
         rows = usable[start : start + 1024]
-        scores[rows] = predictor.score_images(images[rows])
-    details = {f.name: f for f in prepared.failures}
-    fallbacks = [Fallback(row["name"], row["reason"], details[row["name"]].detail if row["name"] in details else "")
-                 for row in index if row["ok"] != "1"]
+        batch = {k: v[rows] for k, v in data.inputs.items()}
+        for k, mask in data.present.items():
+            batch[f"{k}_present"] = mask[rows]
+        if len(cfg.inputs) > 1:
+            for k in cfg.inputs:
+                batch.setdefault(f"{k}_present", np.ones(len(rows), dtype=bool))
+        scores[rows] = predictor.score_inputs(batch)
+
+    def why(name: str) -> tuple[str, str]:
+        parts = reasons[name]
+        if len(parts) == 1:
+            return parts[0][1], failures.get((parts[0][0], name), "")
+        return "; ".join(f"{i}: {r}" for i, r in parts), "; ".join(failures.get((i, name), "") for i, _ in parts)
+
+    fallbacks = [Fallback(n, *why(n)) for n in names if n in missing]
     return scores.tolist(), fallbacks
 
 
@@ -297,8 +325,10 @@ def build_bundle(
             "run_name": run.info.run_name,
             "run_config": to_dict(cfg),
             "model": {
-                "backbone": compliance.resolved, "in_chans": 1, "num_classes": head_outputs(cfg.train.loss),
-                "input_size": list(compliance.input_size), "mean": list(predictor.mean), "std": list(predictor.std),
+                "backbone": compliance.resolved, "modality": cfg.modality, "num_classes": head_outputs(cfg.train.loss),
+                "input_size": list(compliance.input_size),
+                "inputs": {name: {"shape": list(cfg.features_for(name).shape), "mean": list(mean), "std": list(std)}
+                           for name, (mean, std) in predictor.stats.items()},
                 "weights": BUNDLE_WEIGHTS, "sha256": _sha256(stage / BUNDLE_WEIGHTS),
                 "params": compliance.params, "thop_params": compliance.thop_params, "macs": compliance.macs,
             },
@@ -473,7 +503,11 @@ def _cuda_image() -> str:
 
 def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: str, fallbacks: int, test_rows: int) -> str:
     metrics, model, scoring, code = config["metrics"], config["model"], config["scoring"], config["code"]
-    train, features = config["run_config"]["train"], config["run_config"]["features"]
+    run_config = config["run_config"]
+    train, features, video = run_config["train"], run_config["features"], run_config.get("video", {})
+    modality = run_config.get("modality", "audio")
+    reads = {"audio": "the audio of a clip (log-mel image)", "video": "the faces of a clip (face crops over time)",
+             "fusion": "the audio and the faces of a clip", "image": "a face image"}[modality]
 
     def metric(name: str) -> str:
         value = metrics.get(name)
@@ -486,8 +520,8 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
     lines = [
         f"# Model card: run {config['run_id']} ({config['run_name']})",
         "",
-        f"Binary deepfake detector on the audio of a clip: `{model['backbone']}` (timm) on "
-        f"{'x'.join(map(str, model['input_size']))} log-mel images, output the probability that the clip is fake. "
+        f"Binary deepfake detector ({modality}) on {reads}: `{model['backbone']}` (timm), "
+        "output the probability that it is fake. "
         f"Promoted by `harness submit` on {_now()}.",
         "",
         "## Validation metrics (best epoch)",
@@ -503,24 +537,32 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         f"loss {train['loss']}, {model['num_classes']} output(s)",
         f"- parameters {model['params']:,} (thop count {model['thop_params']:,}; cap {train['max_params']:,.0f}), "
         f"{model['macs'] / 1e9:.3f} GMACs per clip at {'x'.join(map(str, model['input_size']))}",
-        f"- weights `{model['weights']}` (safetensors, sha256 {model['sha256'][:16]}...), "
-        f"normalised by mean {model['mean']} / std {model['std']}",
+        f"- weights `{model['weights']}` (safetensors, sha256 {model['sha256'][:16]}...); inputs: "
+        + "; ".join(f"{name} {'x'.join(map(str, v['shape']))} uint8, normalised by mean {v['mean']} / std {v['std']}"
+                    for name, v in model["inputs"].items()),
         "",
         "## Data and features",
         "",
         f"- trained on `{config['data']['path']}`, fingerprint `{config['data']['fingerprint']}` "
         "(label files and template, feature key)",
-        f"- features: {features['sample_rate']} Hz mono, n_fft {features['n_fft']}, hop {features['hop_length']}, "
-        f"{features['n_mels']} mels from {features['fmin']} to {features['fmax']} Hz, top_db {features['top_db']}, "
-        f"width {features['width']} ({features['interpolation']} resize); full settings in config.json `run_config.features`",
+        *([f"- audio features: {features['sample_rate']} Hz mono, n_fft {features['n_fft']}, hop {features['hop_length']}, "
+           f"{features['n_mels']} mels from {features['fmin']} to {features['fmax']} Hz, top_db {features['top_db']}, "
+           f"width {features['width']} ({features['interpolation']} resize); full settings in config.json `run_config.features`"]
+          if "audio" in model["inputs"] else []),
+        *([f"- face features: {video.get('frames')} frames evenly spread over the clip (1 per image on the image track), "
+           f"the largest face found by the `{video.get('detector')}` detector cut out square with margin {video.get('margin')} "
+           f"and resized to {video.get('size')} px; a frame without a face falls back to a centre square of "
+           f"{video.get('fallback_crop')} of the shorter side; full settings in config.json `run_config.video`"]
+          if "video" in model["inputs"] else []),
         "",
         "## Scoring",
         "",
         "- test-time augmentation: " + ("none, each clip's image is scored as it is" if scoring["tta"] == 1 else
                                         f"{scoring['tta']}-fold, the mean probability over circular time shifts "
                                         f"of {shifts} columns"),
-        f"- fallback: a clip whose audio cannot be used (missing, empty, undecodable, no audio track, truncated, too short, "
-        f"silent) scores {scoring['fallback_score']}, the uninformative score: it ranks the clip in the middle for AUC "
+        f"- fallback: a clip none of whose inputs can be used (missing, empty, undecodable, no audio or video track, "
+        f"truncated, too short, silent) scores {scoring['fallback_score']}, the uninformative score: it ranks the clip in "
+        "the middle for AUC "
         f"instead of betting on either class. This submission: {fallbacks} of {test_rows} test clips fell back "
         "(listed in fallbacks.csv beside the bundle).",
         "",

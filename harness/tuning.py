@@ -58,7 +58,7 @@ from optuna.trial import TrialState
 
 from harness import paths
 from harness.callbacks import EpochReport, FitResult, StopTraining
-from harness.config import AudioFeatures, RunConfig, from_dict, to_dict
+from harness.config import MODALITIES, AudioFeatures, RunConfig, VideoFeatures, from_dict, to_dict
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -80,6 +80,9 @@ ALIASES = {
     "label_smoothing": "train.label_smoothing",
     "drop_rate": "train.drop_rate",
     "mixup": "train.augment.mixup",
+    "video_backbone": "train.video_backbone",
+    "frames": "video.frames",
+    "face_size": "video.size",
 }
 INPUT_SIZE = "input_size"  # "HxW" strings: features.height (mel axis) x features.width (time axis)
 PARENT_ATTR = "mlflow.parent_run_id"
@@ -258,13 +261,36 @@ class StudySpec:
             _set_value(config, name, value, n_mels=self.base.features.n_mels)
         return from_dict(RunConfig, config)
 
+    def modalities(self) -> list[str]:
+        dim = self.dimension("modality")
+        return [str(v) for v in _values_of(dim)] if dim is not None else [self.base.modality]
+
     def feature_configs(self) -> list[AudioFeatures]:
-        """Every distinct feature setting a trial can use, so that all are prepared up front."""
+        """Every distinct audio feature setting a trial can use, so that all are prepared up front."""
         choices = [(n, _values_of(d)) for n, d in self.space if n == INPUT_SIZE or _path(n).startswith("features.")]
         configs = [self.base.features]
         for name, values in choices:
             configs = [_with(c, name, v, self.base.features.n_mels) for c in configs for v in values]
         return list(dict.fromkeys(configs))
+
+    def video_configs(self) -> list[VideoFeatures]:
+        """Every distinct face-crop setting a trial can use (none when no modality reads faces)."""
+        if not any(m != "audio" for m in self.modalities()):
+            return []
+        configs = [self.base.video]
+        for name, dim in self.space:
+            if _path(name).startswith("video."):
+                leaf = _path(name).split(".", 1)[1]
+                configs = [dataclasses.replace(c, **{leaf: v}) for c in configs for v in _values_of(dim)]
+        return list(dict.fromkeys(configs))
+
+    def prepare_configs(self) -> list[RunConfig]:
+        """Run settings that, prepared, cover every input a trial can read: what `tune` prepares first."""
+        out = [dataclasses.replace(self.base, modality="audio", features=f) for f in self.feature_configs()
+               if "audio" in self.modalities() or "fusion" in self.modalities()]
+        face = "image" if "image" in self.modalities() else "video"
+        out += [dataclasses.replace(self.base, modality=face, video=v) for v in self.video_configs()]
+        return out
 
     def max_epochs(self) -> int:
         dim = self.dimension("epochs")
@@ -347,8 +373,6 @@ def _parse_spec(raw: dict[str, Any], *, default_name: str, source: str, path: st
         train_changes["max_params"] = float(study["max_params"])
     if train_changes:
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, **train_changes))
-    if base.modality != "audio":
-        raise SpecError(f"modality {base.modality!r} cannot be tuned yet; use audio")
 
     space = tuple((n, _parse_dimension(n, v, base)) for n, v in raw.get("space", {}).items())
     names = [n for n, _ in space]
@@ -417,8 +441,15 @@ def _parse_dimension(name: str, value: Any, base: RunConfig) -> Dimension:
             _parse_size(v)
         return Categorical(tuple(values)) if len(values) > 1 else Fixed(values[0])
     path = _path(name)
-    if path.split(".")[0] not in ("train", "features"):
-        raise SpecError(f"[space]: {name!r} is not a train or features setting")
+    if path == "modality":
+        choices = value if isinstance(value, list) else [value]
+        if not choices or any(v not in MODALITIES for v in choices):
+            raise SpecError(f"[space] modality: choose from {', '.join(MODALITIES)}, got {value!r}")
+        if "image" in choices and len(choices) > 1:
+            raise SpecError("[space] modality: image (face-image datasets) cannot be mixed with clip modalities")
+        return Categorical(tuple(choices)) if len(choices) > 1 else Fixed(choices[0])
+    if path.split(".")[0] not in ("train", "features", "video"):
+        raise SpecError(f"[space]: {name!r} is not a modality, train, features or video setting")
     if path in ("train.max_params", "train.seed", "train.device", "train.weights", "train.pretrained"):
         raise SpecError(f"[space]: {name} is a study setting, not a search dimension; set it in [study] or [base]")
     default = _field_default(path, base)
@@ -433,7 +464,7 @@ def _parse_dimension(name: str, value: Any, base: RunConfig) -> Dimension:
         _no_unknown(f"[space] {name}", value, {"low", "high", "log", "step"})
         if "low" not in value or "high" not in value:
             raise SpecError(f"[space] {name}: a range needs low and high")
-        if path.startswith("features."):
+        if path.startswith(("features.", "video.")):
             raise SpecError(f"[space] {name}: feature settings take a list of choices, not a range "
                             "(every value needs its own feature cache, prepared before the study)")
         low, high, log = value["low"], value["high"], bool(value.get("log", False))
@@ -509,7 +540,7 @@ def check_backbones(spec: StudySpec) -> list[str]:
     """The rule problems of every backbone the study can pick at every input size it can use:
     a `name.tag` with an ImageNet-1k-only tag, under the study's parameter cap, and a forward pass
     that works. Empty when all is well."""
-    from harness.engine import head_outputs
+    from harness.modalities import head_outputs
     from harness.models import ModelRuleError, check_compliance, pretrained_tag_problem, resolve_name
 
     dim = spec.dimension("backbone")
@@ -530,10 +561,12 @@ def check_backbones(spec: StudySpec) -> list[str]:
         if problem := pretrained_tag_problem(name):
             problems.append(problem)
             continue
-        for size in sizes:
-            report = check_compliance(name, pretrained=spec.base.train.pretrained, in_chans=1, input_size=size,
+        shapes = [(1, size) for size in sizes] if set(spec.modalities()) & {"audio", "fusion"} else []
+        shapes += [(3, (v.size, v.size)) for v in spec.video_configs()]
+        for chans, size in shapes:
+            report = check_compliance(name, pretrained=spec.base.train.pretrained, in_chans=chans, input_size=size,
                                       max_params=spec.base.train.max_params, num_classes=heads)
-            problems.extend(f"{name} at {size[0]}x{size[1]}: {p}" for p in report.problems)
+            problems.extend(f"{name} at {chans}x{size[0]}x{size[1]}: {p}" for p in report.problems)
     return list(dict.fromkeys(problems))
 
 
@@ -1130,7 +1163,7 @@ def _quiet_worker() -> None:
 
 
 def _serialise_feature_preparation(cache_root: Path) -> None:
-    """Guard harness.run.features_for with a file lock: prepare_audio (called at the start of
+    """Guard harness.run.features_for with a file lock: prepare_features (called at the start of
     every run, a no-op once the cache is full) removes other processes' temporary files and is
     not safe to run concurrently on one cache folder."""
     from harness import run
@@ -1233,7 +1266,7 @@ def run_study(
     (a worker process crashed); KeyboardInterrupt after the workers have stopped.
     """
     from harness import tracking
-    from harness.data.cache import prepare_audio
+    from harness.data.cache import prepare_features
     from harness.data.labels import load_dataset
 
     start = time.time()
@@ -1244,8 +1277,9 @@ def run_study(
     url = storage or default_storage(spec)
     cache = Path(cache_root) if cache_root is not None else paths.cache_dir()
     ds = load_dataset(Path(data_dir))
-    for features in spec.feature_configs():  # here, once, before workers race for the cache
-        prepare_audio(ds, features, cache_root=cache, workers=2, splits=("train", "val"))
+    for cfg in spec.prepare_configs():  # here, once, before workers race for the cache
+        for name in cfg.inputs:
+            prepare_features(ds, cfg.features_for(name), cache_root=cache, workers=2, splits=("train", "val"))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url, spec.heartbeat)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AudioFeatures, replace
-from harness.data.cache import load_split, prepare_audio
+from harness.data.cache import load_split, prepare_features
 from harness.data.labels import load_dataset
 from tests.conftest import write_clip, write_labels, write_truncated_clip
 
@@ -31,7 +31,7 @@ def _with_bad_clips(root: Path) -> Path:
 def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
     ds = load_dataset(_with_bad_clips(small_dataset))
     cfg = AudioFeatures(width=64)
-    report = prepare_audio(ds, cfg, cache_root=tmp_path / "cache", workers=2)
+    report = prepare_features(ds, cfg, cache_root=tmp_path / "cache", workers=2)
 
     reasons = {f.name: f.reason for f in report.failures}
     assert reasons == {
@@ -59,15 +59,15 @@ def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
 
 def test_second_run_reuses_and_edited_clip_is_recomputed(small_dataset: Path, tmp_path: Path) -> None:
     cfg = AudioFeatures(width=64)
-    first = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    first = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
     packed = (first.cache / "train.npy").stat().st_mtime_ns
-    second = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    second = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
     assert (second.done, second.reused) == (0, 8)
     assert (second.cache / "train.npy").stat().st_mtime_ns == packed  # nothing changed: pack kept
 
     old = np.load(first.cache / "train.npy")[0]
     write_clip(small_dataset / "trainset" / "train0.mp4", seconds=1.5, freq=2000)
-    third = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    third = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
     assert (third.done, third.reused) == (1, 7)
     images, _ = load_split(third.cache, "train")
     assert not np.array_equal(images[0], old)
@@ -76,21 +76,21 @@ def test_second_run_reuses_and_edited_clip_is_recomputed(small_dataset: Path, tm
 def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) -> None:
     """A run killed mid-write leaves only a temporary file; the next run removes it and finishes."""
     cfg = AudioFeatures(width=64)
-    first = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    first = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
     items = sorted((first.cache / "items" / "val").glob("*.npy"))
     partial = items[0].with_name(items[0].name + ".tmp-999999999")  # a pid no process has
     partial.write_bytes(items[0].read_bytes()[:100])  # what a killed writer leaves behind
     items[0].unlink()  # ... and the entry it never renamed into place
-    again = prepare_audio(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    again = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
     assert again.done == 1 and not partial.exists()
     assert np.load(items[0]).shape == (128, 64)
 
 
 def test_settings_key_the_cache(small_dataset: Path, tmp_path: Path) -> None:
     ds = load_dataset(small_dataset)
-    a = prepare_audio(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)
-    b = prepare_audio(ds, replace(AudioFeatures(width=64), n_mels=64), cache_root=tmp_path / "c", workers=1)
-    c = prepare_audio(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)
+    a = prepare_features(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)
+    b = prepare_features(ds, replace(AudioFeatures(width=64), n_mels=64), cache_root=tmp_path / "c", workers=1)
+    c = prepare_features(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)
     assert a.cache != b.cache and a.cache == c.cache
     assert b.done == 8 and c.reused == 8
     assert load_split(b.cache, "val")[0].shape == (2, 64, 64)

@@ -24,7 +24,7 @@ def spectrograms(n: int, seed: int, *, difficulty: float = 0.0) -> SplitArrays:
     for i in np.flatnonzero(labels):
         row = rng.integers(4, 28)
         images[i, row : row + 2] += np.uint8(90 * (1 - difficulty))
-    return SplitArrays(images=images, labels=labels.astype(np.int64), names=[f"c{i}.mp4" for i in range(n)])
+    return SplitArrays(inputs={"audio": images}, labels=labels.astype(np.int64), names=[f"c{i}.mp4" for i in range(n)])
 
 
 def tiny(loss: str = "bce") -> torch.nn.Module:
@@ -53,7 +53,7 @@ class Recorder:
 
 def _fit(tmp_path: Path, cfg: TrainConfig, callbacks=(), loss: str = "bce", **data) -> FitResult:
     seed_everything(cfg.seed)  # the model's initial weights are part of the run
-    return fit(cfg, tiny(loss), train=spectrograms(64, 0, **data), val=spectrograms(32, 1, **data), mean=[0.5], std=[0.25],
+    return fit(cfg, tiny(loss), train=spectrograms(64, 0, **data), val=spectrograms(32, 1, **data), stats={"audio": ([0.5], [0.25])},
                out_dir=tmp_path, callbacks=callbacks)
 
 

@@ -101,7 +101,7 @@ def test_tta_shifts_cover_what_training_saw() -> None:
 
 
 def test_tta_is_the_mean_over_shifted_images(predictor: Predictor, weights: Path, clips: list[Path]) -> None:
-    images = np.stack([predictor.features(c) for c in clips])
+    images = np.stack([predictor.features(c)["audio"] for c in clips])
     tta = Predictor(CFG, weights, tta=3)
     expected = np.mean([predictor.score_images(np.roll(images, s, axis=-1)) for s in tta.shifts], axis=0)
     assert tta.score_images(images) == pytest.approx(expected, abs=1e-6)

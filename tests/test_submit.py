@@ -349,7 +349,7 @@ def test_a_csv_failing_validation_is_never_left_behind(
     env, trained: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home, data = env
-    monkeypatch.setattr(Predictor, "score_images", lambda self, images: [float("nan")] * len(images))
+    monkeypatch.setattr(Predictor, "score_inputs", lambda self, batch: [float("nan")] * len(batch["audio"]))
     with pytest.raises(ValidationError, match="not a probability"):
         submit(trained, data_dir=data, out_dir=tmp_path / "out", cache_root=home / "cache", register=False)
     assert list((tmp_path / "out").iterdir()) == []

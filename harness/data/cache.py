@@ -3,11 +3,16 @@
 Layout under `<cache root>/<dataset id>/<feature key>/`:
 
     settings.json                 the feature settings that the key names
-    items/<split>/<id>.npy        one uint8 image per clip; <id> hashes the name, size and mtime, so an
+    items/<split>/<id>.npy        one uint8 array per clip; <id> hashes the name, size and mtime, so an
     items/<split>/<id>.fail.json  edited clip is recomputed; a failure is recorded with its reason
-    <split>.npy                   packed (N, H, W) uint8, read by training as a memmap
-    <split>.csv                   name,label,row,ok,reason,item: one line per sample, in label-file order
+    items/<split>/<id>.faces.json face crops only: frames that fell back to the centre square
+    <split>.npy                   packed uint8, read by training as a memmap: (N, H, W) log-mels for
+                                  audio features, (N, frames, size, size, 3) RGB crops for faces
+    <split>.csv                   name,label,row,ok,reason,item,fallback: a line per sample, label-file order
     failures.csv                  split,name,reason,detail of every clip without features
+
+The feature key (`audio-…` or `video-…`) names the settings, so audio and face features of one
+dataset live side by side.
 
 Items are the durable record (a second run skips them; an interrupted run leaves only temporary
 files, removed next time); the packed arrays are derived from them. Failed clips keep a row (zeros,
@@ -30,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import AudioFeatures
+from harness.config import AudioFeatures, VideoFeatures
 from harness.data.labels import Dataset, Sample
 
-INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item")  # item: the entry's id, so a changed clip repacks
+Features = AudioFeatures | VideoFeatures
+# item: the entry's id, so a changed clip repacks; fallback: face frames centre-cropped ("" for audio)
+INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item", "fallback")
 CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progress bar lively
 
 
@@ -53,6 +60,8 @@ class PrepareReport:
     reused: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    frames: int = 0  # face features: frames cropped, over every usable clip of the prepared splits
+    fallback_frames: int = 0  # ... of which no face was found (centre square used)
 
     @property
     def clips_per_s(self) -> float:
@@ -64,7 +73,7 @@ def dataset_id(ds: Dataset) -> str:
     return f"{ds.root.name}-{digest}"
 
 
-def feature_dir(ds: Dataset, cfg: AudioFeatures, cache_root: Path) -> Path:
+def feature_dir(ds: Dataset, cfg: Features, cache_root: Path) -> Path:
     return cache_root / dataset_id(ds) / cfg.key()
 
 
@@ -119,21 +128,30 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 << 20)
 
 
-def _extract_chunk(cfg: AudioFeatures, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | None]:
+def _extract_chunk(cfg: Features, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | None]:
     """Compute and write each (clip, item path); return None or (reason, detail) per clip."""
-    from harness.data.features import audio_features
     from harness.data.media import MediaError
 
     results: list[tuple[str, str] | None] = []
     for clip, item in jobs:
         item_path = Path(item)
         try:
-            image = audio_features(clip, cfg)
+            if isinstance(cfg, VideoFeatures):
+                from harness.data.faces import video_features
+
+                faces = video_features(clip, cfg)
+                array = faces.crops
+                # Written before the array: an item that exists always has its count.
+                _atomic_write_bytes(item_path.with_suffix(".faces.json"), json.dumps({"fallback": faces.fallback}).encode())
+            else:
+                from harness.data.features import audio_features
+
+                array = audio_features(clip, cfg)
         except MediaError as e:
             _atomic_write_bytes(item_path.with_suffix(".fail.json"), json.dumps({"reason": e.reason, "detail": e.detail}).encode())
             results.append((e.reason, e.detail))
             continue
-        _atomic_write_bytes(item_path, _npy_bytes(image))
+        _atomic_write_bytes(item_path, _npy_bytes(array))
         results.append(None)
     return results
 
@@ -164,9 +182,9 @@ def _remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def prepare_audio(
+def prepare_features(
     ds: Dataset,
-    cfg: AudioFeatures,
+    cfg: Features,
     *,
     cache_root: Path,
     workers: int = 2,
@@ -211,6 +229,11 @@ def prepare_audio(
     report.seconds = time.perf_counter() - start
     for split in splits:
         report.failures += pack_split(ds, cfg, out, split)
+        if isinstance(cfg, VideoFeatures) and (out / f"{split}.csv").exists():
+            _, index = load_split(out, split)
+            used = [r for r in index if r["ok"] == "1"]
+            report.frames += cfg.frames * len(used)
+            report.fallback_frames += sum(int(r["fallback"] or 0) for r in used)
     _write_failures(out, report.failures)
     return report
 
@@ -221,7 +244,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=init_worker)
 
 
-def _run_pool(pool: Executor, cfg: AudioFeatures, todo: list[tuple[str, str]], on_progress: Callable[[int, int], None] | None) -> int:
+def _run_pool(pool: Executor, cfg: Features, todo: list[tuple[str, str]], on_progress: Callable[[int, int], None] | None) -> int:
     finished = 0
     pending = {pool.submit(_extract_chunk, cfg, chunk): len(chunk) for chunk in _chunks(todo, CHUNK)}
     try:
@@ -239,7 +262,7 @@ def _run_pool(pool: Executor, cfg: AudioFeatures, todo: list[tuple[str, str]], o
     return finished
 
 
-def pack_split(ds: Dataset, cfg: AudioFeatures, out: Path, split: str) -> list[Failure]:
+def pack_split(ds: Dataset, cfg: Features, out: Path, split: str) -> list[Failure]:
     """Gather a split's items into `<split>.npy` + `<split>.csv` (rewritten only when they changed)."""
     samples = ds.split(split)
     rows: list[dict[str, object]] = []
@@ -251,12 +274,14 @@ def pack_split(ds: Dataset, cfg: AudioFeatures, out: Path, split: str) -> list[F
         fail = item.with_suffix(".fail.json")
         label = "" if s.label is None else s.label
         if item.exists():
-            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem})
+            faces = item.with_suffix(".faces.json")
+            fallback = json.loads(faces.read_text())["fallback"] if faces.exists() else ""
+            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem, "fallback": fallback})
             items.append(item)
             continue
         info = json.loads(fail.read_text()) if fail.exists() else {"reason": "not prepared", "detail": "no cache entry"}
         failures.append(Failure(split, s.name, info["reason"], info["detail"]))
-        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": info["reason"], "item": stem})
+        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": info["reason"], "item": stem, "fallback": ""})
         items.append(None)
 
     index_text = _csv_text(rows, INDEX_FIELDS)

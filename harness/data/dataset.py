@@ -7,7 +7,7 @@ a quarter of the bytes to copy, and normalisation runs where the model runs.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +18,55 @@ from harness.data.cache import load_split
 
 @dataclass
 class SplitArrays:
-    images: np.ndarray  # (N, H, W) uint8 spectrograms; (N, H, W, 3) for face images
+    """A split's cached inputs, in memory. `inputs` maps an input name to its uint8 array:
+    "audio" (N, H, W) log-mels, "video" (N, frames, size, size, 3) face crops. `present` marks, per
+    input, the clips whose features exist (fusion keeps a clip when either input does); an input
+    absent from `present` is present for every clip."""
+
+    inputs: dict[str, np.ndarray]
     labels: np.ndarray  # (N,) int64; -1 where unlabelled (test)
     names: list[str]
+    present: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.inputs.values())
 
-def load_arrays(feature_dir: Path, split: str, *, usable_only: bool = True) -> SplitArrays:
-    """A split from the cache. `usable_only` drops clips whose features failed (training needs real
-    inputs); submission keeps them and scores them by the documented fallback instead."""
-    images, index = load_split(feature_dir, split)
-    keep = [i for i, row in enumerate(index) if row["ok"] == "1" or not usable_only]
+    def take(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing."""
+        out = {name: torch.from_numpy(array[idx]) for name, array in self.inputs.items()}
+        for name, mask in self.present.items():
+            out[f"{name}_present"] = torch.from_numpy(mask[idx])
+        return out
+
+
+def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only: bool = True) -> SplitArrays:
+    """A split from the cache, from one feature folder per input (a bare Path: audio alone).
+
+    `usable_only` drops clips without features (training needs real inputs); with several inputs a
+    clip is kept when any of them is usable, and `present` says which. Submission keeps every clip
+    and scores those without features by the documented fallback instead."""
+    if isinstance(feature_dirs, Path):
+        feature_dirs = {"audio": feature_dirs}
+    arrays, oks, index = {}, {}, None
+    for name, folder in feature_dirs.items():
+        images, rows = load_split(folder, split)
+        if index is not None and [r["name"] for r in rows] != [r["name"] for r in index]:
+            raise ValueError(f"{folder}: the {split} index lists other clips than {next(iter(feature_dirs.values()))}")
+        index = index or rows
+        arrays[name], oks[name] = images, np.array([r["ok"] == "1" for r in rows], dtype=bool)
+    assert index is not None, "no feature folder given"
+    usable = np.logical_or.reduce(list(oks.values()))
+    keep = np.flatnonzero(usable) if usable_only else np.arange(len(index))
     labels = np.array([int(index[i]["label"]) if index[i]["label"] != "" else -1 for i in keep], dtype=np.int64)
-    return SplitArrays(images=np.ascontiguousarray(images[keep]), labels=labels, names=[index[i]["name"] for i in keep])
+    present = {name: ok[keep] for name, ok in oks.items() if len(feature_dirs) > 1 and not ok[keep].all()}
+    return SplitArrays(
+        inputs={name: np.ascontiguousarray(a[keep]) for name, a in arrays.items()}, labels=labels,
+        names=[index[i]["name"] for i in keep], present=present,
+    )
 
 
 def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None) -> list[np.ndarray]:
@@ -44,17 +78,12 @@ def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.rando
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def as_nchw(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) spectrograms or (B, H, W, 3) images -> (B, C, H, W)."""
-    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-
-
 def batches(
     data: SplitArrays, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images with a channel axis, float labels) per batch, from host memory."""
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """(uint8 inputs by name, float labels) per batch, from host memory."""
     for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator):
-        yield as_nchw(torch.from_numpy(data.images[idx])), torch.from_numpy(data.labels[idx]).float()
+        yield data.take(idx), torch.from_numpy(data.labels[idx]).float()
 
 
 class DeviceResident:
@@ -64,21 +93,22 @@ class DeviceResident:
     """
 
     def __init__(self, data: SplitArrays, device: torch.device) -> None:
-        self.images = torch.from_numpy(data.images).to(device)
+        self.inputs = {name: torch.from_numpy(a).to(device) for name, a in data.inputs.items()}
+        self.inputs.update({f"{name}_present": torch.from_numpy(m).to(device) for name, m in data.present.items()})
         self.labels = torch.from_numpy(data.labels).float().to(device)
         self.device = device
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, *, generator: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, *, generator: np.random.Generator) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
             i = torch.from_numpy(idx).to(self.device, non_blocking=True)
-            yield as_nchw(self.images[i]), self.labels[i]
+            yield {name: t[i] for name, t in self.inputs.items()}, self.labels[i]
 
     @staticmethod
     def fits(data: SplitArrays, device: torch.device, share: float = 0.25) -> bool:
         if device.type != "cuda":
             return False
         free, _ = torch.cuda.mem_get_info(device)
-        return data.images.nbytes < share * free
+        return data.nbytes < share * free
