@@ -60,3 +60,18 @@ def test_check_refuses_in22k_and_accepts_in1k() -> None:
 def test_train_missing_data_exit_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "none")])
     assert result.exit_code == 2 and "dataset folder not found" in result.output
+
+
+def test_prepare_faces_reports_fallback_frames(small_dataset: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["prepare", "--data", str(small_dataset), "--cache", str(tmp_path / "c"),
+                                 "--modality", "video", "--frames", "2", "--face-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "prepared faces of 8 clips: 8 done" in result.output
+    assert "frames without a face (centre crop used): 16 of 16" in result.output  # flat test frames: no face
+
+
+def test_prepare_modality_must_fit_the_track(small_dataset: Path, tmp_path: Path) -> None:
+    unknown = runner.invoke(app, ["prepare", "--data", str(small_dataset), "--modality", "smell"])
+    assert unknown.exit_code == 2 and "unknown modality 'smell'" in unknown.output
+    image = runner.invoke(app, ["prepare", "--data", str(small_dataset), "--cache", str(tmp_path / "c"), "--modality", "image"])
+    assert image.exit_code == 2 and "use --modality video" in image.output

@@ -149,6 +149,21 @@ def test_spec_maps_dimensions_onto_run_settings(tmp_path: Path):
     assert spec.space_hash() == tuning.load_spec(write_spec(tmp_path, "maps"), check_models=False).space_hash()
 
 
+def test_a_study_can_search_over_modality(tmp_path: Path):
+    path = write_spec(tmp_path, "modal")
+    text = path.read_text().replace("[space]", '[space]\nmodality = ["audio", "video", "fusion"]\nframes = [2, 4]', 1)
+    path.write_text(text + '\n[base.video]\nsize = 32\n')
+    spec = tuning.load_spec(path, check_models=True)  # each backbone checked on log-mels and on face crops
+    cfg = spec.config_for({"modality": "fusion", "frames": 4})
+    assert cfg.modality == "fusion" and cfg.inputs == ("audio", "video") and cfg.video.frames == 4
+    prepared = spec.prepare_configs()
+    assert {c.modality for c in prepared} == {"audio", "video"}
+    assert {c.video.frames for c in prepared if c.modality == "video"} == {2, 4}
+    path.write_text(text.replace('["audio", "video", "fusion"]', '["audio", "image"]'))
+    with pytest.raises(tuning.SpecError, match="image"):
+        tuning.load_spec(path, check_models=False)
+
+
 @pytest.mark.parametrize(("backbone", "max_params", "message"), [
     ("test_resnet.r160_in1k", 1e5, "exceed the 0.1M cap"),
     ("vit_tiny_patch16_224.augreg_in21k", 200e6, "not ImageNet-1k only"),

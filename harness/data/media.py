@@ -168,7 +168,8 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     """`count` RGB uint8 frames spread evenly over the first video track (fewer when the clip has
     fewer, or breaks before the later ones; never more).
 
-    The i-th pick is the first decoded frame at or after (i + 0.5) / count of the declared length.
+    The i-th pick is the first decoded frame at or after (i + 0.5) / count of the declared length; a
+    frame is picked once even when it is the first after several targets (a clip with fewer frames).
     Decoding stops after the last pick; audio packets are skipped by the demuxer. Raises EmptyFile,
     NoVideo or Undecodable (also when the track yields no frame at all).
     """
@@ -192,12 +193,16 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
             stream.codec_context.skip_frame = "NONREF"
             seconds = _declared_seconds(stream, container)
             targets = [(i + 0.5) * seconds / count for i in range(count)] if seconds > 0 else [0.0] * count
+            target = 0
             try:
                 for frame in container.decode(stream):
                     t = frame.time if frame.time is not None else 0.0
-                    while len(picked) < count and t >= targets[len(picked)] - 1e-6:
-                        picked.append(frame.to_ndarray(format="rgb24"))
-                    if len(picked) == count:
+                    if t < targets[target] - 1e-6:
+                        continue
+                    picked.append(frame.to_ndarray(format="rgb24"))
+                    while target < count and targets[target] <= t + 1e-6:  # a frame serves each target once
+                        target += 1
+                    if target == count:
                         break
             except av.error.FFmpegError:
                 if not picked:

@@ -1,0 +1,109 @@
+"""Face crops: detection on the real clips, frame sampling, the counted fallback, the image track."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.config import VideoFeatures
+from harness.data.cache import load_split, prepare_features
+from harness.data.faces import centre_box, crop_faces, detector, square_crop, video_features
+from harness.data.labels import load_dataset
+from harness.data.media import NoVideo, sample_frames
+from tests.conftest import write_clip, write_labels
+
+FACES = VideoFeatures(frames=4, size=48)
+
+
+def test_a_face_is_found_in_at_least_95_percent_of_the_real_clips_frames(shared_sample: Path) -> None:
+    cfg = VideoFeatures()  # the defaults: 8 frames a clip
+    find = detector(cfg)
+    clips = sorted(shared_sample.glob("*set/*.mp4"))
+    frames = [f for c in clips for f in sample_frames(c, cfg.frames)]
+    boxes = [find.largest_face(f) for f in frames]
+    found = [b for b in boxes if b is not None]
+    assert len(frames) == 10 * cfg.frames
+    assert len(found) >= 0.95 * len(frames), f"faces found in {len(found)} of {len(frames)} frames"
+    for (x0, y0, x1, y1), f in zip(found, frames):  # a face in these clips spans about half the frame
+        assert 0.25 < (x1 - x0) / f.shape[1] < 0.9 and 0 <= x0 < x1 <= f.shape[1] + 1
+
+
+def test_frames_are_spread_over_the_clip_in_order(tmp_path: Path) -> None:
+    # write_clip paints frame i with grey level 7 * i: the picks' grey levels say which frames they are
+    clip = write_clip(tmp_path / "c.mp4", seconds=4.0, audio=False)
+    picks = sample_frames(clip, 4)
+    levels = [int(round(p.mean() / 7)) for p in picks]
+    assert len(picks) == 4 and levels == sorted(levels) and len(set(levels)) == 4
+    assert levels[0] <= 10 and levels[-1] >= 30  # from the first quarter to the last (40 frames)
+
+
+def test_a_short_clip_gives_what_it_has_and_crops_fill_up(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "short.mp4", seconds=0.2, audio=False)  # two frames
+    assert len(sample_frames(clip, 8)) <= 2
+    crops = video_features(clip, VideoFeatures(frames=8, size=32))
+    assert crops.crops.shape == (8, 32, 32, 3) and crops.crops.dtype == np.uint8
+
+
+def test_frames_without_a_face_fall_back_to_the_centre_and_are_counted(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "flat.mp4", seconds=2.0, audio=False)  # flat grey frames: no face
+    result = video_features(clip, FACES)
+    assert result.fallback == FACES.frames
+    frame = sample_frames(clip, FACES.frames)[0]
+    expected = square_crop(frame, centre_box(frame, FACES.fallback_crop), 0.0, FACES.size)
+    assert np.array_equal(result.crops[0], expected)
+
+
+def test_a_crop_near_the_border_keeps_the_face_in_place() -> None:
+    rgb = np.zeros((100, 100, 3), np.uint8)
+    rgb[:20, :20] = 255  # a "face" in the corner
+    crop = square_crop(rgb, (0, 0, 20, 20), 0.5, 40)
+    assert crop.shape == (40, 40, 3)
+    assert crop[20, 20].mean() == 255  # the box's centre stays at the crop's centre
+
+
+def test_a_clip_without_video_is_reported_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_clip(root / "trainset" / "av.mp4", seconds=1.0)
+    write_clip(root / "trainset" / "audio_only.mp4", seconds=1.0, video=False)
+    (root / "trainset" / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    write_labels(root / "train_label.txt", [("av.mp4", 0), ("audio_only.mp4", 1), ("garbage.mp4", 0)])
+    with pytest.raises(NoVideo):
+        sample_frames(root / "trainset" / "audio_only.mp4", 2)
+    report = prepare_features(load_dataset(root), FACES, cache_root=tmp_path / "cache", workers=1)
+    reasons = {f.name: f.reason for f in report.failures}
+    assert reasons == {"audio_only.mp4": "no video stream", "garbage.mp4": "undecodable"}
+    crops, index = load_split(report.cache, "train")
+    assert crops.shape == (3, *FACES.shape)
+    assert [r["ok"] for r in index] == ["1", "0", "0"] and index[0]["fallback"] == str(FACES.frames)
+    assert report.frames == FACES.frames and report.fallback_frames == FACES.frames
+
+
+def test_the_image_track_prepares_one_crop_per_image(shared_sample: Path, tmp_path: Path) -> None:
+    import cv2
+
+    root = tmp_path / "images"
+    frames = sample_frames(sorted(shared_sample.glob("trainset/*.mp4"))[0], 2)
+    (root / "trainset").mkdir(parents=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(root / "trainset" / f"face{i}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    (root / "trainset" / "broken.png").write_bytes(b"not an image at all")
+    write_labels(root / "train_label.txt", [("face0.jpg", 0), ("face1.jpg", 1), ("broken.png", 1)])
+    ds = load_dataset(root)
+    assert ds.track == "image"
+    cfg = VideoFeatures(frames=1, size=64)
+    report = prepare_features(ds, cfg, cache_root=tmp_path / "cache", workers=1)
+    crops, index = load_split(report.cache, "train")
+    assert crops.shape == (3, 1, 64, 64, 3)
+    assert [r["ok"] for r in index] == ["1", "1", "0"] and report.failures[0].reason == "undecodable"
+    assert report.fallback_frames == 0  # real faces, found
+    # the crop is the detected face, not the centre fallback of the whole picture
+    whole = square_crop(frames[0], centre_box(frames[0], cfg.fallback_crop), 0.0, 64)
+    assert not np.array_equal(crops[0, 0], whole)
+
+
+def test_crop_faces_counts_per_frame(shared_sample: Path) -> None:
+    frames = sample_frames(sorted(shared_sample.glob("valset/*.mp4"))[0], 3)
+    blank = np.full_like(frames[0], 128)
+    result = crop_faces([frames[0], blank, frames[2]], VideoFeatures(frames=3, size=32))
+    assert result.fallback == 1 and result.crops.shape == (3, 32, 32, 3)
