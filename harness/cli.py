@@ -274,7 +274,7 @@ def check(
 
 @app.command()
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Clips, audio files, or folders of them (searched recursively).")],
+    paths: Annotated[list[Path], typer.Argument(help="Clips, audio files, face images, or folders of them (searched recursively).")],
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Score with this MLflow run's best checkpoint (or best / last).")] = None,
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Score with a promoted bundle folder.")] = None,
     tta: Annotated[Optional[int], typer.Option(min=1, help="Time shifts averaged per clip (default 1, or the bundle's).")] = None,

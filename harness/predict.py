@@ -7,19 +7,22 @@ this module imports neither mlflow nor harness.tracking until `from_run` is call
 
 Scoring one clip:
 
-  features  `audio_features(path, cfg.features)`: the function the feature cache runs, so a clip is
-            scored from the very image training would have made of it;
-  model     `create_model(backbone, pretrained=False, in_chans=1, num_classes=head_outputs(loss))`
-            with the checkpoint loaded strictly from safetensors (nothing unpickles), in eval mode under
-            `torch.inference_mode`, fp32, normalised by the backbone's pretrained mean/std;
-  TTA       with `tta=N` (N > 1) the probability is the mean over N circular shifts of the time axis,
+  features  `audio_features(path, cfg.features)` and/or `video_features(path, cfg.video)` (the
+            model's inputs): the functions the feature cache runs, so a clip is scored from the very
+            arrays training would have made of it;
+  model     `modalities.build_model(cfg, pretrained=False)` with the checkpoint loaded strictly from
+            safetensors (nothing unpickles), in eval mode under `torch.inference_mode`, fp32, each
+            input normalised by its backbone's pretrained mean/std;
+  TTA       audio models only: with `tta=N` (N > 1) the probability is the mean over N circular
+            shifts of the log-mel's time axis,
             evenly spaced over the shifts training saw: from -m to +m columns, m = the run's
             `augment.time_shift * augment.strength` times the image width (over the whole width,
             k * W / N, when training did not shift). N = 1 (the default) scores the image as it is.
 
-Clips without usable features (missing, empty, undecodable, no audio, truncated, too short, silent)
-make `score` raise a `MediaError`; the batch form `score_many` catches it, scores the clip
-`FALLBACK_SCORE` and says why in the `Scored` row.
+Clips without usable features (missing, empty, undecodable, no audio or video, truncated, too
+short, silent) make `score` raise a `MediaError`; the batch form `score_many` catches it, scores the
+clip `FALLBACK_SCORE` and says why in the `Scored` row. A fusion model raises only when neither input
+can be made: with one, the other branch's head scores the clip.
 
 Fallback: 0.5, the uninformative score. AUC, the challenge's metric, ranks clips: 0.5 puts a clip we
 cannot judge in the middle of the ranking rather than betting on either class (the train prior would

@@ -1,4 +1,5 @@
-"""Test API of this promoted bundle: a clip (or audio file) path in, probability of fake out.
+"""Test API of this promoted bundle: a clip (or audio file, or face image for an image-track model)
+path in, probability of fake out.
 
     import api
     api.predict("clip.mp4")                -> float in [0, 1], the probability that the clip is fake
@@ -9,8 +10,8 @@ This folder's own copy of `harness` (the training code of the run) is what gets 
 goes first on sys.path before the import, whatever else is installed. The model loads on first use
 (or on `load()`), from weights/model.safetensors and config.json; nothing is unpickled.
 
-A clip without usable audio (missing, empty, undecodable, no audio track, truncated, too short,
-silent) scores the bundle's fallback (config.json `scoring.fallback_score`, 0.5) with a warning on
+A clip without usable input (missing, empty, undecodable, no audio or video track, truncated, too
+short, silent; for a fusion model, neither audio nor faces) scores the bundle's fallback (config.json `scoring.fallback_score`, 0.5) with a warning on
 stderr instead of raising, so that scoring a test set never stops on one bad file.
 Device: environment variable HARNESS_DEVICE (cpu, cuda or auto; default cpu). On the CPU it uses every
 core it may, unless OMP_NUM_THREADS is set (1 is fastest on a machine shared with other busy work).
