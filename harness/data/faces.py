@@ -22,6 +22,8 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the frame given
 
 
 class FaceDetector(Protocol):
+    revision: int  # bump when the boxes it gives change: the cache keys face crops by it
+
     def largest_face(self, rgb: np.ndarray) -> Box | None:
         """The largest face in an RGB uint8 (H, W, 3) frame, or None."""
 
@@ -49,6 +51,7 @@ class HaarDetector:
     (turned or tilted heads are missed), 80/80 with the turned passes. Only misses pay for later passes.
     """
 
+    revision = 1
     CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml", "haarcascade_profileface.xml")
 
     def __init__(self, cfg: VideoFeatures) -> None:
@@ -112,6 +115,13 @@ def detector(cfg: VideoFeatures) -> FaceDetector:
     except KeyError:
         raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(sorted(DETECTORS))}") from None
     return factory(cfg)
+
+
+def detector_revision(cfg: VideoFeatures) -> int:
+    """The configured detector's revision, without building it. Raises ValueError for an unknown name."""
+    if cfg.detector not in DETECTORS:
+        raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(sorted(DETECTORS))}")
+    return getattr(DETECTORS[cfg.detector], "revision", 0)
 
 
 def square_crop(rgb: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
