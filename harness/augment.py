@@ -91,11 +91,20 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Gener
 
 def mixup_inputs(inputs: dict[str, torch.Tensor], y: torch.Tensor, alpha: float,
                  generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Mixup over every input of a batch with one mixing weight and one pairing; a mixed clip keeps an
-    input only when both of its sources had it (`<name>_present` masks)."""
+    """Mixup over every input of a batch with one mixing weight and one pairing. A mixed clip keeps an
+    input only when both of its sources had it (`<name>_present` masks); a pair that would keep none
+    (audio-only mixed with video-only) is not mixed."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(y.shape[0], generator=generator, device=generator.device)
-    out = {}
+    masks = {k: m & m[perm] for k, m in inputs.items() if k.endswith("_present")}
+    weight = torch.full_like(y, lam, dtype=torch.float32)
+    if masks:
+        some = torch.stack(list(masks.values())).any(dim=0)
+        weight = torch.where(some, weight, torch.ones_like(weight))
+        masks = {k: torch.where(some, m, inputs[k]) for k, m in masks.items()}
+    out = dict(masks)
     for key, x in inputs.items():
-        out[key] = x & x[perm] if key.endswith("_present") else lam * x + (1 - lam) * x[perm]
-    return out, lam * y + (1 - lam) * y[perm]
+        if key not in masks:
+            w = weight.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+            out[key] = w * x + (1 - w) * x[perm]
+    return out, weight * y + (1 - weight) * y[perm]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.augment import image_augment, mixup_inputs, spec_augment
+from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
 from harness.config import Augment, TrainConfig
 from harness.data.dataset import DeviceResident, SplitArrays, batches
@@ -154,6 +154,11 @@ class Inputs(torch.nn.Module):
                 if augment is not None:  # one flip / colour / crop per clip, the same on all its frames
                     x = image_augment(x, augment, generator)
                 x = x.reshape(b, k, c, h, w)
+            if f"{name}_present" in batch:
+                # A missing input is zeros in the cache; as the data mean (0 after normalising) it
+                # moves batch-norm statistics least, and the model does not use it anyway.
+                keep = batch[f"{name}_present"].to(device, non_blocking=True)
+                x = x * keep.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
             out[name] = x
         for key, mask in batch.items():
             if key.endswith("_present"):
@@ -231,7 +236,8 @@ def fit(
         scheduler=warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch),
         precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed),
         aug_gen=torch.Generator(device=device).manual_seed(cfg.seed),
-        resident=DeviceResident(train, device) if DeviceResident.fits(train, device) else None,
+        # JPEG re-encoding runs on the host (OpenCV), so a split that needs it is batched from the host.
+        resident=DeviceResident(train, device) if DeviceResident.fits(train, device) and not _jpeg(cfg, train) else None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"device": str(device), "precision": str(loop.precision.autocast_dtype or "fp32"), "train_clips": len(train),
@@ -290,6 +296,10 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
             return
 
 
+def _jpeg(cfg: TrainConfig, data: SplitArrays) -> bool:
+    return cfg.augment.jpeg > 0 and "video" in data.inputs
+
+
 def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
     cfg, model, device = loop.cfg, loop.model, loop.device
     model.train()
@@ -298,6 +308,9 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
     source = loop.resident.batches(cfg.batch_size, generator=loop.rng) if loop.resident else \
         batches(train, cfg.batch_size, shuffle=True, generator=loop.rng)
     for batch, y in source:
+        if _jpeg(cfg, train):
+            crops = batch["video"].numpy()  # the batch's own copy: re-encoded in place, frame by frame
+            jpeg_uint8(crops.reshape(-1, *crops.shape[2:]), cfg.augment.jpeg * cfg.augment.strength, loop.rng)
         x = loop.inputs(batch, device, augment=cfg.augment, generator=loop.aug_gen)
         y = y.to(device, non_blocking=True)
         if cfg.augment.mixup > 0:

@@ -129,9 +129,10 @@ class Predictor:
             raise ValueError(f"fallback score must lie in [0, 1], got {fallback}")
         self.cfg = cfg
         self.weights = Path(weights)
-        # TTA shifts the log-mel's time axis: it applies to models that read audio.
+        # TTA shifts the log-mel's time axis: it applies to models that read audio; others score as is
+        # (and record tta = 1, so that a bundle or a report never claims shifts that were not made).
         self.shifts = tta_shifts(cfg, tta) if "audio" in cfg.inputs else [0]
-        self.tta = tta
+        self.tta = tta if "audio" in cfg.inputs else 1
         self.fallback = float(fallback)
         self.batch_size = max(1, batch_size)
         self.source = source or str(self.weights)
@@ -170,7 +171,9 @@ class Predictor:
             raise ValueError(f"{path}: bundle format {config.get('format')!r}, this code reads {BUNDLE_FORMAT}")
         cfg = from_dict(RunConfig, config["run_config"])
         model, scoring = config["model"], config["scoring"]
-        stats = {name: (v["mean"], v["std"]) for name, v in model["inputs"].items()}
+        # Bundles written before face models record one input's statistics as model.mean/std.
+        inputs = model.get("inputs") or {"audio": {"mean": model["mean"], "std": model["std"]}}
+        stats = {name: (v["mean"], v["std"]) for name, v in inputs.items()}
         return cls(
             cfg, folder / model["weights"], tta=scoring["tta"] if tta is None else tta, device=device,
             stats=stats, fallback=scoring["fallback_score"],

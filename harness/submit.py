@@ -230,9 +230,7 @@ def _score_test_split(
     scores = np.full(len(names), predictor.fallback, dtype=np.float64)
     for start in range(0, len(usable), 1024):  # a bounded slice of the memmap in memory at a time
         rows = usable[start : start + 1024]
-        batch = {k: v[rows] for k, v in data.inputs.items()}
-        for k, mask in data.present.items():
-            batch[f"{k}_present"] = mask[rows]
+        batch = data.arrays(rows)
         if len(cfg.inputs) > 1:
             for k in cfg.inputs:
                 batch.setdefault(f"{k}_present", np.ones(len(rows), dtype=bool))
@@ -344,6 +342,13 @@ def build_bundle(
         }
         _write(stage / BUNDLE_CONFIG, json.dumps(config, indent=2) + "\n")
         shutil.copyfile(Path(__file__).with_name("bundle") / "api.py", stage / "api.py")
+        if (problem := _bundle_load_problem(stage)) is not None:
+            # The run's commit predates something the bundle needs (config.json and api.py are written
+            # by this version): bundle this version's code instead, and say so in the card.
+            shutil.rmtree(stage / "harness")
+            source_note = copy_source(stage, "unknown", "unknown") + f" (the run's own commit could not load this bundle: {problem})"
+            if (problem := _bundle_load_problem(stage)) is not None:
+                raise SubmitError(f"the bundle cannot load its own model: {problem}")
         image = f"harness-{run_id[:8]}"
         fill = {"run_id": run_id, "backbone": compliance.resolved, "image": image, "python": python,
                 "uv_version": UV_VERSION, "cuda_image": _cuda_image()}
@@ -365,6 +370,18 @@ def build_bundle(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return dest, manifest
+
+
+def _bundle_load_problem(stage: Path) -> str | None:
+    """Load the staged bundle's model the way the organisers will (`import api; api.load()`, in a
+    fresh interpreter, on the CPU); None when it loads, else the error's last line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HARNESS_DEVICE")}
+    done = subprocess.run([sys.executable, "-c", "import api; api.load()"], cwd=stage, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {done.returncode}"
 
 
 def copy_source(dest: Path, commit: str, dirty: str) -> str:

@@ -107,3 +107,20 @@ def test_crop_faces_counts_per_frame(shared_sample: Path) -> None:
     blank = np.full_like(frames[0], 128)
     result = crop_faces([frames[0], blank, frames[2]], VideoFeatures(frames=3, size=32))
     assert result.fallback == 1 and result.crops.shape == (3, 32, 32, 3)
+
+
+def test_a_stream_without_a_declared_length_is_sampled_by_frame_count(tmp_path: Path) -> None:
+    import av
+
+    clip = write_clip(tmp_path / "c.mp4", seconds=4.0, audio=False)
+    raw = tmp_path / "c.h264"  # an elementary stream: no container, no duration
+    with av.open(str(clip)) as src, av.open(str(raw), "w", format="h264") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    with av.open(str(raw)) as container:
+        assert container.duration is None and container.streams.video[0].duration is None
+    levels = lambda frames: [int(round(f.mean() / 7)) for f in frames]  # noqa: E731
+    assert levels(sample_frames(raw, 4)) == levels(sample_frames(clip, 4)) == [5, 15, 25, 35]

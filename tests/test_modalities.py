@@ -139,3 +139,23 @@ def test_submission_scores_each_test_clip_from_what_it_has(fusion_weights: Path,
     assert scores == pytest.approx([direct[n] for n in names], abs=1e-6)  # the cache path scores as the API does
     assert scores[1] == FALLBACK_SCORE and [f.name for f in fallbacks] == ["broken.mp4"]
     assert fallbacks[0].reason == "audio: undecodable; video: undecodable"
+
+
+def test_jpeg_augmentation_re_encodes_training_crops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.engine as engine
+    from harness.config import Augment
+
+    seen = []
+    real = engine.jpeg_uint8
+
+    def spy(images, probability, rng):  # noqa: ANN001
+        before = images.copy()
+        real(images, probability, rng)
+        seen.append(float(np.abs(images.astype(int) - before).mean()))
+
+    monkeypatch.setattr(engine, "jpeg_uint8", spy)
+    cfg = config("video")
+    train = TrainConfig(**{**TINY.__dict__, "epochs": 1, "augment": Augment(jpeg=1.0)})
+    model = build_model(cfg)
+    fit(train, model, train=crops(32, 4), val=crops(16, 5), stats=input_stats(cfg, model), out_dir=tmp_path)
+    assert len(seen) == 2 and min(seen) > 0.5  # every training batch, visibly changed

@@ -75,10 +75,10 @@ def dataset_id(ds: Dataset) -> str:
 
 def feature_dir(ds: Dataset, cfg: Features, cache_root: Path) -> Path:
     if isinstance(cfg, VideoFeatures):
-        # The detector's code is part of what makes the crops: a new revision of it is a new entry.
-        from harness.data.faces import detector_revision
+        # The sampler's and detector's code make the crops too: a new revision of either is a new entry.
+        from harness.data.faces import crops_revision
 
-        return cache_root / dataset_id(ds) / f"{cfg.key()}-r{detector_revision(cfg)}"
+        return cache_root / dataset_id(ds) / f"{cfg.key()}-r{crops_revision(cfg)}"
     return cache_root / dataset_id(ds) / cfg.key()
 
 

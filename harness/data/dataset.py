@@ -1,8 +1,8 @@
 """Cached features -> shuffled batches of tensors, nanoGPT-style: no DataLoader, no per-sample Python.
 
-A split's packed uint8 array is small (32 KiB a clip at 128x256), so it is read into memory once and
-batches are sliced out with numpy fancy indexing. Batches stay uint8 until they reach the device:
-a quarter of the bytes to copy, and normalisation runs where the model runs.
+A split's packed uint8 arrays are memmaps of the cache; each batch reads its rows with numpy fancy
+indexing (from the page cache after the first epoch). Batches stay uint8 until they reach the
+device: a quarter of the bytes to copy, and normalisation runs where the model runs.
 """
 from __future__ import annotations
 
@@ -18,29 +18,37 @@ from harness.data.cache import load_split
 
 @dataclass
 class SplitArrays:
-    """A split's cached inputs, in memory. `inputs` maps an input name to its uint8 array:
-    "audio" (N, H, W) log-mels, "video" (N, frames, size, size, 3) face crops. `present` marks, per
-    input, the clips whose features exist (fusion keeps a clip when either input does); an input
-    absent from `present` is present for every clip."""
+    """A split's cached inputs. `inputs` maps an input name to its uint8 array: "audio" (N, H, W)
+    log-mels, "video" (N, frames, size, size, 3) face crops; usually the cache's read-only memmaps,
+    so a split of face crops (300 KB a clip) is never copied whole into memory. `rows` gives each
+    sample's row in those arrays when the split uses only some (None: sample i is row i). `present`
+    marks, per input, the samples whose features exist (fusion keeps a clip when either input does);
+    an input absent from `present` is present for every sample."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray  # (N,) int64; -1 where unlabelled (test)
     names: list[str]
     present: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.inputs.values())
+        """Bytes of the samples' inputs (not of whole memmaps)."""
+        return sum(len(self) * a[0:1].nbytes for a in self.inputs.values())
+
+    def arrays(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples `idx` of each input (and `<input>_present` masks), read into memory."""
+        rows = idx if self.rows is None else self.rows[idx]
+        out = {name: np.ascontiguousarray(array[rows]) for name, array in self.inputs.items()}
+        out.update({f"{name}_present": mask[idx] for name, mask in self.present.items()})
+        return out
 
     def take(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing."""
-        out = {name: torch.from_numpy(array[idx]) for name, array in self.inputs.items()}
-        for name, mask in self.present.items():
-            out[f"{name}_present"] = torch.from_numpy(mask[idx])
-        return out
+        return {name: torch.from_numpy(array) for name, array in self.arrays(idx).items()}
 
 
 def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only: bool = True) -> SplitArrays:
@@ -63,10 +71,8 @@ def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only
     keep = np.flatnonzero(usable) if usable_only else np.arange(len(index))
     labels = np.array([int(index[i]["label"]) if index[i]["label"] != "" else -1 for i in keep], dtype=np.int64)
     present = {name: ok[keep] for name, ok in oks.items() if len(feature_dirs) > 1 and not ok[keep].all()}
-    return SplitArrays(
-        inputs={name: np.ascontiguousarray(a[keep]) for name, a in arrays.items()}, labels=labels,
-        names=[index[i]["name"] for i in keep], present=present,
-    )
+    return SplitArrays(inputs=arrays, labels=labels, names=[index[i]["name"] for i in keep], present=present,
+                       rows=None if len(keep) == len(index) else keep)
 
 
 def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None) -> list[np.ndarray]:
@@ -93,8 +99,8 @@ class DeviceResident:
     """
 
     def __init__(self, data: SplitArrays, device: torch.device) -> None:
-        self.inputs = {name: torch.from_numpy(a).to(device) for name, a in data.inputs.items()}
-        self.inputs.update({f"{name}_present": torch.from_numpy(m).to(device) for name, m in data.present.items()})
+        everything = data.arrays(np.arange(len(data)))
+        self.inputs = {name: torch.from_numpy(a).to(device) for name, a in everything.items()}
         self.labels = torch.from_numpy(data.labels).float().to(device)
         self.device = device
 

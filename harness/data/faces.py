@@ -117,11 +117,16 @@ def detector(cfg: VideoFeatures) -> FaceDetector:
     return factory(cfg)
 
 
-def detector_revision(cfg: VideoFeatures) -> int:
-    """The configured detector's revision, without building it. Raises ValueError for an unknown name."""
+# Bump when frame sampling or cropping changes what a clip's crops are: the cache keys crops by it.
+CROPS_REVISION = 2
+
+
+def crops_revision(cfg: VideoFeatures) -> str:
+    """The code revision behind `cfg`'s crops: sampler and cropping, and the detector's own.
+    Raises ValueError for an unknown detector."""
     if cfg.detector not in DETECTORS:
         raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(sorted(DETECTORS))}")
-    return getattr(DETECTORS[cfg.detector], "revision", 0)
+    return f"{CROPS_REVISION}.{getattr(DETECTORS[cfg.detector], 'revision', 0)}"
 
 
 def square_crop(rgb: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:

@@ -192,11 +192,21 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
             # the next reference frame, a few milliseconds later. About halves decode time.
             stream.codec_context.skip_frame = "NONREF"
             seconds = _declared_seconds(stream, container)
-            targets = [(i + 0.5) * seconds / count for i in range(count)] if seconds > 0 else [0.0] * count
+            start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+            if seconds > 0:
+                targets = [start + (i + 0.5) * seconds / count for i in range(count)]
+                position = None
+            else:  # no declared length: pick by frame number, counted from the packets (no decoding)
+                total = _count_frames(path)
+                targets = [float(int((i + 0.5) * total / count)) for i in range(count)]
+                position = iter(range(1 << 62))
             target = 0
             try:
                 for frame in container.decode(stream):
-                    t = frame.time if frame.time is not None else 0.0
+                    if position is not None:
+                        t = float(next(position))
+                    else:
+                        t = frame.time if frame.time is not None else 0.0
                     if t < targets[target] - 1e-6:
                         continue
                     picked.append(frame.to_ndarray(format="rgb24"))
@@ -214,6 +224,15 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     if not picked:
         raise Undecodable(path, "the video track decoded to no frames")
     return picked
+
+
+def _count_frames(path: Path) -> int:
+    """Video packets in the first video track: its frame count, read without decoding."""
+    import av
+
+    with av.open(str(path), metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size)
 
 
 def _declared_seconds(stream, container) -> float:  # noqa: ANN001 - av objects
