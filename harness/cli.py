@@ -259,13 +259,24 @@ def check(
     in_chans: Annotated[int, typer.Option(help="Input channels: 1 for spectrograms, 3 for faces.")] = 1,
     height: Annotated[int, typer.Option(help="Input height.")] = 128,
     width: Annotated[int, typer.Option(help="Input width.")] = 256,
+    modality: Annotated[Optional[str], typer.Option(help="Check the whole model of a modality (audio | video | fusion | "
+                                                    "image) at the default input sizes instead of one backbone.")] = None,
+    video_backbone: Annotated[Optional[str], typer.Option(help="With --modality fusion: the video branch.")] = None,
 ) -> None:
-    """Check a backbone against the competition rules without training: verdict, parameters, MACs."""
+    """Check a backbone (or a modality's whole model) against the competition rules without training."""
     from harness.models import ModelRuleError, check_compliance
 
     try:
-        report = check_compliance(backbone, pretrained=pretrained, in_chans=in_chans, input_size=(height, width), max_params=max_params)
-    except ModelRuleError as e:
+        if modality is None:
+            report = check_compliance(backbone, pretrained=pretrained, in_chans=in_chans, input_size=(height, width),
+                                      max_params=max_params)
+        else:
+            from harness.config import RunConfig, TrainConfig
+            from harness.modalities import check_run
+
+            report = check_run(RunConfig(modality=modality, train=TrainConfig(
+                backbone=backbone, pretrained=pretrained, max_params=max_params, video_backbone=video_backbone)))
+    except (ModelRuleError, ValueError) as e:
         raise fail(str(e)) from None
     typer.echo(report.summary())
     if not report.ok:
@@ -378,13 +389,17 @@ def tune(
     from rich.live import Live
 
     from harness import tuning
-    from harness.data.labels import DatasetError
+    from harness.data.labels import DatasetError, load_dataset
 
     try:
         spec = tuning.load_spec(study)
     except tuning.SpecError as e:
         raise fail(str(e)) from None
     data_dir = resolve_data(data)
+    try:
+        tuning.check_dataset(spec, load_dataset(data_dir).track)
+    except (tuning.SpecError, DatasetError) as e:
+        raise fail(str(e)) from None
     for cfg in spec.prepare_configs():  # every input the study can pick, once, up front
         run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     console = Console(stderr=True)

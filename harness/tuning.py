@@ -537,19 +537,24 @@ def _check_values(spec: StudySpec) -> None:
 
 
 def check_backbones(spec: StudySpec) -> list[str]:
-    """The rule problems of every backbone the study can pick at every input size it can use:
-    a `name.tag` with an ImageNet-1k-only tag, under the study's parameter cap, and a forward pass
+    """The rule problems of every model the study can build: each backbone (and video backbone) a
+    `name.tag` with an ImageNet-1k-only tag, and each modality x backbone x input size under the
+    study's parameter cap as one module (a fusion model counts both branches), with a forward pass
     that works. Empty when all is well."""
-    from harness.modalities import head_outputs
-    from harness.models import ModelRuleError, check_compliance, pretrained_tag_problem, resolve_name
+    from harness.modalities import check_run
+    from harness.models import ModelRuleError, pretrained_tag_problem, resolve_name
 
-    dim = spec.dimension("backbone")
-    backbones = _values_of(dim) if dim is not None else [spec.base.train.backbone]
-    losses = _values_of(spec.dimension("loss")) if spec.dimension("loss") is not None else [spec.base.train.loss]
-    heads = max(head_outputs(loss) for loss in losses)
-    sizes = sorted({f.shape for f in spec.feature_configs()})
+    def values(name: str, default: Any) -> list[Any]:
+        dim = spec.dimension(name)
+        return _values_of(dim) if dim is not None else [default]
+
+    backbones = values("backbone", spec.base.train.backbone)
+    video_backbones = values("video_backbone", spec.base.train.video_backbone)
+    losses = values("loss", spec.base.train.loss)
+    loss = "ce" if "ce" in losses else losses[0]  # the larger head
     problems: list[str] = []
-    for name in backbones:
+    usable = set()
+    for name in dict.fromkeys([*backbones, *(v for v in video_backbones if v)]):
         try:
             resolved = resolve_name(name)
         except ModelRuleError as e:
@@ -557,17 +562,35 @@ def check_backbones(spec: StudySpec) -> list[str]:
             continue
         if resolved != name:
             problems.append(f"{name}: give the pretrained tag too ({resolved}), so the weights' data can be checked")
-            continue
-        if problem := pretrained_tag_problem(name):
+        elif problem := pretrained_tag_problem(name):
             problems.append(problem)
-            continue
-        shapes = [(1, size) for size in sizes] if set(spec.modalities()) & {"audio", "fusion"} else []
-        shapes += [(3, (v.size, v.size)) for v in spec.video_configs()]
-        for chans, size in shapes:
-            report = check_compliance(name, pretrained=spec.base.train.pretrained, in_chans=chans, input_size=size,
-                                      max_params=spec.base.train.max_params, num_classes=heads)
-            problems.extend(f"{name} at {chans}x{size[0]}x{size[1]}: {p}" for p in report.problems)
+        else:
+            usable.add(name)
+    for modality in spec.modalities():
+        faces = modality != "audio"
+        for backbone in backbones:
+            for video_backbone in (video_backbones if faces else [None]):
+                if backbone not in usable or (video_backbone and video_backbone not in usable):
+                    continue
+                for features in (spec.feature_configs() if modality in ("audio", "fusion") else [spec.base.features]):
+                    for video in (spec.video_configs() if faces else [spec.base.video]):
+                        cfg = dataclasses.replace(spec.base, modality=modality, features=features, video=video,
+                                                  train=dataclasses.replace(spec.base.train, backbone=backbone,
+                                                                            video_backbone=video_backbone, loss=loss))
+                        report = check_run(cfg)
+                        shape = "x".join(map(str, cfg.features_for("video").shape if modality in ("video", "image")
+                                             else features.shape))
+                        problems.extend(f"{report.name} ({modality}) at {shape}: {p}" for p in report.problems)
     return list(dict.fromkeys(problems))
+
+
+def check_dataset(spec: StudySpec, track: str) -> None:
+    """Image-track datasets tune image models only, clip datasets the others. Raises SpecError."""
+    image = [m == "image" for m in spec.modalities()]
+    if track == "image" and not all(image):
+        raise SpecError('an image-track dataset (face images): set modality = "image" in [base] (and in no [space])')
+    if track != "image" and any(image):
+        raise SpecError("modality image is for face-image datasets; this dataset holds clips (use video)")
 
 
 # ------------------------------------------------------------------------------- trial callbacks
@@ -1277,6 +1300,7 @@ def run_study(
     url = storage or default_storage(spec)
     cache = Path(cache_root) if cache_root is not None else paths.cache_dir()
     ds = load_dataset(Path(data_dir))
+    check_dataset(spec, ds.track)
     for cfg in spec.prepare_configs():  # here, once, before workers race for the cache
         for name in cfg.inputs:
             prepare_features(ds, cfg.features_for(name), cache_root=cache, workers=2, splits=("train", "val"))

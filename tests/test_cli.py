@@ -75,3 +75,10 @@ def test_prepare_modality_must_fit_the_track(small_dataset: Path, tmp_path: Path
     assert unknown.exit_code == 2 and "unknown modality 'smell'" in unknown.output
     image = runner.invoke(app, ["prepare", "--data", str(small_dataset), "--cache", str(tmp_path / "c"), "--modality", "image"])
     assert image.exit_code == 2 and "use --modality video" in image.output
+
+
+def test_check_counts_a_fusion_model_as_one() -> None:
+    args = ["check", "--backbone", "test_efficientnet.r160_in1k", "--no-pretrained", "--max-params", "150000"]
+    assert runner.invoke(app, [*args, "--modality", "audio"]).exit_code == 0
+    fusion = runner.invoke(app, [*args, "--modality", "fusion"])
+    assert fusion.exit_code == 2 and "REFUSED" in fusion.output and "exceed" in fusion.output
