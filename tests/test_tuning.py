@@ -137,6 +137,8 @@ def test_shipped_specs_load():
     assert len(demo.feature_configs()) == len(dict(demo.space)["input_size"].choices)
     ffdv = tuning.load_spec(ROOT / "studies" / "ffdv-audio.toml")
     assert ffdv.base.train.pretrained is True and ffdv.base.train.max_params <= 200e6
+    fusion = tuning.load_spec("demo-fusion")
+    assert fusion.modalities() == ["audio", "video", "fusion"] and fusion.base.video.frames == 4
 
 
 def test_spec_maps_dimensions_onto_run_settings(tmp_path: Path):

@@ -42,6 +42,7 @@ Features = AudioFeatures | VideoFeatures
 # item: the entry's id, so a changed clip repacks; fallback: face frames centre-cropped ("" for audio)
 INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item", "fallback")
 CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progress bar lively
+FRESH_ITEMS = 8192  # log-mels kept in memory for packing (256 MB at 128x256); later ones are read back
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,14 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 << 20)
 
 
-def _extract_chunk(cfg: Features, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | None]:
-    """Compute and write each (clip, item path); return None or (reason, detail) per clip."""
+def _extract_chunk(cfg: Features, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | np.ndarray | bool]:
+    """Compute and write each (clip, item path); return per clip its array, or (reason, detail).
+
+    Log-mels go back to the parent too (32 KB each), which packs them without reading the items
+    again; face crops (300 KB a clip) do not (True stands for a written item)."""
     from harness.data.media import MediaError
 
-    results: list[tuple[str, str] | None] = []
+    results: list[tuple[str, str] | np.ndarray | bool] = []
     for clip, item in jobs:
         item_path = Path(item)
         try:
@@ -157,7 +161,7 @@ def _extract_chunk(cfg: Features, jobs: list[tuple[str, str]]) -> list[tuple[str
             results.append((e.reason, e.detail))
             continue
         _atomic_write_bytes(item_path, _npy_bytes(array))
-        results.append(None)
+        results.append(array if isinstance(cfg, AudioFeatures) else True)
     return results
 
 
@@ -223,17 +227,18 @@ def prepare_features(
                 todo.append((str(s.path), str(item)))
 
     start = time.perf_counter()
+    fresh: dict[str, np.ndarray] = {}  # item path -> the array just computed
     if on_progress:
         on_progress(0, len(todo))
     if todo:
         if pool is None:
             with make_pool(workers) as own:
-                report.done = _run_pool(own, cfg, todo, on_progress)
+                report.done = _run_pool(own, cfg, todo, on_progress, fresh)
         else:
-            report.done = _run_pool(pool, cfg, todo, on_progress)
+            report.done = _run_pool(pool, cfg, todo, on_progress, fresh)
     report.seconds = time.perf_counter() - start
     for split in splits:
-        report.failures += pack_split(ds, cfg, out, split)
+        report.failures += pack_split(ds, cfg, out, split, fresh=fresh)
         if isinstance(cfg, VideoFeatures) and (out / f"{split}.csv").exists():
             _, index = load_split(out, split)
             used = [r for r in index if r["ok"] == "1"]
@@ -249,15 +254,19 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=init_worker)
 
 
-def _run_pool(pool: Executor, cfg: Features, todo: list[tuple[str, str]], on_progress: Callable[[int, int], None] | None) -> int:
+def _run_pool(pool: Executor, cfg: Features, todo: list[tuple[str, str]], on_progress: Callable[[int, int], None] | None,
+              fresh: dict[str, np.ndarray]) -> int:
     finished = 0
-    pending = {pool.submit(_extract_chunk, cfg, chunk): len(chunk) for chunk in _chunks(todo, CHUNK)}
+    pending = {pool.submit(_extract_chunk, cfg, chunk): chunk for chunk in _chunks(todo, CHUNK)}
     try:
         while pending:
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in ready:
-                fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
-                finished += pending.pop(fut)
+                results = fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
+                chunk = pending.pop(fut)
+                if len(fresh) < FRESH_ITEMS:
+                    fresh.update((item, r) for (_, item), r in zip(chunk, results) if isinstance(r, np.ndarray))
+                finished += len(chunk)
                 if on_progress:
                     on_progress(finished, len(todo))
     except BaseException:
@@ -267,7 +276,7 @@ def _run_pool(pool: Executor, cfg: Features, todo: list[tuple[str, str]], on_pro
     return finished
 
 
-def pack_split(ds: Dataset, cfg: Features, out: Path, split: str) -> list[Failure]:
+def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, fresh: dict[str, np.ndarray] | None = None) -> list[Failure]:
     """Gather a split's items into `<split>.npy` + `<split>.csv` (rewritten only when they changed)."""
     samples = ds.split(split)
     rows: list[dict[str, object]] = []
@@ -297,8 +306,9 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str) -> list[Failur
         return failures  # same samples, same items: the pack is current
     tmp = array_path.with_name(f"{split}.tmp-{os.getpid()}.npy")
     packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), *cfg.shape))
+    fresh = fresh or {}
     for i, item in enumerate(items):
-        packed[i] = np.load(item) if item is not None else 0
+        packed[i] = (fresh[str(item)] if str(item) in fresh else np.load(item)) if item is not None else 0
     packed.flush()
     del packed
     os.replace(tmp, array_path)

@@ -41,17 +41,26 @@ def mel_power(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     frames = np.lib.stride_tricks.as_strided(padded, (n_frames, cfg.n_fft), (step * cfg.hop_length, step))
     # OpenCV's real DFT in its packed (CCS) layout: Re0, Re1, Im1, Re2, Im2, ... (and Re(N/2) last
     # when N is even). 0.16 ms for a 7 s clip against 0.57 ms for scipy's rfft, which spends most
-    # of its time writing the complex output.
-    packed = cv2.dft(frames * window, flags=cv2.DFT_ROWS)
-    np.multiply(packed, packed, out=packed)
-    power = np.empty((n_frames, cfg.n_fft // 2 + 1), dtype=np.float32)
-    power[:, 0] = packed[:, 0]
-    if cfg.n_fft % 2 == 0:
-        power[:, 1:-1] = packed[:, 1:-1:2] + packed[:, 2:-1:2]
-        power[:, -1] = packed[:, -1]
-    else:
-        power[:, 1:] = packed[:, 1::2] + packed[:, 2::2]
-    return np.asarray((mel @ power.T), dtype=np.float32)
+    # of its time writing the complex output. Blocks of 128 frames keep every temporary in the
+    # core's cache: 0.8 ms a clip instead of 1.2 ms for the whole clip at once.
+    out = np.empty((cfg.n_mels, n_frames), dtype=np.float32)
+    bins = cfg.n_fft // 2 + 1
+    power = np.empty((_BLOCK, bins), dtype=np.float32)
+    for start in range(0, n_frames, _BLOCK):
+        packed = cv2.dft(frames[start : start + _BLOCK] * window, flags=cv2.DFT_ROWS)
+        np.multiply(packed, packed, out=packed)
+        p = power[: len(packed)]
+        p[:, 0] = packed[:, 0]
+        if cfg.n_fft % 2 == 0:
+            np.add(packed[:, 1:-1:2], packed[:, 2:-1:2], out=p[:, 1:-1])
+            p[:, -1] = packed[:, -1]
+        else:
+            np.add(packed[:, 1::2], packed[:, 2::2], out=p[:, 1:])
+        out[:, start : start + len(packed)] = mel @ p.T
+    return out
+
+
+_BLOCK = 128  # STFT frames per block in mel_power
 
 
 def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
