@@ -8,6 +8,8 @@ FFmpeg's swresample in PyAV cost about 5 ms. (miniaudio's dr_mp3 on the demuxed 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -111,30 +113,15 @@ def decode_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]
     Raises EmptyFile, Undecodable or NoAudio. Length checks (truncated, too short, silent) are left to
     `check_audio`, so that a caller can decode once and judge with its own thresholds.
     """
-    import av
     import soxr
-    from av.stream import Discard
 
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise EmptyFile(path, "0 bytes")
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                raise NoAudio(path, "the container has no audio track")
-            for other in container.streams:
-                if other.type != "audio":
-                    other.discard = Discard.all  # the demuxer then skips video packets outright
-            stream = container.streams.audio[0]
-            declared = _declared_seconds(stream, container)
-            samples = _decode_until_damage(container, stream)
-            if samples:
-                mono = samples.mono()
-            rate = stream.codec_context.sample_rate or stream.rate
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise Undecodable(path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
+    with _first_track(path, "audio", NoAudio) as (container, stream):
+        declared = _declared_seconds(stream, container)
+        samples = _decode_until_damage(container, stream)
+        if samples:
+            mono = samples.mono()
+        rate = stream.codec_context.sample_rate or stream.rate
     if not samples:
         raise Undecodable(path, "the audio track decoded to no samples")
     if rate != sample_rate:
@@ -142,6 +129,31 @@ def decode_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]
         # cheaper than HQ; the tutorial's librosa.load uses HQ.
         mono = soxr.resample(mono, rate, sample_rate, quality="MQ").astype(np.float32, copy=False)
     return mono, declared
+
+
+@contextmanager
+def _first_track(path: Path, kind: str, missing: type[MediaError]) -> Iterator[tuple]:
+    """The open container and its first `kind` ("audio" or "video") track; the demuxer skips every
+    other stream. Raises EmptyFile, `missing` when there is no such track, and Undecodable for what
+    FFmpeg (or the body of the `with`) reports as broken."""
+    import av
+    from av.stream import Discard
+
+    if path.stat().st_size == 0:
+        raise EmptyFile(path, "0 bytes")
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            tracks = container.streams.audio if kind == "audio" else container.streams.video
+            if not tracks:
+                raise missing(path, f"the container has no {kind} track")
+            for other in container.streams:
+                if other is not tracks[0]:
+                    other.discard = Discard.all  # skipped by the demuxer, never decoded
+            yield container, tracks[0]
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise Undecodable(path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
 
 
 def _decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 - av objects
@@ -174,53 +186,39 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     NoVideo or Undecodable (also when the track yields no frame at all).
     """
     import av
-    from av.stream import Discard
 
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise EmptyFile(path, "0 bytes")
     picked: list[np.ndarray] = []
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams.video:
-                raise NoVideo(path, "the container has no video track")
-            stream = container.streams.video[0]
-            for other in container.streams:
-                if other is not stream:
-                    other.discard = Discard.all
-            # Frames no other frame refers to (B-frames) need not be decoded: a pick then lands on
-            # the next reference frame, a few milliseconds later. About halves decode time.
-            stream.codec_context.skip_frame = "NONREF"
-            seconds = _declared_seconds(stream, container)
-            start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
-            if seconds > 0:
-                targets = [start + (i + 0.5) * seconds / count for i in range(count)]
-                position = None
-            else:  # no declared length: pick by frame number, counted from the packets (no decoding)
-                total = _count_frames(path)
-                targets = [float(int((i + 0.5) * total / count)) for i in range(count)]
-                position = iter(range(1 << 62))
-            target = 0
-            try:
-                for frame in container.decode(stream):
-                    if position is not None:
-                        t = float(next(position))
-                    else:
-                        t = frame.time if frame.time is not None else 0.0
-                    if t < targets[target] - 1e-6:
-                        continue
-                    picked.append(frame.to_ndarray(format="rgb24"))
-                    while target < count and targets[target] <= t + 1e-6:  # a frame serves each target once
-                        target += 1
-                    if target == count:
-                        break
-            except av.error.FFmpegError:
-                if not picked:
-                    raise
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise Undecodable(path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
+    with _first_track(path, "video", NoVideo) as (container, stream):
+        # Frames no other frame refers to (B-frames) need not be decoded: a pick then lands on
+        # the next reference frame, a few milliseconds later. About halves decode time.
+        stream.codec_context.skip_frame = "NONREF"
+        seconds = _declared_seconds(stream, container)
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        if seconds > 0:
+            targets = [start + (i + 0.5) * seconds / count for i in range(count)]
+            position = None
+        else:  # no declared length: pick by frame number, counted from the packets (no decoding)
+            total = _count_frames(path)
+            targets = [float(int((i + 0.5) * total / count)) for i in range(count)]
+            position = iter(range(1 << 62))
+        target = 0
+        try:
+            for frame in container.decode(stream):
+                if position is not None:
+                    t = float(next(position))
+                else:
+                    t = frame.time if frame.time is not None else 0.0
+                if t < targets[target] - 1e-6:
+                    continue
+                picked.append(frame.to_ndarray(format="rgb24"))
+                while target < count and targets[target] <= t + 1e-6:  # a frame serves each target once
+                    target += 1
+                if target == count:
+                    break
+        except av.error.FFmpegError:
+            if not picked:
+                raise
     if not picked:
         raise Undecodable(path, "the video track decoded to no frames")
     return picked
