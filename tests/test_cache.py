@@ -77,13 +77,16 @@ def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) ->
     """A run killed mid-write leaves only a temporary file; the next run removes it and finishes."""
     cfg = AudioFeatures(width=64)
     first = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
-    items = sorted((first.cache / "items" / "val").glob("*.npy"))
-    partial = items[0].with_name(items[0].name + ".tmp-999999999")  # a pid no process has
-    partial.write_bytes(items[0].read_bytes()[:100])  # what a killed writer leaves behind
-    items[0].unlink()  # ... and the entry it never renamed into place
+    shards = sorted((first.cache / "shards" / "val").glob("*.npz"))
+    assert len(shards) == 1  # the two val clips: one chunk, one file
+    partial = shards[0].with_name(shards[0].name + ".tmp-999999999")  # a pid no process has
+    partial.write_bytes(shards[0].read_bytes()[:100])  # what a killed writer leaves behind
+    shards[0].unlink()  # ... and the shard it never renamed into place
+    (first.cache / "val.npy").unlink()
     again = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
-    assert again.done == 1 and not partial.exists()
-    assert np.load(items[0]).shape == (128, 64)
+    assert again.done == 2 and again.reused == 6 and not partial.exists()
+    images, index = load_split(again.cache, "val")
+    assert images.shape == (2, 128, 64) and [r["ok"] for r in index] == ["1", "1"]
 
 
 def test_settings_key_the_cache(small_dataset: Path, tmp_path: Path) -> None:
