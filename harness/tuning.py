@@ -784,11 +784,14 @@ def open_storage(url: str, heartbeat: Heartbeat = Heartbeat()) -> optuna.storage
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        # Two machines starting on a fresh PostgreSQL database would both create Optuna's tables and
+        # types, and one fails ("duplicate key ... pg_type_typname_nsp_index"): one at a time.
         try:
-            return storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
-                grace_period=heartbeat.grace_period, **{keyword: retry_cls(max_retry=heartbeat.max_retry)},
-            )
+            with _locked(_study_lock(url, "\0schema")) if scheme == "postgresql" else contextlib.nullcontext():
+                return storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
+                    grace_period=heartbeat.grace_period, **{keyword: retry_cls(max_retry=heartbeat.max_retry)},
+                )
         except ImportError as e:
             raise SpecError(f"storage {redact(url)}: {e} (for PostgreSQL: pip install psycopg2-binary)") from None
 
