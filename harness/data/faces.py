@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from harness.config import VideoFeatures
-from harness.data.media import MediaError, Undecodable, sample_frames
+from harness.data.media import Undecodable, sample_frames
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the frame given
 
@@ -107,14 +107,16 @@ class HaarDetector:
         return tuple(max(found, key=lambda b: b[2] * b[3])) if len(found) else None
 
 
+def _factory(cfg: VideoFeatures) -> Callable[[VideoFeatures], FaceDetector]:
+    if cfg.detector not in DETECTORS:
+        raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(sorted(DETECTORS))}")
+    return DETECTORS[cfg.detector]
+
+
 @lru_cache(maxsize=4)
 def detector(cfg: VideoFeatures) -> FaceDetector:
-    """The configured detector, built once per process."""
-    try:
-        factory = DETECTORS[cfg.detector]
-    except KeyError:
-        raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(sorted(DETECTORS))}") from None
-    return factory(cfg)
+    """The configured detector, built once per process. Raises ValueError for an unknown name."""
+    return _factory(cfg)(cfg)
 
 
 # Bump when frame sampling or cropping changes what a clip's crops are: the cache keys crops by it.
@@ -124,9 +126,7 @@ CROPS_REVISION = 2
 def crops_revision(cfg: VideoFeatures) -> str:
     """The code revision behind `cfg`'s crops: sampler and cropping, and the detector's own.
     Raises ValueError for an unknown detector."""
-    if cfg.detector not in DETECTORS:
-        raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(sorted(DETECTORS))}")
-    return f"{CROPS_REVISION}.{getattr(DETECTORS[cfg.detector], 'revision', 0)}"
+    return f"{CROPS_REVISION}.{getattr(_factory(cfg), 'revision', 0)}"
 
 
 def square_crop(rgb: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
@@ -203,5 +203,3 @@ def video_features(path: Path | str, cfg: VideoFeatures) -> FaceCrops:
         return crop_faces([read_image(path)], cfg)
     return crop_faces(sample_frames(path, cfg.frames), cfg)
 
-
-__all__ = ["DETECTORS", "FaceCrops", "FaceDetector", "MediaError", "crop_faces", "register_detector", "video_features"]
