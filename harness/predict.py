@@ -7,9 +7,8 @@ this module imports neither mlflow nor harness.tracking until `from_run` is call
 
 Scoring one clip:
 
-  features  `audio_features(path, cfg.features)` and/or `video_features(path, cfg.video)` (the
-            model's inputs): the functions the feature cache runs, so a clip is scored from the very
-            arrays training would have made of it;
+  features  `harness.data.cache.extract` for each of the model's inputs: the function the feature
+            cache runs, so a clip is scored from the very arrays training would have made of it;
   model     `modalities.build_model(cfg, pretrained=False)` with the checkpoint loaded strictly from
             safetensors (nothing unpickles), in eval mode under `torch.inference_mode`, fp32, each
             input normalised by its backbone's pretrained mean/std;
@@ -189,6 +188,8 @@ class Predictor:
         unreadable video still gets a score from its audio (and the reverse). Raises a MediaError
         (MissingFile when there is no file) when no input can be made.
         """
+        from harness.data.cache import extract
+
         if not Path(path).is_file():
             raise MissingFile(path, "no such file")
         out: dict[str, np.ndarray] = {}
@@ -196,14 +197,7 @@ class Predictor:
         for name in self.cfg.inputs:
             settings = self.cfg.features_for(name)
             try:
-                if name == "audio":
-                    from harness.data.features import audio_features
-
-                    out[name] = audio_features(path, settings)
-                else:
-                    from harness.data.faces import video_features
-
-                    out[name] = video_features(path, settings).crops
+                out[name] = extract(path, settings)[0]
             except MediaError as e:
                 if len(self.cfg.inputs) == 1:
                     raise

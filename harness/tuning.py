@@ -1291,8 +1291,7 @@ def run_study(
     Raises SpecError (storage or stored study unusable), DatasetError (bad data_dir), StudyError
     (a worker process crashed); KeyboardInterrupt after the workers have stopped.
     """
-    from harness import tracking
-    from harness.data.cache import prepare_features
+    from harness import run, tracking
     from harness.data.labels import load_dataset
 
     start = time.time()
@@ -1305,8 +1304,7 @@ def run_study(
     ds = load_dataset(Path(data_dir))
     check_dataset(spec, ds.track)
     for cfg in spec.prepare_configs():  # here, once, before workers race for the cache
-        for name in cfg.inputs:
-            prepare_features(ds, cfg.features_for(name), cache_root=cache, workers=2, splits=("train", "val"))
+        run.features_for(ds, cfg, cache)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url, spec.heartbeat)

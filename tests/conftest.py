@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -82,6 +84,17 @@ def clip_factory(tmp_path: Path):
         return write_clip(tmp_path / name, **kw)
 
     return make
+
+
+@contextmanager
+def isolated_home(root: Path, *, cache: bool = True) -> Iterator[pytest.MonkeyPatch]:
+    """HARNESS_HOME, the feature cache and the MLflow store under `root`, for a module's fixtures."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_HOME", str(root))
+        if cache:
+            mp.setenv("HARNESS_CACHE", str(root / "cache"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        yield mp
 
 
 def write_labels(path: Path, rows: list[tuple[str, int]], header: str = "video_name,target") -> Path:

@@ -17,7 +17,7 @@ import pytest
 from harness.config import Augment, RunConfig, TrainConfig
 from harness.data.media import MediaError
 from harness.predict import FALLBACK_SCORE, Predictor, Scored, expand_paths, tta_shifts, write_scores
-from tests.conftest import write_clip
+from tests.conftest import isolated_home, write_clip
 
 CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False))
 
@@ -129,9 +129,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     from harness import tracking
 
     home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    with isolated_home(home, cache=False):
         client = tracking.setup()
         yield client, tracking.get_or_create_experiment(client, "predict-tests")
 

@@ -30,7 +30,7 @@ from harness.submit import (
     validate_prediction,
     write_prediction,
 )
-from tests.conftest import copy_tree
+from tests.conftest import copy_tree, isolated_home
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False, epochs=1, batch_size=8, device="cpu"))
@@ -43,10 +43,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     from harness.data.demo import make_demo_dataset
 
     home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_HOME", str(home))
-        mp.setenv("HARNESS_CACHE", str(home / "cache"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    with isolated_home(home):
         yield home, make_demo_dataset(home / "demo", clips=30, seconds=1.5)
 
 

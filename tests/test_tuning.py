@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import tuning
 from harness.callbacks import EpochReport, StopTraining
+from tests.conftest import isolated_home
 
 from .pg import postgres_or_skip
 
@@ -33,10 +34,7 @@ def home(tmp_path_factory: pytest.TempPathFactory):
     from harness.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("tune")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_HOME", str(root))
-        mp.setenv("HARNESS_CACHE", str(root / "cache"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    with isolated_home(root) as mp:
         mp.setenv("OMP_NUM_THREADS", "1")  # one torch thread per worker: on a busy machine much the fastest
         data = make_demo_dataset(root / "data", clips=40, seconds=1.5)
         from harness import tracking

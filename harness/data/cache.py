@@ -133,6 +133,19 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 << 20)
 
 
+def extract(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
+    """One clip's cached array, made by the settings' kind: a log-mel image, or face crops with the
+    number of frames that fell back to the centre square (None for audio). Raises a MediaError."""
+    if isinstance(cfg, VideoFeatures):
+        from harness.data.faces import video_features
+
+        faces = video_features(path, cfg)
+        return faces.crops, faces.fallback
+    from harness.data.features import audio_features
+
+    return audio_features(path, cfg), None
+
+
 def _extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> list[tuple[str, str] | np.ndarray | bool]:
     """Compute each (clip, id) of one split and write them as one shard; return per clip its array
     (log-mels), True (face crops, 300 KB a clip, are not sent back) or (reason, detail).
@@ -144,17 +157,8 @@ def _extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> l
     meta: list[dict[str, object]] = []
     results: list[tuple[str, str] | np.ndarray | bool] = []
     for clip, stem in jobs:
-        fallback = None
         try:
-            if isinstance(cfg, VideoFeatures):
-                from harness.data.faces import video_features
-
-                faces = video_features(clip, cfg)
-                array, fallback = faces.crops, faces.fallback
-            else:
-                from harness.data.features import audio_features
-
-                array = audio_features(clip, cfg)
+            array, fallback = extract(clip, cfg)
         except MediaError as e:
             meta.append({"id": stem, "reason": e.reason, "detail": e.detail})
             results.append((e.reason, e.detail))
