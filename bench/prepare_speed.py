@@ -5,13 +5,16 @@ Three measurements on the same clips, in one run:
            as the tutorial runs it, after one warm-up clip (import time excluded);
   raw      PyAV open + decode of every audio frame, nothing kept (FFmpeg's own cost);
   decode   PyAV decode + mono + resample only (the floor for any feature pipeline using that decoder),
-           in the same warm worker pool that prepare uses;
-  prepare  the full cache build (decode, checks, log-mel, atomic write, pack) in that warm pool.
+           in the same warm worker pool that prepare uses, with prepare's task sizes;
+  prepare  the full cache build (dataset check, decode, checks, log-mel, atomic write, pack) in that
+           warm pool, into a new cache each time.
+decode-only and prepare alternate --rounds times (machine noise here moves one figure by a few
+percent); every round's ratio is printed, and the median.
 Sets: the 10 shared real clips copied under new names (--copies times) and a generated demo set.
 With --seed-settings the features use the tutorial's settings, and the images are compared with the
 seed's: mean absolute difference in grey levels.
 
-    python bench/prepare_speed.py [--copies 20] [--demo-clips 300] [--workers 2]
+    python bench/prepare_speed.py [--copies 20] [--demo-clips 300] [--workers 2] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
 from harness.config import SEED_AUDIO, AudioFeatures  # noqa: E402
-from harness.data.cache import make_pool, prepare_features  # noqa: E402
+from harness.data.cache import make_pool, plan_tasks, prepare_features  # noqa: E402
 from harness.data.labels import load_dataset  # noqa: E402
 
 
@@ -90,14 +93,15 @@ def warm(pool, clip: Path, workers: int, cfg: AudioFeatures) -> None:  # noqa: A
     wait(futures)
 
 
-def decode_rate(pool, clips: list[Path], sample_rate: int, job=_decode_chunk) -> float:  # noqa: ANN001
-    paths = [str(c) for c in clips]
+def decode_rate(pool, clips: list[Path], sample_rate: int, workers: int, job=_decode_chunk) -> float:  # noqa: ANN001
+    """Clips/s of `job` over the clips, in tasks sized as prepare sizes them."""
+    tasks = plan_tasks([("", (str(c), "")) for c in clips], workers)
     start = time.perf_counter()
-    futures = [pool.submit(job, paths[i : i + 8], sample_rate) for i in range(0, len(paths), 8)]
+    futures = [pool.submit(job, [clip for clip, _ in chunk], sample_rate) for _, chunk in tasks]
     wait(futures)
     for f in futures:
         f.result()
-    return len(paths) / (time.perf_counter() - start)
+    return len(clips) / (time.perf_counter() - start)
 
 
 def prepare_rate(pool, data: Path, cfg: AudioFeatures, cache: Path) -> float:  # noqa: ANN001
@@ -129,6 +133,7 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=20, help="copies of the 10 real clips (default 20: 200 clips)")
     ap.add_argument("--demo-clips", type=int, default=300, help="generated demo clips (0 to skip)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="decode-only/prepare pairs, alternating (default 3)")
     ap.add_argument("--seed-settings", action="store_true", help="use the tutorial's feature settings for prepare")
     args = ap.parse_args()
     cfg = SEED_AUDIO if args.seed_settings else AudioFeatures()
@@ -146,13 +151,18 @@ def main() -> int:
                 clips = sorted(data.glob("*set/*.mp4"))
                 warm(pool, clips[0], args.workers, cfg)
                 seed = seed_rate(clips[:40])  # about 7 s of the seed: a stable steady state
-                raw = decode_rate(pool, clips, cfg.sample_rate, _raw_decode_chunk)
-                decode = decode_rate(pool, clips, cfg.sample_rate)
-                prep = prepare_rate(pool, data, cfg, tmp / f"cache-{len(label)}")
+                raw = decode_rate(pool, clips, cfg.sample_rate, args.workers, _raw_decode_chunk)
+                decodes, preps = [], []
+                for r in range(args.rounds):
+                    decodes.append(decode_rate(pool, clips, cfg.sample_rate, args.workers))
+                    preps.append(prepare_rate(pool, data, cfg, tmp / f"cache-{label[:4]}-{r}"))
+                ratios = [d / p for d, p in zip(decodes, preps)]
+                decode, prep = float(np.median(decodes)), float(np.median(preps))
                 print(
-                    f"{label:>10}: clips={len(clips)} seed={seed:.2f}/s raw-decode={raw:.1f}/s decode-only={decode:.1f}/s prepare={prep:.1f}/s  "
+                    f"{label:>10}: clips={len(clips)} seed={seed:.2f}/s raw-decode={raw:.1f}/s decode-only={decode:.1f}/s prepare={prep:.1f}/s (medians)  "
                     f"prepare/seed={prep / seed:.1f}x  raw-decode/seed={raw / seed:.1f}x  "
-                    f"prepare/decode-only time ratio={decode / prep:.2f}x"
+                    f"prepare/decode-only time ratio={np.median(ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})  "
+                    f"prepare/raw-decode time ratio={raw / prep:.2f}x"
                 )
     diffs = seed_difference()
     print(f"seed-settings images vs seed: mean abs diff {np.mean(diffs):.2f} grey levels (per clip: {', '.join(f'{d:.2f}' for d in diffs)})")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AudioFeatures, replace
-from harness.data.cache import load_split, prepare_features
+from harness.data.cache import CHUNK, load_split, plan_tasks, prepare_features
 from harness.data.labels import load_dataset
 from tests.conftest import write_clip, write_labels, write_truncated_clip
 
@@ -72,6 +72,12 @@ def test_second_run_reuses_and_edited_clip_is_recomputed(small_dataset: Path, tm
     images, _ = load_split(third.cache, "train")
     assert not np.array_equal(images[0], old)
 
+    # The pack made from the arrays the workers sent back equals one rebuilt from the shards alone.
+    made_in_run = np.load(third.cache / "train.npy")
+    (third.cache / "train.npy").unlink()
+    rebuilt = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
+    assert rebuilt.done == 0 and np.array_equal(np.load(rebuilt.cache / "train.npy"), made_in_run)
+
 
 def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) -> None:
     """A run killed mid-write leaves only a temporary file; the next run removes it and finishes."""
@@ -97,3 +103,12 @@ def test_settings_key_the_cache(small_dataset: Path, tmp_path: Path) -> None:
     assert a.cache != b.cache and a.cache == c.cache
     assert b.done == 8 and c.reused == 8
     assert load_split(b.cache, "val")[0].shape == (2, 64, 64)
+
+
+def test_tasks_hold_one_split_each_and_shrink_at_the_end() -> None:
+    todo = [("train", (f"t{i}.mp4", f"t{i}")) for i in range(45)] + [("val", (f"v{i}.mp4", f"v{i}")) for i in range(5)]
+    jobs = plan_tasks(todo, workers=2)
+    assert [job for _, chunk in jobs for job in chunk] == [job for _, job in todo]  # every clip once, in order
+    assert all(all(f"{folder[0]}" == clip[0] for clip, _ in chunk) for folder, chunk in jobs)  # one split a task
+    sizes = [len(chunk) for _, chunk in jobs]
+    assert max(sizes) == CHUNK and sizes[-1] == 1  # whole chunks first, single clips last

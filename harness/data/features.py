@@ -19,13 +19,27 @@ from harness.data.media import check_audio, decode_audio
 
 @lru_cache(maxsize=8)
 def _filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):  # noqa: ANN202
+    """The analysis window, and librosa's mel filterbank laid out for OpenCV's packed spectrum."""
     import librosa
     import scipy.sparse
 
     window = librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32)
     mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    # OpenCV's real DFT packs its output (CCS): Re0, Re1, Im1, Re2, Im2, ... and Re(N/2) last when
+    # N is even. |X_k|^2 = Re_k^2 + Im_k^2, so giving Re_k and Im_k the weight of bin k lets the mel
+    # product read the squared packed spectrum directly, with no pass to assemble power bins.
+    packed = np.zeros((n_mels, n_fft), dtype=np.float32)
+    packed[:, 0] = mel[:, 0]
+    inner = (n_fft - 1) // 2  # bins with both a real and an imaginary part
+    packed[:, 1 : 2 * inner : 2] = mel[:, 1 : inner + 1]
+    packed[:, 2 : 2 * inner + 1 : 2] = mel[:, 1 : inner + 1]
+    if n_fft % 2 == 0:
+        packed[:, -1] = mel[:, -1]
     # Each FFT bin feeds at most two triangles: a sparse product is several times faster than dense.
-    return window, scipy.sparse.csr_matrix(mel.astype(np.float32))
+    return window, scipy.sparse.csr_matrix(packed)
+
+
+_BLOCK = 256  # STFT frames per block in mel_power: every temporary stays in the core's cache
 
 
 def mel_power(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
@@ -39,46 +53,49 @@ def mel_power(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     n_frames = 1 + (len(padded) - cfg.n_fft) // cfg.hop_length
     step = padded.strides[0]
     frames = np.lib.stride_tricks.as_strided(padded, (n_frames, cfg.n_fft), (step * cfg.hop_length, step))
-    # OpenCV's real DFT in its packed (CCS) layout: Re0, Re1, Im1, Re2, Im2, ... (and Re(N/2) last
-    # when N is even). 0.16 ms for a 7 s clip against 0.57 ms for scipy's rfft, which spends most
-    # of its time writing the complex output. Blocks of 128 frames keep every temporary in the
-    # core's cache: 0.8 ms a clip instead of 1.2 ms for the whole clip at once.
     out = np.empty((cfg.n_mels, n_frames), dtype=np.float32)
-    bins = cfg.n_fft // 2 + 1
-    power = np.empty((_BLOCK, bins), dtype=np.float32)
+    windowed = np.empty((min(_BLOCK, n_frames), cfg.n_fft), dtype=np.float32)
     for start in range(0, n_frames, _BLOCK):
-        packed = cv2.dft(frames[start : start + _BLOCK] * window, flags=cv2.DFT_ROWS)
+        block = windowed[: min(_BLOCK, n_frames - start)]
+        np.multiply(frames[start : start + _BLOCK], window, out=block)
+        # OpenCV's packed real DFT: 0.16 ms for a 7 s clip against 0.57 ms for scipy's rfft, which
+        # spends most of its time writing the complex output.
+        packed = cv2.dft(block, flags=cv2.DFT_ROWS)
         np.multiply(packed, packed, out=packed)
-        p = power[: len(packed)]
-        p[:, 0] = packed[:, 0]
-        if cfg.n_fft % 2 == 0:
-            np.add(packed[:, 1:-1:2], packed[:, 2:-1:2], out=p[:, 1:-1])
-            p[:, -1] = packed[:, -1]
-        else:
-            np.add(packed[:, 1::2], packed[:, 2::2], out=p[:, 1:])
-        out[:, start : start + len(packed)] = mel @ p.T
+        # scipy's sparse product runs along contiguous rows of its dense operand: transposing
+        # first (OpenCV's transpose is cheap) is 1.4x faster than handing it a transposed view.
+        out[:, start : start + len(packed)] = mel @ cv2.transpose(packed)
     return out
 
 
-_BLOCK = 128  # STFT frames per block in mel_power
-
-
 def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
-    """uint8 image of shape `cfg.shape`: dB relative to the peak, floored at -top_db, min-max scaled."""
+    """uint8 image of shape `cfg.shape`: dB relative to the peak, floored at -top_db, min-max scaled.
+
+    The same numbers as `librosa.power_to_db(S, ref=np.max, top_db=...)`, then `cv2.normalize(...,
+    NORM_MINMAX)` and a resize, in a cheaper order: the floor is applied to power (the log is
+    monotonic), and since a resize averages with weights summing to one it commutes with the
+    min-max scaling, which therefore runs on the small image instead of the whole spectrogram.
+    """
     import cv2
 
-    db = 10.0 * np.log10(np.maximum(mel_power(audio, cfg), 1e-10))
-    db -= db.max()
-    np.maximum(db, -cfg.top_db, out=db)
-    low = db.min()
-    scaled = (db - low) * (255.0 / (0.0 - low)) if low < 0 else np.zeros_like(db)
+    power = mel_power(audio, cfg)
+    amin = 1e-10  # power_to_db's floor before the log
+    peak = max(float(power.max()), amin)
+    floor = max(peak * 10.0 ** (-cfg.top_db / 10.0), amin)
+    low = max(float(power.min()), floor)
+    np.maximum(power, floor, out=power)
+    log_power = cv2.log(power, dst=power)  # natural log; dB is a fixed multiple of it
     height, width = cfg.shape
-    if scaled.shape != (height, width):
-        shrinking = width < scaled.shape[1]
+    if log_power.shape != (height, width):
+        shrinking = width < log_power.shape[1]
         # Area averaging when shrinking the time axis keeps short artefacts in the picture;
         # `linear` reproduces the tutorial exactly.
         method = cv2.INTER_AREA if shrinking and cfg.interpolation == "area" else cv2.INTER_LINEAR
-        scaled = cv2.resize(scaled, (width, height), interpolation=method)
+        log_power = cv2.resize(log_power, (width, height), interpolation=method)
+    if peak <= low:  # a flat spectrogram: min-max scaling has nothing to stretch
+        return np.zeros((height, width), dtype=np.uint8)
+    log_low = np.log(low)
+    scaled = (log_power - np.float32(log_low)) * np.float32(255.0 / (np.log(peak) - log_low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 

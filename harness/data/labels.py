@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -120,7 +121,7 @@ def _read_rows(path: Path, header: tuple[str, str]) -> list[tuple[int, list[str]
     return out
 
 
-def _read_listing(path: Path, split: str, folder: Path, exts: frozenset[str], *, labelled: bool) -> list[Sample]:
+def _read_listing(path: Path, split: str, folder: Path, files: dict[str, Path], exts: frozenset[str], *, labelled: bool) -> list[Sample]:
     """A label file (`video_name,target`) or a test template (`video_name,score`) as samples."""
     samples: list[Sample] = []
     seen: dict[str, int] = {}
@@ -131,33 +132,47 @@ def _read_listing(path: Path, split: str, folder: Path, exts: frozenset[str], *,
         seen[name] = line
         if labelled and second not in ("0", "1"):
             raise DatasetError(path, f"target must be 0 or 1, found {second!r}", line)
-        samples.append(_sample(name, split, folder, int(second) if labelled else None, path, line, exts))
+        samples.append(_sample(name, split, folder, files, int(second) if labelled else None, path, line, exts))
     return samples
 
 
-def _sample(name: str, split: str, folder: Path, label: int | None, src: Path, line: int, exts: frozenset[str]) -> Sample:
+def _sample(name: str, split: str, folder: Path, files: dict[str, Path], label: int | None, src: Path, line: int,
+            exts: frozenset[str]) -> Sample:
     clip = folder / name
     if clip.suffix.lower() not in exts:
         raise DatasetError(src, f"unsupported extension {clip.suffix or '(none)'!r} for {name!r}", line)
-    if not clip.is_file():
+    if name not in files and not clip.is_file():  # is_file for names written another way ("./a.mp4")
         raise DatasetError(src, f"listed file is missing: {clip}", line)
     return Sample(name=name, split=split, path=clip, label=label)
 
 
-def _media_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _media_files(folder: Path) -> dict[str, Path]:
+    """Every file under `folder` (not hidden ones), by its name relative to the folder, in name order.
+
+    One directory walk in which the kernel's entry types stand in for a stat per file (a linked file
+    is still followed to its target), serving the track guess, the listed-but-missing check and the unlisted warning."""
+    files: dict[str, Path] = {}
+
+    def walk(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):  # as rglob: linked folders are not walked (no cycles)
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif entry.is_file() and not entry.name.startswith("."):
+                    files[prefix + entry.name] = Path(entry.path)
+
+    walk(str(folder), "")
+    return dict(sorted(files.items()))
 
 
-def _detect_track(root: Path) -> str:
+def _detect_track(listings: dict[str, dict[str, Path]]) -> str:
     """Clips or face images, judged by what the split folders hold."""
     counts = {"video": 0, "image": 0}
-    for split in SPLITS:
-        folder = split_dir(root, split)
-        if folder.is_dir():
-            for p in _media_files(folder):
-                ext = p.suffix.lower()
-                counts["video"] += ext in VIDEO_EXTS
-                counts["image"] += ext in IMAGE_EXTS
+    for files in listings.values():
+        for p in files.values():
+            ext = p.suffix.lower()
+            counts["video"] += ext in VIDEO_EXTS
+            counts["image"] += ext in IMAGE_EXTS
     return "image" if counts["image"] > counts["video"] else "video"
 
 
@@ -166,14 +181,16 @@ def load_dataset(root: Path | str) -> Dataset:
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(root, "dataset folder not found")
-    track = _detect_track(root)
+    listings = {s: _media_files(split_dir(root, s)) for s in SPLITS if split_dir(root, s).is_dir()}
+    track = _detect_track(listings)
     exts = IMAGE_EXTS if track == "image" else VIDEO_EXTS
     ds = Dataset(root=root, track=track, samples={})
     for split in SPLITS:
         folder = split_dir(root, split)
+        files = listings.get(split, {})
         label_file = find_label_file(root, split)
         if split == "test" and label_file is None:
-            _load_test_split(ds, folder, exts)
+            _load_test_split(ds, folder, files, exts)
             continue
         if not folder.is_dir():
             if label_file is not None:
@@ -182,34 +199,33 @@ def load_dataset(root: Path | str) -> Dataset:
         if label_file is None:
             raise DatasetError(root / LABEL_FILES[split][0], f"missing label file for {folder.name}/ (also looked for {LABEL_FILES[split][1]})")
         ds.label_files.append(label_file)
-        ds.samples[split] = _read_listing(label_file, split, folder, exts, labelled=True)
-        _warn_unlisted(ds, folder, ds.samples[split], label_file, exts)
+        ds.samples[split] = _read_listing(label_file, split, folder, files, exts, labelled=True)
+        _warn_unlisted(ds, folder, files, ds.samples[split], label_file, exts)
     if not any(ds.samples.values()):
         raise DatasetError(root, "no trainset/, valset/ or testset/ with clips")
     return ds
 
 
-def _load_test_split(ds: Dataset, folder: Path, exts: frozenset[str]) -> None:
+def _load_test_split(ds: Dataset, folder: Path, files: dict[str, Path], exts: frozenset[str]) -> None:
     template = find_template(ds.root)
     if template is not None:
         if not folder.is_dir():
             raise DatasetError(template, f"template given but folder {folder.name}/ is missing")
         ds.label_files.append(template)
-        ds.samples["test"] = _read_listing(template, "test", folder, exts, labelled=False)
+        ds.samples["test"] = _read_listing(template, "test", folder, files, exts, labelled=False)
         ds.template = [s.name for s in ds.samples["test"]]
-        _warn_unlisted(ds, folder, ds.samples["test"], template, exts)
+        _warn_unlisted(ds, folder, files, ds.samples["test"], template, exts)
     elif folder.is_dir():
         # No template: every media file is a test clip, in name order.
         ds.samples["test"] = [
-            Sample(name=p.relative_to(folder).as_posix(), split="test", path=p, label=None)
-            for p in _media_files(folder)
-            if p.suffix.lower() in exts
+            Sample(name=name, split="test", path=p, label=None) for name, p in files.items() if p.suffix.lower() in exts
         ]
 
 
-def _warn_unlisted(ds: Dataset, folder: Path, listed: list[Sample], src: Path, exts: frozenset[str]) -> None:
+def _warn_unlisted(ds: Dataset, folder: Path, files: dict[str, Path], listed: list[Sample], src: Path,
+                   exts: frozenset[str]) -> None:
     names = {s.name for s in listed}
-    extra = [p for p in _media_files(folder) if p.relative_to(folder).as_posix() not in names and p.suffix.lower() in exts]
+    extra = [p for name, p in files.items() if name not in names and p.suffix.lower() in exts]
     if extra:
         shown = ", ".join(p.name for p in extra[:3]) + (" ..." if len(extra) > 3 else "")
         ds.warnings.append(f"{folder}: {len(extra)} file(s) not listed in {src.name}, ignored: {shown}")
