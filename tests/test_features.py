@@ -57,6 +57,8 @@ def test_image_is_the_plain_db_minmax_resize_of_the_mel_power(shared_sample: Pat
         ours = mel_image(audio, cfg).astype(np.float64)
         assert ours.shape == plain.shape
         assert np.abs(ours - plain).max() <= 1 and (ours != plain).mean() < 1e-3  # rounding at .5 only
+    flat = mel_image(np.zeros(16000, np.float32), AudioFeatures())  # nothing to stretch: black, not NaN
+    assert flat.shape == (128, 256) and not flat.any()
 
 
 def test_seed_settings_reproduce_the_tutorial_images(shared_sample: Path, tmp_path: Path) -> None:

@@ -84,17 +84,17 @@ def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     peak = max(float(power.max()), amin)
     floor = max(peak * 10.0 ** (-cfg.top_db / 10.0), amin)
     low = max(float(power.min()), floor)
+    height, width = cfg.shape
+    if peak <= low:  # a flat spectrogram: min-max scaling has nothing to stretch
+        return np.zeros((height, width), dtype=np.uint8)
     np.maximum(power, floor, out=power)
     log_power = cv2.log(power, dst=power)  # natural log; dB is a fixed multiple of it
-    height, width = cfg.shape
     if log_power.shape != (height, width):
         shrinking = width < log_power.shape[1]
         # Area averaging when shrinking the time axis keeps short artefacts in the picture;
         # `linear` reproduces the tutorial exactly.
         method = cv2.INTER_AREA if shrinking and cfg.interpolation == "area" else cv2.INTER_LINEAR
         log_power = cv2.resize(log_power, (width, height), interpolation=method)
-    if peak <= low:  # a flat spectrogram: min-max scaling has nothing to stretch
-        return np.zeros((height, width), dtype=np.uint8)
     log_low = np.log(low)
     scaled = (log_power - np.float32(log_low)) * np.float32(255.0 / (np.log(peak) - log_low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
