@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness.config import SEED_AUDIO, AudioFeatures
-from harness.data.features import audio_features, mel_image, mel_power
+from harness.data.features import _filters, audio_features, mel_filterbank, mel_image, mel_power
 from harness.data.media import EmptyFile, NoAudio, Silent, TooShort, Truncated, Undecodable, decode_audio
 from tests.conftest import write_truncated_clip
 
@@ -27,6 +27,32 @@ def test_image_shape_and_range(shared_sample: Path) -> None:
     assert img.shape == (128, 256) and img.dtype == np.uint8
     assert img.min() == 0 and img.max() > 200  # min-max scaled, then area-averaged in time
     assert audio_features(clip, SEED_AUDIO).shape == (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "n_fft", "n_mels", "fmin", "fmax"),
+    [(16000, 512, 128, 0.0, 8000.0), (22050, 2048, 128, 0.0, None), (44100, 1024, 64, 300.0, 12000.0), (16000, 511, 40, 20.0, 7600.0)],
+)
+def test_filterbank_and_window_are_librosas(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> None:
+    import librosa
+
+    ref = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ours = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-6 * ref.max()
+    window = _filters(sample_rate, n_fft, n_mels, fmin, fmax)[0]
+    assert np.abs(window - librosa.filters.get_window("hann", n_fft, fftbins=True)).max() < 1e-6
+
+
+def test_feature_workers_do_not_import_librosa(shared_sample: Path) -> None:
+    """librosa.filters costs ~0.9 s to import: a worker (or the bundle's api) must not pay it."""
+    import subprocess
+    import sys
+
+    clip = next(shared_sample.glob("trainset/*.mp4"))
+    code = (f"import sys; from harness.data.features import audio_features; from harness.config import AudioFeatures; "
+            f"audio_features({str(clip)!r}, AudioFeatures()); print('librosa' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_mel_power_matches_librosa() -> None:

@@ -1,6 +1,6 @@
 """Audio -> log-mel uint8 image, the same image the tutorial makes, at a fraction of the cost.
 
-The filterbank and window come from librosa (so the numbers are librosa's); the STFT runs as
+The filterbank and window are librosa's numbers (computed here; see `mel_filterbank`); the STFT runs as
 OpenCV DFT calls over strided frames and the mel projection as a sparse product on the packed
 spectrum. On the shared real clips (7 s on average) that is about 0.6 ms a clip with warm caches
 and 1.1 ms right after decoding, next to about 8.5 ms to decode and resample. The decibel scaling
@@ -18,14 +18,51 @@ from harness.config import AudioFeatures
 from harness.data.media import check_audio, decode_audio
 
 
+# Slaney's mel scale, as librosa's default (htk=False): linear below 1 kHz, logarithmic above.
+_MEL_LINEAR_HZ = 200.0 / 3  # Hz per mel below 1 kHz
+_MEL_LOG_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = _MEL_LOG_HZ / _MEL_LINEAR_HZ + np.log(np.maximum(hz, _MEL_LOG_HZ) / _MEL_LOG_HZ) / _MEL_LOG_STEP
+    return np.where(hz >= _MEL_LOG_HZ, log_part, hz / _MEL_LINEAR_HZ)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    log_start = _MEL_LOG_HZ / _MEL_LINEAR_HZ
+    log_part = _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (np.maximum(mel, log_start) - log_start))
+    return np.where(mel >= log_start, log_part, mel * _MEL_LINEAR_HZ)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    """librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...) with its defaults
+    (Slaney scale and area normalisation), shape (n_mels, n_fft // 2 + 1).
+
+    Written out here because importing librosa.filters costs about 0.9 s (scipy.signal), paid by
+    every feature worker and by the bundle's api on start: that was most of a small prepare run.
+    tests/test_features.py holds it to librosa's own matrix."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - bins[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    return (triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+
+
 @lru_cache(maxsize=8)
 def _filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):  # noqa: ANN202
-    """The analysis window, and librosa's mel filterbank laid out for OpenCV's packed spectrum."""
-    import librosa
+    """The analysis window (periodic Hann, as librosa's STFT uses) and the mel filterbank laid out
+    for OpenCV's packed spectrum."""
     import scipy.sparse
 
-    window = librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32)
-    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    mel = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
     # OpenCV's real DFT packs its output (CCS): Re0, Re1, Im1, Re2, Im2, ... and Re(N/2) last when
     # N is even. |X_k|^2 = Re_k^2 + Im_k^2, so giving Re_k and Im_k the weight of bin k lets the mel
     # product read the squared packed spectrum directly, with no pass to assemble power bins.
