@@ -8,8 +8,8 @@ Three measurements on the same clips, in one run:
            in the same warm worker pool that prepare uses, with prepare's task sizes;
   prepare  the full cache build (dataset check, decode, checks, log-mel, atomic write, pack) in that
            warm pool, into a new cache each time.
-decode-only and prepare alternate --rounds times (machine noise here moves one figure by a few
-percent); every round's ratio is printed, and the median.
+decode-only and prepare alternate --rounds times (machine noise here moves one 2 s figure by up to
+10%); every round's ratio is printed, and the median.
 Sets: the 10 shared real clips copied under new names (--copies times) and a generated demo set.
 With --seed-settings the features use the tutorial's settings, and the images are compared with the
 seed's: mean absolute difference in grey levels.

@@ -109,6 +109,7 @@ def test_tasks_hold_one_split_each_and_shrink_at_the_end() -> None:
     todo = [("train", (f"t{i}.mp4", f"t{i}")) for i in range(45)] + [("val", (f"v{i}.mp4", f"v{i}")) for i in range(5)]
     jobs = plan_tasks(todo, workers=2)
     assert [job for _, chunk in jobs for job in chunk] == [job for _, job in todo]  # every clip once, in order
-    assert all(all(f"{folder[0]}" == clip[0] for clip, _ in chunk) for folder, chunk in jobs)  # one split a task
+    split_of = {job: folder for folder, job in todo}
+    assert all(split_of[job] == folder for folder, chunk in jobs for job in chunk)  # each task: one split's folder
     sizes = [len(chunk) for _, chunk in jobs]
     assert max(sizes) == CHUNK and sizes[-1] == 1  # whole chunks first, single clips last

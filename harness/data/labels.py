@@ -162,7 +162,7 @@ def _media_files(folder: Path) -> dict[str, Path]:
                     files[prefix + entry.name] = Path(entry.path)
 
     walk(str(folder), "")
-    return dict(sorted(files.items()))
+    return dict(sorted(files.items(), key=lambda item: PurePosixPath(item[0]).parts))  # rglob's order: by path parts
 
 
 def _detect_track(listings: dict[str, dict[str, Path]]) -> str:
