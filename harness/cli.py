@@ -21,9 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
+from harness.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: E402 - light: no imports
 
 DataOption = Annotated[
     Optional[Path],
@@ -466,12 +464,42 @@ def dashboard(
         raise fail(str(e)) from None
 
 
-def main() -> None:
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (timeout, docker stop, batch schedulers) takes Ctrl-C's path: workers and servers are
+    # stopped and runs end KILLED by the same handlers.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `harness` entry point: runs a command and maps every error to one line and an exit code.
+
+    This is the one place exit codes are decided (see `harness.errors`): BadInput -> 2, JobFailed
+    -> 1, an OS-level I/O error (no space, read-only, permission) -> 1 naming the path,
+    Ctrl-C or SIGTERM -> 130. Usage errors are click's (exit 2).
+    """
+    import signal
+
+    from harness.errors import HarnessError, io_message
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(args=argv, standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except typer.TyperException as e:  # usage errors: click's message, exit 2
+        e.show()
+        sys.exit(e.exit_code)
+    except HarnessError as e:
+        raise SystemExit(_report(" ".join(str(e).split()), e.exit_code)) from None
+    except OSError as e:
+        raise SystemExit(_report(io_message(e), EXIT_FAILED)) from None
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report(message: str, code: int) -> int:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.errors import JobFailed
 from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
 from harness.config import Augment, TrainConfig
@@ -29,7 +30,7 @@ LOSSES = ("bce", "ce", "focal")
 OPTIMIZERS = ("adamw", "sgd", "radam")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(JobFailed):
     """The loss stopped being a number: the run cannot go on."""
 
 

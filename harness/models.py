@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from timm.models import PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
 
+from harness.errors import BadInput
 from harness.paths import cache_dir
 
 MAX_PARAMS = 200_000_000
@@ -47,11 +48,11 @@ REFUSED_DATA_TOKENS: tuple[str, ...] = (
 )
 
 
-class ModelRuleError(ValueError):
+class ModelRuleError(BadInput):
     """The model breaks a competition rule: unknown name, non-ImageNet-1k weights, over the cap."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(BadInput):
     """Pretrained weights are neither cached nor downloadable right now."""
 
 

@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness.errors import BadInput, JobFailed
 from harness.config import RunConfig, to_dict
 from harness.predict import (
     BUNDLE_CONFIG,
@@ -65,12 +66,15 @@ RUN_VERSION_TAGS = ("torch", "timm", "mlflow", "optuna", "numpy", "av", "librosa
 _SCORE_TEXT = re.compile(r"^[01]\.\d{6,}$")
 
 
-class SubmitError(ValueError):
+class SubmitError(BadInput):
     """A run that may not be promoted, or data it cannot be promoted with; one line."""
 
 
-class ValidationError(SubmitError):
-    """A prediction CSV that breaks the template's rules; one line naming the file and line."""
+class ValidationError(SubmitError, JobFailed):
+    """A prediction CSV that breaks the template's rules; one line naming the file and line.
+    Our own output failed its check, so the job failed (exit 1), not the input."""
+
+    exit_code = JobFailed.exit_code
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from harness.errors import ConfigError, JobFailed
 from harness import paths
 from harness.callbacks import EpochReport, FitResult, StopTraining
 from harness.config import MODALITIES, AudioFeatures, RunConfig, VideoFeatures, from_dict, to_dict
@@ -90,11 +91,11 @@ SPACE_ATTR = "harness.space_hash"
 _POLL_S = 1.0
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """The study spec (or the study it names in the storage) cannot be used as it is."""
 
 
-class StudyError(RuntimeError):
+class StudyError(JobFailed):
     """A worker process crashed. `result` holds what the session did all the same."""
 
     def __init__(self, message: str, *, result: StudyResult | None = None) -> None:

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from harness.errors import BadInput
+
 SPLITS = ("train", "val", "test")
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"})
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png"})
@@ -31,7 +33,7 @@ LABEL_FILES = {
 TEMPLATE_FILES = ("test_template.csv", "testset_template.csv", "prediction_template.csv", "sample_submission.csv")
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInput):
     """A dataset problem, as one line: `path:line: problem`."""
 
     def __init__(self, path: Path | str, problem: str, line: int | None = None) -> None:

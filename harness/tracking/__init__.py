@@ -1,0 +1,40 @@
+"""Everything that talks to MLflow lives in this package; nothing outside it imports mlflow.
+
+- `store`: the store (SQLite under mlruns/ or `MLFLOW_TRACKING_URI`), experiments, run lookup
+  (`best`, `last`), checkpoint download, closing orphaned runs.
+- `recorder`: `RunRecorder`, one training run fed by the engine's callbacks.
+- `tags`: every tag key and the status contract.
+- `ui`: the MLflow UI server.
+
+Importing this package imports mlflow (about a second): commands import it inside their bodies.
+"""
+from __future__ import annotations
+
+import os
+
+# Read by mlflow when it loads or first uses them, so they are set before the import. setdefault
+# leaves a user's own choice alone. Telemetry is off because the machines here are often offline
+# and a failed upload should never slow or clutter a run.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from harness.tracking import tags  # noqa: E402
+from harness.tracking.recorder import RunRecorder  # noqa: E402
+from harness.tracking.store import (  # noqa: E402
+    RUN_ALIASES,
+    close_orphans,
+    get_or_create_experiment,
+    get_run,
+    git_state,
+    load_run_config,
+    package_versions,
+    resolve_run_id,
+    run_git,
+    setup,
+)
+from harness.tracking.ui import serve_ui, ui_url  # noqa: E402
+
+__all__ = [
+    "RUN_ALIASES", "RunRecorder", "close_orphans", "get_or_create_experiment", "get_run", "git_state",
+    "load_run_config", "package_versions", "resolve_run_id", "run_git", "serve_ui", "setup", "tags", "ui_url",
+]

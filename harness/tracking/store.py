@@ -1,0 +1,207 @@
+"""The MLflow store: where runs live, experiments, run lookup, checkpoint download, orphan closing.
+
+Runs live in a SQLite store (`mlruns/mlflow.db`) with artifacts under `mlruns/artifacts`, both at
+absolute paths from `harness.paths`, so every command finds them whatever the working folder
+(`MLFLOW_TRACKING_URI` overrides the store). MLflow 3.17 refuses the old file store by default.
+
+Every call goes through an `MlflowClient` with explicit run ids, never mlflow's global active-run
+stack: tuning trials may run in threads, and the stack is per thread and easy to leave dangling.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from harness import paths
+from harness.config import RunConfig, from_dict
+from harness.errors import NotFound
+from harness.tracking import tags as T
+
+# Schemes of SQLAlchemy stores. For these mlflow would put artifacts under ./mlruns relative to
+# the working folder at the time, so experiments get an absolute artifact location instead.
+_DATABASE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
+# Tells the MLflow 3 UI this is a model-training experiment, so it opens the runs table and does
+# not ask the user to pick an experiment type.
+_EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_VERSIONED_PACKAGES = ("torch", "timm", "mlflow", "optuna", "numpy", "av", "librosa", "harness")
+_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+
+
+def setup(*, tracking_uri: str | None = None) -> MlflowClient:
+    """Point mlflow at the project's store (or `tracking_uri`), quiet its logs, return a client."""
+    uri = tracking_uri or paths.tracking_uri()
+    _ensure_sqlite_folder(uri)
+    # Creating or migrating the SQLite schema logs a dozen alembic INFO lines per process.
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _ensure_sqlite_folder(uri: str) -> None:
+    """SQLite creates the database file but not a missing folder above it (a fresh checkout)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _is_database_store(uri: str) -> bool:
+    return urlparse(uri).scheme.split("+")[0] in _DATABASE_SCHEMES
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, *, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (or restored from the UI's trash) when needed.
+
+    On a database store a new experiment keeps its artifacts in `artifact_location`, by default
+    a folder named after it under `paths.artifact_root()`; a tracking server picks its own.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        # A deleted experiment still holds its name, so creating it again would fail.
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    if artifact_location is None and _is_database_store(client.tracking_uri):
+        artifact_location = f"{paths.artifact_root()}/{_folder_name(name)}"
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=_EXPERIMENT_KIND)
+    except MlflowException as exc:
+        # Another process or trial thread created it between our lookup and our create.
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Commit and dirtiness of the checkout at `root`; "unknown" outside one or without git.
+
+    Untracked (not ignored) files count as dirty: a new module changes what a run executes.
+    """
+    commit = run_git(root, "rev-parse", "HEAD")
+    status = run_git(root, "status", "--porcelain")
+    if commit is None or status is None:
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "git.dirty": "true" if status else "false"}
+
+
+def run_git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def package_versions() -> dict[str, str]:
+    """`version.<name>` tags for the installed packages that shape results; missing ones skipped.
+
+    Read from package metadata, so nothing heavy (torch, librosa) is imported to ask.
+    """
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[f"version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+
+def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]:
+    """The settings and best checkpoint of a recorded run, downloaded once into
+    `.cache/runs/<run_id>` (a run's artifacts never change after it ends)."""
+    get_run(client, run_id)
+    names = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoint")}
+    weights = sorted(n for n in names if n.endswith(".safetensors"))
+    if "config.json" not in names or not weights:
+        raise NotFound(f"run {run_id} has no checkpoint (it ended before its first validated epoch)")
+    folder = _download_checkpoint(client, run_id)
+    config = from_dict(RunConfig, json.loads((folder / "config.json").read_text()))
+    return config, folder / weights[0]
+
+
+RUN_ALIASES = ("best", "last")
+
+
+def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str | None = None) -> str:
+    """A run id, or `best` (highest best_val_auc; ties to the newest) / `last` (newest) among the
+    FINISHED runs that trained a model, in `experiment` or in every experiment of the store, so
+    scripts can say `harness submit --run-id best`."""
+    if ref not in RUN_ALIASES:
+        return ref
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found is not None else []
+    order = (["metrics.best_val_auc DESC"] if ref == "best" else []) + ["attributes.start_time DESC"]
+    finished = "attributes.status = 'FINISHED' and metrics.best_val_auc >= 0"
+    runs = client.search_runs(ids, filter_string=finished, order_by=order, max_results=1) if ids else []
+    if not runs:
+        where = f"experiment {experiment!r}" if experiment else "this store"
+        raise NotFound(f"--run-id {ref}: no finished training run in {where} yet")
+    return runs[0].info.run_id
+
+
+def get_run(client: MlflowClient, run_id: str) -> Any:
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND_CODES:
+            raise
+        raise NotFound(f"no run {run_id!r} in {client.tracking_uri}") from None
+
+
+def _download_checkpoint(client: MlflowClient, run_id: str) -> Path:
+    """Download into a fresh folder and rename it into place, so an interrupted download or a
+    concurrent one never leaves a half-filled cache entry behind."""
+    final = paths.project_root() / ".cache" / "runs" / run_id
+    if not final.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{run_id}.tmp-", dir=final.parent))
+        try:
+            client.download_artifacts(run_id, "checkpoint", str(staging))
+            staging.rename(final)
+        except OSError:
+            if not final.is_dir():  # anything but losing a race with another download
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return final / "checkpoint"
+
+
+def close_orphans(client: MlflowClient, experiment_id: str, *, parent_run_id: str | None = None) -> list[str]:
+    """Mark runs left RUNNING by a crashed or killed process (children of `parent_run_id`, or all
+    in the experiment) as KILLED with tag orphaned=true; return their ids."""
+    query = "attributes.status = 'RUNNING'"
+    if parent_run_id is not None:
+        query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
+    closed = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, page_token=token)
+        for run in page:
+            client.set_tag(run.info.run_id, T.ORPHANED, "true")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return closed
+

@@ -1,0 +1,70 @@
+"""Every tag key the harness writes on MLflow runs, and the status contract, in one place.
+
+Status contract (what a run's MLflow status means, and the tag that says why):
+
+| status   | tag                    | meaning                                                     |
+|----------|------------------------|-------------------------------------------------------------|
+| FINISHED |                        | trained to the end (or early-stopped); has a checkpoint      |
+| KILLED   | `pruned_at_epoch`      | a pruner stopped the trial at that epoch                     |
+| KILLED   | `orphaned=true`        | its process died (kill -9, crash); closed by a later command |
+| KILLED   |                        | interrupted (Ctrl-C, SIGTERM)                                |
+| FAILED   | `error`                | the error, one line                                          |
+
+Older runs wrote the same keys, so nothing is migrated.
+"""
+from __future__ import annotations
+
+# ---- the status contract
+FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
+ERROR = "error"  # FAILED: the error message, one line
+PRUNED_AT_EPOCH = "pruned_at_epoch"  # KILLED by a pruner
+ORPHANED = "orphaned"  # "true": KILLED by a later command because its process was gone
+STOPPED_BY = "stopped_by"  # "early stopping" or a pruner's reason (FINISHED or KILLED)
+
+# ---- provenance, on every training run
+GIT_COMMIT = "git.commit"
+GIT_DIRTY = "git.dirty"
+DATA_PATH = "data.path"
+DATA_FINGERPRINT = "data.fingerprint"
+HOST = "harness.host"  # the machine and process that own a RUNNING run (orphan detection)
+PID = "harness.pid"
+KIND = "harness.kind"  # "study", "audit", ... (absent on plain training runs)
+
+# ---- MLflow's own system tags that the harness sets
+MLFLOW_PARENT = "mlflow.parentRunId"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+MLFLOW_RUN_NAME = "mlflow.runName"
+MLFLOW_NOTE = "mlflow.note.content"  # the run's description in the UI
+
+# ---- studies (parent runs) and trials (child runs)
+STUDY = "harness.study"
+STUDY_STORAGE = "harness.study_storage"
+SPACE_HASH = "harness.space_hash"
+TRIALS_TARGET = "harness.trials_target"
+BEST_TRIAL_NUMBER = "best.trial_number"
+BEST_RUN_ID = "best.run_id"
+OPTUNA_STUDY = "optuna.study"
+OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
+OPTUNA_STATE = "optuna.state"  # RUNNING | COMPLETE | PRUNED | FAIL, agreeing with the run status
+
+# ---- promotion (harness submit)
+PROMOTED = "promoted"
+PROMOTED_MODEL = "promoted.model"
+PROMOTED_FALLBACKS = "promoted.fallbacks"
+PROMOTED_AT = "promoted.at"
+
+# ---- the registry
+CHAMPION = "champion"  # the alias `submit` moves to the newest promoted version
+
+
+def why_not_finished(status: str, tags: dict[str, str]) -> str | None:
+    """Why a run cannot be used as a finished model, in words; None when it is FINISHED."""
+    if status == FINISHED:
+        return None
+    if status == KILLED and PRUNED_AT_EPOCH in tags:
+        return f"was pruned at epoch {tags[PRUNED_AT_EPOCH]}"
+    if status == KILLED:
+        return "was orphaned by a crashed process" if tags.get(ORPHANED) == "true" else "was interrupted"
+    if status == FAILED:
+        return f"failed: {tags.get(ERROR, 'no error recorded')}"
+    return f"has not finished (status {status})"
