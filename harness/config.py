@@ -105,6 +105,18 @@ class VideoFeatures:
 MODALITIES = ("audio", "video", "fusion", "image")
 
 
+def check_track(track: str, modality: str, *, where: object = "") -> None:
+    """The one track <-> modality rule: an image-track dataset (face images) trains `image` models,
+    a clip dataset trains the others. Raises ConfigError naming `where` (the dataset folder)."""
+    from harness.errors import ConfigError
+
+    prefix = f"{where}: " if where else ""
+    if track == "image" and modality != "image":
+        raise ConfigError(f"{prefix}an image-track dataset (face images) trains modality image, not {modality}")
+    if track != "image" and modality == "image":
+        raise ConfigError(f"{prefix}this dataset holds clips; modality image is for face-image datasets (use video)")
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training-time augmentations; each one off at 0 (or False). `strength` scales them all."""
