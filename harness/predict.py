@@ -3,7 +3,9 @@
 
 A `Predictor` is built from a run's settings and its safetensors checkpoint, from a recorded run
 (`from_run`, through `harness.tracking`) or from a bundle folder (`from_bundle`, no MLflow at all:
-this module imports neither mlflow nor harness.tracking until `from_run` is called).
+this module imports neither mlflow nor harness.tracking until `from_run` is called). A bundle is
+read through `harness.bundle.format`, which checks that its weights lie inside it, are safetensors
+and match the sha256 its config.json records, before anything is loaded.
 
 Scoring one clip:
 
@@ -18,6 +20,8 @@ Scoring one clip:
             `augment.time_shift * augment.strength` times the image width (over the whole width,
             k * W / N, when training did not shift). N = 1 (the default) scores the image as it is.
 
+Input paths given on a command line go through `check_paths` first: one that does not exist or
+cannot be read is a usage error (exit 2), never a row at the fallback score.
 Clips without usable features (missing, empty, undecodable, no audio or video, truncated, too
 short, silent) make `score` raise a `MediaError`; the batch form `score_many` catches it, scores the
 clip `FALLBACK_SCORE` and says why in the `Scored` row. A fusion model raises only when neither input
@@ -30,7 +34,6 @@ rank it as confidently as the class mix happens to be, and 0 or 1 would put it a
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,21 +42,23 @@ from typing import IO
 
 import numpy as np
 
-from harness.config import RunConfig, from_dict
+from harness.config import RunConfig
 from harness.data.labels import IMAGE_EXTS, VIDEO_EXTS
 from harness.data.media import MediaError
+from harness.errors import BadInput, NotFound
 
 FALLBACK_SCORE = 0.5
 SCORE_DECIMALS = 8  # the challenge asks for at least 6
-BUNDLE_CONFIG = "config.json"
-BUNDLE_WEIGHTS = "weights/model.safetensors"
-BUNDLE_FORMAT = 1
 AUDIO_EXTS = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
 BATCH_SIZE = 16
 
 
 class MissingFile(MediaError):
     reason = "missing"
+
+
+class WeightsMismatch(BadInput, RuntimeError):
+    """Weights that do not fit the model the settings build (another backbone, another head)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,21 @@ def write_scores(rows: Iterable[Scored], stream: IO[str]) -> None:
     writer = csv.writer(stream, lineterminator="\n")
     for row in rows:
         writer.writerow([row.path, format_score(row.score)])
+
+
+def check_paths(paths: Iterable[str | Path]) -> None:
+    """Refuse, before any scoring, an input path that does not exist or cannot be read: a typo is a
+    usage error, not a clip to score at the fallback (that is for files that exist but do not decode).
+
+    Raises:
+        NotFound: a path that does not exist.
+        BadInput: a path this process may not read (a folder: may not list).
+    """
+    for p in map(Path, paths):
+        if not p.exists():
+            raise NotFound(f"{p}: no such file or folder")
+        if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+            raise BadInput(f"{p}: permission denied (cannot read it)")
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -135,11 +155,19 @@ class Predictor:
         self.fallback = float(fallback)
         self.batch_size = max(1, batch_size)
         self.source = source or str(self.weights)
-        self.device = pick_device(device)
+        try:
+            self.device = pick_device(device)
+        except RuntimeError as e:  # no CUDA, or a device name torch does not know
+            raise BadInput(f"--device {device}: {e}") from None
         if self.device.type == "cpu":
             _use_available_cpus(torch)
         model = build_model(cfg, pretrained=False)
-        model.load_state_dict(load_file(str(self.weights)), strict=True)  # safetensors: tensors only, no pickle
+        try:
+            model.load_state_dict(load_file(str(self.weights)), strict=True)  # safetensors: tensors only, no pickle
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0].rstrip(":")
+            raise WeightsMismatch(f"{self.weights}: the weights do not fit a {cfg.train.backbone} {cfg.modality} "
+                                  f"model ({first})") from None
         # timm's pretrained config (data, works offline) unless the bundle recorded its own
         stats = stats or input_stats(cfg, model)
         self.stats = {name: (tuple(float(v) for v in m), tuple(float(v) for v in s)) for name, (m, s) in stats.items()}
@@ -149,34 +177,39 @@ class Predictor:
     # ----------------------------------------------------------------------------------- builders
 
     @classmethod
-    def from_run(cls, run_id: str, *, tta: int = 1, device: str = "cpu") -> Predictor:
-        """The best checkpoint of a recorded run (downloaded once into .cache/runs). Raises LookupError
-        for an unknown run or one without a checkpoint."""
-        from harness import tracking  # lazy: the only import of mlflow on this path
+    def from_run(cls, run: str, *, tta: int = 1, device: str = "cpu") -> Predictor:
+        """The best checkpoint of a recorded run (downloaded once into .cache/runs).
 
-        cfg, weights = tracking.load_run_config(tracking.setup(), run_id)
+        Args:
+            run: a run id, or `best` / `last` (see `harness.tracking.resolve_run_id`).
+
+        Raises:
+            NotFound: an unknown run, or one without a checkpoint.
+            BadInput: text that cannot be a run id (`../../x`).
+        """
+        from harness import tracking  # lazy: the only import of mlflow on this path
+        from harness.tracking import registry
+
+        client = tracking.setup()
+        run_id = registry.find_run(client, run).info.run_id
+        cfg, weights = tracking.load_run_config(client, run_id)
         return cls(cfg, weights, tta=tta, device=device, source=f"run {run_id}")
 
     @classmethod
     def from_bundle(cls, folder: Path | str, *, tta: int | None = None, device: str = "cpu") -> Predictor:
-        """A promoted bundle (config.json + weights/model.safetensors). `tta` None: the bundle's own,
-        the setting its prediction.csv was made with."""
-        folder = Path(folder)
-        path = folder / BUNDLE_CONFIG
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: not a bundle (no {BUNDLE_CONFIG})")
-        config = json.loads(path.read_text())
-        if config.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{path}: bundle format {config.get('format')!r}, this code reads {BUNDLE_FORMAT}")
-        cfg = from_dict(RunConfig, config["run_config"])
-        model, scoring = config["model"], config["scoring"]
-        # Bundles written before face models record one input's statistics as model.mean/std.
-        inputs = model.get("inputs") or {"audio": {"mean": model["mean"], "std": model["std"]}}
-        stats = {name: (v["mean"], v["std"]) for name, v in inputs.items()}
+        """A promoted bundle (see `harness.bundle.format`), its config and weights checked first.
+        `tta` None: the bundle's own, the setting its prediction.csv was made with.
+
+        Raises:
+            NotABundle: no config.json (also a FileNotFoundError).
+            BundleError: weights outside the bundle, not safetensors, or not the recorded sha256.
+        """
+        from harness.bundle.format import read_config
+
+        bundle = read_config(folder)
         return cls(
-            cfg, folder / model["weights"], tta=scoring["tta"] if tta is None else tta, device=device,
-            stats=stats, fallback=scoring["fallback_score"],
-            source=f"bundle {folder} (run {config.get('run_id')})",
+            bundle.run_config, bundle.weights, tta=bundle.tta if tta is None else tta, device=device,
+            stats=bundle.stats, fallback=bundle.fallback, source=f"bundle {bundle.folder} (run {bundle.run_id})",
         )
 
     # ------------------------------------------------------------------------------------ scoring

@@ -10,9 +10,11 @@ This folder's own copy of `harness` (the training code of the run) is what gets 
 goes first on sys.path before the import, whatever else is installed. The model loads on first use
 (or on `load()`), from weights/model.safetensors and config.json; nothing is unpickled.
 
-A clip without usable input (missing, empty, undecodable, no audio or video track, truncated, too
-short, silent; for a fusion model, neither audio nor faces) scores the bundle's fallback (config.json `scoring.fallback_score`, 0.5) with a warning on
-stderr instead of raising, so that scoring a test set never stops on one bad file.
+`python api.py` refuses a path that does not exist or cannot be read (exit 2, before scoring).
+Through `predict`/`predict_batch`, a clip without usable input (missing, empty, undecodable, no
+audio or video track, truncated, too short, silent; for a fusion model, neither audio nor faces)
+scores the bundle's fallback (config.json `scoring.fallback_score`, 0.5) with a warning on stderr
+instead of raising, so that scoring a test set never stops on one bad file.
 Device: environment variable HARNESS_DEVICE (cpu, cuda or auto; default cpu). On the CPU it uses every
 core it may, unless OMP_NUM_THREADS is set (1 is fastest on a machine shared with other busy work).
 """
@@ -65,6 +67,14 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python api.py PATH...   (clips, audio files or folders; prints path,score)", file=sys.stderr)
         return 0 if argv else 2
+    # A path that is not there is a typo, not a clip to score at the fallback: refuse it before
+    # loading the model. (Checked here rather than through harness.predict so that the harness
+    # copy of an older run, which lacks that check, still serves this file.)
+    for path in argv:
+        if not os.path.exists(path) or not os.access(path, os.R_OK):
+            why = "no such file or folder" if not os.path.exists(path) else "permission denied"
+            print(f"error: {path}: {why}", file=sys.stderr)
+            return 2
     write_scores(score_batch([str(p) for p in expand_paths(argv)]), sys.stdout)
     return 0
 

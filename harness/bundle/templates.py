@@ -1,6 +1,6 @@
 """Text files of a promoted bundle, as `str.format` templates (literal braces doubled).
 
-Nothing here is run by the harness itself: `harness.submit` fills these in and writes them out.
+Nothing here is run by the harness itself: `harness.bundle.build` fills these in and writes them out.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ DATA_FINGERPRINT = "data.fingerprint"
 HOST = "harness.host"  # the machine and process that own a RUNNING run (orphan detection)
 PID = "harness.pid"
 KIND = "harness.kind"  # "study", "audit", ... (absent on plain training runs)
+VERSION_PREFIX = "version."  # version.<package>: the installed version of each package that shapes results
 
 # ---- MLflow's own system tags that the harness sets
 MLFLOW_PARENT = "mlflow.parentRunId"
@@ -55,6 +56,8 @@ PROMOTED_AT = "promoted.at"
 
 # ---- the registry
 CHAMPION = "champion"  # the alias `submit` moves to the newest promoted version
+VERSION_BACKBONE = "backbone"  # tags on a registered model version
+VERSION_VAL_AUC = "val_auc"
 
 
 def why_not_finished(status: str, tags: dict[str, str]) -> str | None:

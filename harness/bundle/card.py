@@ -1,0 +1,112 @@
+"""MODEL_CARD.md of a promoted bundle: what the model reads, how well it did, how it scores, how to run it.
+
+Built from the bundle's config.json alone (plus the requirement notes and this submission's fallback
+count), so the card never says anything the config does not hold.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+
+def now() -> str:
+    """UTC time to the second, ISO 8601: the promotion time in the card, the manifest and the tags."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: str, fallbacks: int, test_rows: int) -> str:
+    """MODEL_CARD.md of a bundle from its config.json (`harness.bundle.format` layout).
+
+    Args:
+        config: the bundle's config.json as a dict.
+        requirement_notes: notes from `pinned_requirements` (versions that differ, unpinned packages).
+        image: the Docker image name the "How to run" section uses.
+        fallbacks: test clips scored at the fallback in this submission, of `test_rows`.
+    """
+    metrics, model, scoring, code = config["metrics"], config["model"], config["scoring"], config["code"]
+    run_config = config["run_config"]
+    train, features, video = run_config["train"], run_config["features"], run_config.get("video", {})
+    modality = run_config.get("modality", "audio")
+    reads = {"audio": "the audio of a clip (log-mel image)", "video": "the faces of a clip (face crops over time)",
+             "fusion": "the audio and the faces of a clip", "image": "a face image"}[modality]
+
+    def metric(name: str) -> str:
+        value = metrics.get(name)
+        return "n/a" if value is None else f"{value:.4f}"
+
+    auc = f"{metric('best_val_auc')} (95% bootstrap interval {metric('val_auc_ci_low')} to {metric('val_auc_ci_high')})"
+    rows = [("val_auc", auc)] + [(k.removeprefix("best_"), metric(k)) for k in sorted(metrics)
+                                 if k.startswith("best_val_") and k != "best_val_auc"]
+    shifts = ", ".join(map(str, scoring["tta_shifts"]))
+    lines = [
+        f"# Model card: run {config['run_id']} ({config['run_name']})",
+        "",
+        f"Binary deepfake detector ({modality}) on {reads}: `{model['backbone']}` (timm), "
+        "output the probability that it is fake. "
+        f"Promoted by `harness submit` on {now()}.",
+        "",
+        "## Validation metrics (best epoch)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in rows),
+        f"| best epoch | {int(metrics['best_epoch']) if 'best_epoch' in metrics else 'n/a'} |",
+        "",
+        "## Model",
+        "",
+        f"- backbone `{model['backbone']}`, pretrained on ImageNet-1k: {train['pretrained'] or train['weights'] is not None}; "
+        f"loss {train['loss']}, {model['num_classes']} output(s)",
+        f"- parameters {model['params']:,} (thop count {model['thop_params']:,}; cap {train['max_params']:,.0f}), "
+        f"{model['macs'] / 1e9:.3f} GMACs per clip at {'x'.join(map(str, model['input_size']))}",
+        f"- weights `{model['weights']}` (safetensors, sha256 {model['sha256'][:16]}...); inputs: "
+        + "; ".join(f"{name} {'x'.join(map(str, v['shape']))} uint8, normalised by mean {v['mean']} / std {v['std']}"
+                    for name, v in model["inputs"].items()),
+        "",
+        "## Data and features",
+        "",
+        f"- trained on `{config['data']['path']}`, fingerprint `{config['data']['fingerprint']}` "
+        "(label files and template, feature key)",
+        *([f"- audio features: {features['sample_rate']} Hz mono, n_fft {features['n_fft']}, hop {features['hop_length']}, "
+           f"{features['n_mels']} mels from {features['fmin']} to {features['fmax']} Hz, top_db {features['top_db']}, "
+           f"width {features['width']} ({features['interpolation']} resize); full settings in config.json `run_config.features`"]
+          if "audio" in model["inputs"] else []),
+        *([f"- face features: {video.get('frames')} frames evenly spread over the clip (1 per image on the image track), "
+           f"the largest face found by the `{video.get('detector')}` detector cut out square with margin {video.get('margin')} "
+           f"and resized to {video.get('size')} px; a frame without a face falls back to a centre square of "
+           f"{video.get('fallback_crop')} of the shorter side; full settings in config.json `run_config.video`"]
+          if "video" in model["inputs"] else []),
+        "",
+        "## Scoring",
+        "",
+        "- test-time augmentation: " + ("none, each clip's image is scored as it is" if scoring["tta"] == 1 else
+                                        f"{scoring['tta']}-fold, the mean probability over circular time shifts "
+                                        f"of {shifts} columns"),
+        f"- fallback: a clip none of whose inputs can be used (missing, empty, undecodable, no audio or video track, "
+        f"truncated, too short, silent) scores {scoring['fallback_score']}, the uninformative score: it ranks the clip in "
+        "the middle for AUC "
+        f"instead of betting on either class. This submission: {fallbacks} of {test_rows} test clips fell back "
+        "(listed in fallbacks.csv beside the bundle).",
+        "",
+        "## Code and environment",
+        "",
+        f"- harness source: {code['source']}",
+        f"- git commit `{code['git_commit']}`, uncommitted changes: {code['git_dirty']}",
+        f"- Python {code['python']}; run versions: " + ", ".join(f"{k} {v}" for k, v in code["versions"].items()),
+        "- requirements.txt pins every runtime dependency" + ("; " + "; ".join(requirement_notes) if requirement_notes else ""),
+        "",
+        "## How to run",
+        "",
+        "```sh",
+        f"docker build -t {image} .",
+        f"docker run --rm --gpus all -v /path/to/clips:/data:ro {image} predict /data      # path,score rows",
+        f"docker run --rm --gpus all -v /path/to/dataset:/data:ro -v \"$PWD/work:/work\" {image} train /data",
+        "```",
+        "",
+        "Without Docker, with the requirements installed: `python api.py CLIP...`, or from Python",
+        "`import api; api.predict('clip.mp4')` (a float in [0, 1]) and `api.predict_batch([...])`;",
+        "`./train.sh DATASET_DIR` reproduces the training with this folder's harness copy and the run's settings.",
+        "In the image `HARNESS_DEVICE=auto` scores on the GPU when there is one; elsewhere the default is the CPU",
+        "(GPU and CPU scores agree to a few 1e-6, not bit for bit).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""The bundle format and its checks, on bundles made by hand from a random-initialised tiny model (no training).
+
+What a reader refuses: no config.json, another format, weights outside the bundle (absolute, `..`,
+a link leading out), weights that are not safetensors, weights whose sha256 is not the recorded one.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from harness.bundle import format as F
+from harness.bundle.build import write_archive
+from harness.bundle.source import copy_source
+from harness.config import RunConfig, TrainConfig, to_dict
+from harness.fileio import sha256
+from harness.predict import Predictor
+from tests.conftest import write_clip
+from tests.run_main import run_main
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_byobnet.r160_in1k", pretrained=False, in_chans=1, num_classes=1)
+    path = tmp_path_factory.mktemp("weights") / "best.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(weights: Path) -> Predictor:
+    return Predictor(CFG, weights)
+
+
+def make_bundle(folder: Path, weights: Path, predictor: Predictor, *, tta: int = 1, **model: object) -> Path:
+    """config.json (through `format.make_config`, as the builder writes it) and the weights."""
+    (folder / F.WEIGHTS).parent.mkdir(parents=True)
+    shutil.copyfile(weights, folder / F.WEIGHTS)
+    inputs = {name: {"shape": list(CFG.features_for(name).shape), "mean": list(m), "std": list(s)}
+              for name, (m, s) in predictor.stats.items()}
+    config = F.make_config(
+        run_id="r" * 32, run_name="hand-made", run_config=to_dict(CFG),
+        model={"backbone": CFG.train.backbone, "inputs": inputs}, weights_sha256=sha256(folder / F.WEIGHTS),
+        scoring={"tta": tta, "fallback_score": 0.5}, metrics={}, data={}, code={},
+    )
+    config["model"].update(model)
+    (folder / F.CONFIG).write_text(json.dumps(config))
+    return folder
+
+
+def edit_config(folder: Path, **model: object) -> None:
+    config = json.loads((folder / F.CONFIG).read_text())
+    config["model"].update(model)
+    (folder / F.CONFIG).write_text(json.dumps(config))
+
+
+def test_a_bundle_reads_back_and_scores_like_its_checkpoint(weights: Path, predictor: Predictor, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", weights, predictor, tta=3)
+    read = F.read_config(bundle)
+    assert read.run_config == CFG and read.weights == bundle / F.WEIGHTS and read.tta == 3 and read.fallback == 0.5
+    loaded = Predictor.from_bundle(bundle)
+    assert loaded.tta == 3 and loaded.source == f"bundle {bundle} (run {'r' * 32})"
+    clip = write_clip(tmp_path / "c.mp4", seconds=1.5)
+    assert Predictor.from_bundle(bundle, tta=1).score(clip) == pytest.approx(predictor.score(clip), abs=1e-6)
+
+
+def test_not_a_bundle_or_another_format(tmp_path: Path, weights: Path, predictor: Predictor) -> None:
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        F.read_config(tmp_path)
+    bundle = make_bundle(tmp_path / "b", weights, predictor)
+    config = json.loads((bundle / F.CONFIG).read_text())
+    (bundle / F.CONFIG).write_text(json.dumps({**config, "format": 2}))
+    with pytest.raises(F.BundleError, match="bundle format 2, this code reads 1"):
+        F.read_config(bundle)
+    (bundle / F.CONFIG).write_text("{not json")
+    with pytest.raises(F.BundleError, match="not valid JSON"):
+        F.read_config(bundle)
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "link"])
+def test_weights_outside_the_bundle_are_refused(where: str, weights: Path, predictor: Predictor, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", weights, predictor)
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copyfile(weights, outside)
+    if where == "absolute":
+        edit_config(bundle, weights=str(outside))
+        message = "points outside the bundle"
+    elif where == "dotdot":
+        edit_config(bundle, weights="../elsewhere.safetensors")
+        message = "points outside the bundle"
+    else:
+        (bundle / F.WEIGHTS).unlink()
+        (bundle / F.WEIGHTS).symlink_to(outside)
+        message = "leads outside the bundle"
+    with pytest.raises(F.BundleError, match=message):
+        F.read_config(bundle)
+
+
+def test_weights_are_checked_against_the_recorded_sha256(weights: Path, predictor: Predictor, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", weights, predictor)
+    data = bytearray((bundle / F.WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF  # one tensor byte: still a valid safetensors file, other weights
+    (bundle / F.WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(F.BundleError, match="sha256 .* differs from the .* that .*config.json records"):
+        F.read_config(bundle)
+    edit_config(bundle, sha256=None)
+    with pytest.raises(F.BundleError, match="model.sha256 is missing"):
+        F.read_config(bundle)
+
+
+def test_weights_that_are_not_safetensors_are_refused(weights: Path, predictor: Predictor, tmp_path: Path) -> None:
+    import torch
+
+    bundle = make_bundle(tmp_path / "b", weights, predictor)
+    torch.save({"w": torch.ones(2)}, bundle / F.WEIGHTS)  # a pickle, the thing a bundle must never load
+    edit_config(bundle, sha256=sha256(bundle / F.WEIGHTS))
+    with pytest.raises(F.BundleError, match="not a safetensors file"):
+        F.read_config(bundle)
+
+
+def test_cli_predict_refuses_a_bad_bundle_in_one_line(weights: Path, predictor: Predictor, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", weights, predictor)
+    clip = write_clip(tmp_path / "c.mp4", seconds=1.5)
+    (bundle / F.WEIGHTS).write_bytes(b"\x80\x04pickle, not safetensors")
+    edit_config(bundle, sha256=sha256(bundle / F.WEIGHTS))
+    result = run_main("predict", str(clip), "--bundle", str(bundle))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: {bundle / F.WEIGHTS}: not a safetensors file "
+                                                  "(Error while deserializing header: header too large)"]
+    edit_config(bundle, weights="/etc/passwd")
+    outside = run_main("predict", str(clip), "--bundle", str(bundle))
+    assert outside.exit_code == 2 and len(outside.stderr.strip().splitlines()) == 1
+    assert "model.weights '/etc/passwd' points outside the bundle" in outside.stderr
+
+
+def test_archive_is_reproducible(tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "weights" / "w.bin").write_bytes(b"\x00" * 10)
+    (folder / "a.txt").write_text("a")
+    first = write_archive(folder, tmp_path / "one.tar.gz").read_bytes()
+    (folder / "a.txt").touch()  # a newer mtime changes nothing
+    assert write_archive(folder, tmp_path / "two.tar.gz").read_bytes() == first
+    with tarfile.open(tmp_path / "one.tar.gz") as tar:
+        assert [m.name for m in tar.getmembers()] == ["bundle/a.txt", "bundle/weights", "bundle/weights/w.bin"]
+        assert {m.uid for m in tar.getmembers()} == {0} and {m.mtime for m in tar.getmembers()} == {0}
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_source_at_a_known_commit_comes_from_git(tmp_path: Path) -> None:
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    note = copy_source(tmp_path, head.stdout.strip(), "false")
+    assert note.startswith(f"git archive of commit {head.stdout.strip()}")
+    assert (tmp_path / "pyproject.toml").is_file() and (tmp_path / "harness" / "predict.py").is_file()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in {".py", ".toml", ".md"}]
+    unknown = copy_source(tmp_path / "now", "unknown", "unknown")
+    assert unknown.startswith("the run's commit is unknown")
+    assert (tmp_path / "now" / "harness" / "submit" / "__init__.py").is_file()
+    assert (tmp_path / "now" / "harness" / "bundle" / "format.py").is_file()
