@@ -290,29 +290,26 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
 ) -> None:
     """Print `path,score` (probability of fake) per clip, through the code a bundle's api.py runs."""
-    from harness.predict import Predictor, expand_paths, write_scores
+    from harness.errors import BadInput, JobFailed
+    from harness.predict import Predictor, check_paths, expand_paths, write_scores
 
     if (run_id is None) == (bundle is None):
-        raise fail("give exactly one of --run-id and --bundle")
-    try:
-        if run_id is not None:
-            from harness import tracking
-
-            predictor = Predictor.from_run(tracking.resolve_run_id(tracking.setup(), run_id), tta=tta or 1, device=device)
-        else:
-            predictor = Predictor.from_bundle(bundle, tta=tta, device=device)
-    except (LookupError, FileNotFoundError, ValueError, RuntimeError) as e:
-        raise fail(str(e)) from None
+        raise BadInput("give exactly one of --run-id and --bundle")
+    check_paths(paths)  # a typo is a usage error before anything loads, not a row at the fallback
     files = expand_paths(paths)
     if not files:
-        raise fail("no clips in the given folders")
+        raise BadInput("no clips in the given folders")
+    if run_id is not None:
+        predictor = Predictor.from_run(run_id, tta=tta or 1, device=device)
+    else:
+        predictor = Predictor.from_bundle(bundle, tta=tta, device=device)
     rows = predictor.score_many(files)
     write_scores(rows, sys.stdout)
     for row in rows:
         if not row.ok:
             typer.echo(f"warning: {row.path}: {row.reason} ({row.detail}); scored {row.score} (fallback)", err=True)
     if not any(row.ok for row in rows):
-        raise typer.Exit(EXIT_FAILED)
+        raise JobFailed(f"none of the {len(rows)} clips could be scored (see the warnings)")
 
 
 @app.command()
@@ -331,26 +328,19 @@ def submit(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from harness.data.labels import DatasetError
     from harness.paths import cache_dir
-    from harness.submit import SubmitError, ValidationError
     from harness.submit import submit as promote
 
     console = Console(stderr=True)
     data_dir = resolve_data(data)
     columns = (TextColumn("features {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    try:
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-            task = progress.add_task("test", total=None)
-            report = promote(
-                run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
-                register=register, workers=workers, device=device,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-    except ValidationError as e:
-        raise fail(str(e), EXIT_FAILED) from None
-    except (LookupError, SubmitError, DatasetError, FileNotFoundError) as e:
-        raise fail(str(e)) from None
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("test", total=None)
+        report = promote(
+            run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
+            register=register, workers=workers, device=device,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     for f in report.fallbacks:
