@@ -6,6 +6,7 @@ this goes through `main` as the console script does, capturing stdout and stderr
 from __future__ import annotations
 
 import signal
+import sys
 from dataclasses import dataclass
 
 from click.testing import CliRunner
@@ -31,5 +32,7 @@ def run_main(*argv: str) -> Result:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            sys.stdout.flush()  # the capture's text layer buffers what was not echoed through click
+            sys.stderr.flush()
         out, err = stdout.getvalue().decode(), stderr.getvalue().decode()
     return Result(code, out, err)

@@ -16,8 +16,18 @@ import pytest
 
 from harness.config import Augment, RunConfig, TrainConfig
 from harness.data.media import MediaError
-from harness.predict import FALLBACK_SCORE, Predictor, Scored, expand_paths, tta_shifts, write_scores
+from harness.predict import (
+    FALLBACK_SCORE,
+    Predictor,
+    Scored,
+    WeightsMismatch,
+    check_paths,
+    expand_paths,
+    tta_shifts,
+    write_scores,
+)
 from tests.conftest import isolated_home, write_clip
+from tests.run_main import run_main
 
 CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False))
 
@@ -112,8 +122,22 @@ def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
     from safetensors.numpy import save_file
 
     save_file({"w": np.ones((2, 2), np.float32)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(RuntimeError, match="state_dict"):
+    with pytest.raises(RuntimeError, match="state_dict") as caught:
         Predictor(CFG, tmp_path / "other.safetensors")
+    assert isinstance(caught.value, WeightsMismatch) and caught.value.exit_code == 2
+    assert str(caught.value).startswith(f"{tmp_path / 'other.safetensors'}: the weights do not fit a test_byobnet")
+    assert "\n" not in str(caught.value)
+
+
+def test_input_paths_are_checked_before_scoring(tmp_path: Path, clips: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import BadInput, NotFound
+
+    check_paths([clips[0], clips[0].parent])  # files and folders that are there: no error
+    with pytest.raises(NotFound, match=f"^{tmp_path / 'typo.mp4'}: no such file or folder$"):
+        check_paths([clips[0], tmp_path / "typo.mp4"])
+    monkeypatch.setattr("harness.predict.os.access", lambda path, mode: Path(path) != clips[1])
+    with pytest.raises(BadInput, match="permission denied"):
+        check_paths([clips[0], clips[1]])
 
 
 def test_rows_print_as_csv() -> None:
@@ -166,6 +190,71 @@ def test_from_run_unknown_or_without_checkpoint(store) -> None:
         Predictor.from_run(recorded_run(store, {}))
 
 
+def test_from_run_refuses_text_that_is_no_run_id(store) -> None:
+    from harness.errors import BadInput
+
+    with pytest.raises(BadInput, match="'../../x' is not a run id"):
+        Predictor.from_run("../../x")
+
+
 def test_from_bundle_needs_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a bundle"):
         Predictor.from_bundle(tmp_path)
+
+
+# ------------------------------------------------------------------------------ the command
+
+@pytest.fixture(scope="module")
+def run_id(store, weights: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from harness.config import to_dict
+
+    config = tmp_path_factory.mktemp("config") / "config.json"
+    config.write_text(json.dumps(to_dict(CFG)))
+    return recorded_run(store, {"config.json": config, "best.safetensors": weights})
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_cli_predict_needs_one_source(run_id: str, shared_sample: Path) -> None:
+    both = run_main("predict", str(shared_sample), "--run-id", run_id, "--bundle", "x")
+    neither = run_main("predict", str(shared_sample))
+    assert both.exit_code == neither.exit_code == 2 and "exactly one of --run-id and --bundle" in both.stderr
+    # A path that does not exist is a usage error (exit 2, one line, no row), not a fallback row.
+    missing = run_main("predict", "/nowhere/clip.mp4", "--run-id", run_id)
+    assert missing.exit_code == 2 and missing.stdout == ""
+    assert one_line(missing.stderr) == "error: /nowhere/clip.mp4: no such file or folder"
+
+
+def test_cli_predict_checks_every_path_before_scoring(run_id: str, clips: list[Path], predictor: Predictor) -> None:
+    # The unknown run is never looked up: the typo among good paths stops the command first.
+    typo = run_main("predict", str(clips[0]), f"{clips[1]}x", str(clips[2]), "--run-id", "0" * 32)
+    assert typo.exit_code == 2 and typo.stdout == "" and one_line(typo.stderr) == f"error: {clips[1]}x: no such file or folder"
+    unknown = run_main("predict", str(clips[0]), "--run-id", "0" * 32)
+    assert unknown.exit_code == 2 and one_line(unknown.stderr).startswith(f"error: no run '{'0' * 32}'")
+    scored = run_main("predict", *map(str, clips), "--run-id", run_id)
+    assert scored.exit_code == 0, scored.stderr
+    expected = [r.score for r in predictor.score_many(clips)]
+    assert [float(line.rsplit(",", 1)[1]) for line in scored.stdout.splitlines()] == pytest.approx(expected, abs=1e-7)
+
+
+def test_cli_predict_scores_an_undecodable_clip_at_the_fallback(run_id: str, clips: list[Path], tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all" * 50)
+    result = run_main("predict", str(clips[0]), str(garbage), "--run-id", run_id)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1] == f"{garbage},0.50000000"
+    assert "undecodable" in result.stderr and "(fallback)" in result.stderr
+    alone = run_main("predict", str(garbage), "--run-id", run_id)
+    assert alone.exit_code == 1 and alone.stdout == f"{garbage},0.50000000\n"
+    assert alone.stderr.strip().splitlines()[-1] == "error: none of the 1 clips could be scored (see the warnings)"
+
+
+@pytest.mark.parametrize("ref", ["../../x", "/etc/passwd", "a b"])
+def test_cli_predict_refuses_a_run_id_that_is_no_id(store, ref: str, clips: list[Path]) -> None:
+    result = run_main("predict", str(clips[0]), "--run-id", ref)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert one_line(result.stderr) == f"error: --run-id {ref!r} is not a run id (letters, digits, '-' and '_'), best or last"

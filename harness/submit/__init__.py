@@ -7,19 +7,30 @@
 - `output`: the submission folder staged and committed as one, with its completion marker.
 
 The bundle itself is built by `harness.bundle`, the registry calls made by `harness.tracking.registry`.
+
+The names below load their module on first use, so that `harness.submit.output` (what a reader of
+a submission folder needs) imports without torch or mlflow.
 """
 from __future__ import annotations
 
-from harness.submit.checks import SubmitError, check_compliance, check_dataset, check_promotable
-from harness.submit.output import submitted_run
-from harness.submit.prediction_csv import ValidationError, validate_prediction, write_prediction
-from harness.submit.promote import SubmitReport, submit
-from harness.submit.scoring import Fallback, score_test_split
+import importlib
+from typing import Any
 
-# The name tests/test_modalities.py imports (kept until that import reads `score_test_split`).
-_score_test_split = score_test_split
+_PUBLIC = {
+    "submit": "promote", "SubmitReport": "promote",
+    "SubmitError": "checks", "check_promotable": "checks", "check_compliance": "checks", "check_dataset": "checks",
+    "ValidationError": "prediction_csv", "validate_prediction": "prediction_csv", "write_prediction": "prediction_csv",
+    "Fallback": "scoring", "score_test_split": "scoring",
+    "submitted_run": "output",
+    # the name tests/test_modalities.py imports (until that import reads `score_test_split`)
+    "_score_test_split": "scoring",
+}
+__all__ = sorted(name for name in _PUBLIC if not name.startswith("_"))
 
-__all__ = [
-    "Fallback", "SubmitError", "SubmitReport", "ValidationError", "check_compliance", "check_dataset",
-    "check_promotable", "score_test_split", "submit", "submitted_run", "validate_prediction", "write_prediction",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness.submit' has no attribute {name!r}")
+    attribute = "score_test_split" if name == "_score_test_split" else name
+    return getattr(importlib.import_module(f"harness.submit.{module}"), attribute)

@@ -41,8 +41,8 @@ FALLBACKS = "fallbacks.csv"
 MARKER = "submission.json"
 # The outputs in the order a commit moves them; the marker goes last.
 OUTPUTS = (PREDICTION, FALLBACKS, ARCHIVE, FOLDER)
-STAGE = ".submission"  # staging folders are `.submission.tmp-PID`
-_STAGE_NAME = re.compile(rf"^{re.escape(STAGE)}\.tmp-(\d+)$")
+STAGE = "submission"  # staging folders are `fileio.temp_name(OUT / STAGE)`: `.submission.tmp-PID`
+_STAGE_NAME = re.compile(rf"^\.{re.escape(STAGE)}\.tmp-(\d+)$")
 
 
 @contextlib.contextmanager
