@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from tests.conftest import write_labels
 
+pytestmark = pytest.mark.slow  # trains a model and submits it
 runner = CliRunner()
 
 
@@ -60,6 +61,9 @@ def test_image_track_trains_submits_and_the_bundle_scores_an_image(image_dataset
     submitted = runner.invoke(app, ["submit", *common, "--run-id", "last", "--out", str(out)])
     assert submitted.exit_code == 0, submitted.output
     rows = (out / "prediction.csv").read_text().splitlines()
+    from harness.submit import submitted_run
+
+    assert submitted_run(out) is not None  # complete, and the marker names the run
     template = [line.split(",")[0] for line in (image_dataset / "test_template.csv").read_text().splitlines()[1:]]
     assert rows[0] == "video_name,score" and [r.split(",")[0] for r in rows[1:]] == template == \
         ["test03.png", "test02.jpg", "test01.jpg", "test00.png"]

@@ -1,8 +1,9 @@
-"""`harness submit`: the validated CSV, the bundle (standing alone), the registry, and each refusal.
+"""`harness submit` end to end: the validated CSV, the bundle (standing alone), the registry, each refusal.
 
 One tiny run is trained for the module (30 demo clips, one epoch of a 0.2 M-parameter model) and
 promoted once; after training, one test clip is overwritten with garbage, so the promotion has a
-fallback to list.
+fallback to list. Slow (training, full submits, fresh interpreters loading the bundle); the parts
+that need no model are in test_submit_units.py and test_bundle.py.
 """
 from __future__ import annotations
 
@@ -20,18 +21,14 @@ import pytest
 
 from harness.config import RunConfig, TrainConfig, to_dict
 from harness.data.labels import DatasetError
+from harness.errors import BadInput
 from harness.predict import FALLBACK_SCORE, Predictor, expand_paths, write_scores
+from harness.submit import SubmitError, ValidationError, submit, submitted_run, validate_prediction
 from harness.tracking import resolve_run_id
-from harness.submit import (
-    SubmitError,
-    ValidationError,
-    copy_source,
-    submit,
-    validate_prediction,
-    write_prediction,
-)
 from tests.conftest import copy_tree, isolated_home
+from tests.run_main import run_main
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False, epochs=1, batch_size=8, device="cpu"))
 BROKEN = 2  # the template row whose clip is overwritten with garbage after training
@@ -88,6 +85,7 @@ def test_prediction_csv_follows_the_template(promoted) -> None:
     assert all(len(r[1].split(".")[1]) >= 6 and 0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
     assert validate_prediction(report.csv, names) == 6
     assert not [p for p in report.out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert submitted_run(report.out) == report.run_id  # the completion marker names the run
 
 
 def test_unreadable_clip_gets_the_listed_fallback(promoted) -> None:
@@ -257,9 +255,19 @@ def test_registry_points_champion_at_the_new_version(promoted, trained: str) -> 
     assert {f"submission/{name}" for name in expected} <= logged
 
 
+def dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
 def test_promoting_again_moves_champion_and_replaces_the_bundle(promoted, trained: str, env) -> None:
     report, data = promoted
     home, _ = env
+    pid = dead_pid()  # what a submit killed mid-way leaves: its staging, never cleaned before
+    (report.out / f".bundle.tmp-{pid}" / "weights").mkdir(parents=True)
+    (report.out / f".bundle.tar.gz.tmp-{pid}").write_bytes(b"half an archive")
+    (report.out / f".submission.tmp-{pid}").mkdir()
     again = submit(trained, data_dir=data, out_dir=report.out, cache_root=home / "cache", tta=3)
     assert int(again.model_version) == int(report.model_version) + 1
     assert str(client().get_model_version_by_alias("harness-demo", "champion").version) == again.model_version
@@ -311,6 +319,7 @@ def test_refusals_write_nothing(env, trained: str, tmp_path: Path) -> None:
     over_cap = RunConfig(train=TrainConfig(**{**CFG.train.__dict__, "max_params": 1e3}))
     cases = [
         ("0" * 32, LookupError, "no run"),
+        ("../../x", BadInput, "is not a run id"),
         (run_with(env, status="FINISHED"), LookupError, "no checkpoint"),
         (run_with(env, status="FAILED"), SubmitError, "failed: ValueError: boom"),
         (run_with(env, status="KILLED", tags={"pruned_at_epoch": "2"}), SubmitError, "was pruned at epoch 2"),
@@ -352,36 +361,6 @@ def test_a_csv_failing_validation_is_never_left_behind(
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_validation_rules(tmp_path: Path) -> None:
-    names = ["a.mp4", "b.mp4"]
-    path = write_prediction(tmp_path / "p.csv", names, [0.1, 0.9])
-    assert path.read_text() == "video_name,score\na.mp4,0.10000000\nb.mp4,0.90000000\n"
-    bad = {
-        "video_name,score\nb.mp4,0.100000\na.mp4,0.200000\n": "found 'b.mp4', the template has 'a.mp4'",
-        "video_name,score\na.mp4,0.100000\na.mp4,0.200000\n": "duplicate name 'a.mp4'",
-        "video_name,score\na.mp4,0.100000\n": "1 rows, the template has 2",
-        "video_name,score\na.mp4,0.1\nb.mp4,0.2\n": "at least 6 decimals",
-        "video_name,score\na.mp4,1.500000\nb.mp4,0.200000\n": "not a probability",
-        "name,score\na.mp4,0.100000\nb.mp4,0.200000\n": "header",
-    }
-    for text, message in bad.items():
-        (tmp_path / "bad.csv").write_text(text)
-        with pytest.raises(ValidationError, match=message):
-            validate_prediction(tmp_path / "bad.csv", names)
-
-
-def test_source_at_a_known_commit_comes_from_git(tmp_path: Path) -> None:
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip("not a git checkout")
-    note = copy_source(tmp_path, head.stdout.strip(), "false")
-    assert note.startswith(f"git archive of commit {head.stdout.strip()}")
-    assert (tmp_path / "pyproject.toml").is_file() and (tmp_path / "harness" / "predict.py").is_file()
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in {".py", ".toml", ".md"}]
-    unknown = copy_source(tmp_path / "now", "unknown", "unknown")
-    assert unknown.startswith("the run's commit is unknown") and (tmp_path / "now" / "harness" / "submit.py").is_file()
-
-
 # ------------------------------------------------------------------------------------ the commands
 
 def cli_or_skip(*names: str):  # noqa: ANN201
@@ -393,28 +372,45 @@ def cli_or_skip(*names: str):  # noqa: ANN201
 
 
 def test_cli_submit_reports_and_errors_in_one_line(env, trained: str, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    app = cli_or_skip("submit")
+    cli_or_skip("submit")
     _, data = env
-    runner = CliRunner()
-    ok = runner.invoke(app, ["submit", "--run-id", trained, "--data", str(data), "--out", str(tmp_path / "out"), "--no-register"])
-    assert ok.exit_code == 0, ok.output
+    ok = run_main("submit", "--run-id", trained, "--data", str(data), "--out", str(tmp_path / "out"), "--no-register")
+    assert ok.exit_code == 0, ok.stderr
     assert "prediction: " in ok.stdout and "6 rows, 1 at the fallback score 0.5" in ok.stdout and "bundle: " in ok.stdout
     assert "fallback:" in ok.stderr and "undecodable" in ok.stderr
-    unknown = runner.invoke(app, ["submit", "--run-id", "0" * 32, "--data", str(data), "--out", str(tmp_path / "none")])
+    unknown = run_main("submit", "--run-id", "0" * 32, "--data", str(data), "--out", str(tmp_path / "none"))
     assert unknown.exit_code == 2 and unknown.stderr.strip().splitlines() == [unknown.stderr.strip()]
     assert unknown.stderr.startswith("error: no run '000")
     assert not (tmp_path / "none").exists()
+    # Text that cannot be a run id never reaches MLflow or a path: one line, exit 2, nothing written.
+    escape = run_main("submit", "--run-id", "../../x", "--data", str(data), "--out", str(tmp_path / "none"))
+    assert escape.exit_code == 2 and escape.stderr.strip() == (
+        "error: --run-id '../../x' is not a run id (letters, digits, '-' and '_'), best or last")
+    assert not (tmp_path / "none").exists()
 
 
-def test_cli_predict_needs_one_source(trained: str, shared_sample: Path) -> None:
-    from typer.testing import CliRunner
+def test_a_full_disk_during_submit_is_one_line_and_changes_nothing(
+    promoted, trained: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while the bundle is written (after prediction.csv was staged): exit 1, one line naming the
+    folder, no temporaries, and the folder still holds the earlier, complete submission."""
+    import errno
 
-    app = cli_or_skip("predict")
-    runner = CliRunner()
-    both = runner.invoke(app, ["predict", str(shared_sample), "--run-id", trained, "--bundle", "x"])
-    neither = runner.invoke(app, ["predict", str(shared_sample)])
-    assert both.exit_code == neither.exit_code == 2 and "exactly one of --run-id and --bundle" in both.stderr
-    missing = runner.invoke(app, ["predict", "/nowhere/clip.mp4", "--run-id", trained])
-    assert missing.exit_code == 1 and missing.stdout == "/nowhere/clip.mp4,0.50000000\n" and "missing" in missing.stderr
+    import harness.submit.promote
+
+    report, data = promoted
+    out = tmp_path / "out"
+    shutil.copytree(report.out, out)
+    before = (out / "prediction.csv").read_bytes()
+
+    def full_disk(dest: Path, **kwargs: object) -> None:
+        Path(dest).mkdir()
+        (Path(dest) / "half.bin").write_bytes(b"\x00" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write reports it: no file name
+
+    monkeypatch.setattr(harness.submit.promote, "build_bundle", full_disk)
+    failed = run_main("submit", "--run-id", trained, "--data", str(data), "--out", str(out), "--no-register")
+    assert failed.exit_code == 1
+    assert failed.stderr.strip().splitlines() == [f"error: no space left on device: {out}"]
+    assert (out / "prediction.csv").read_bytes() == before and submitted_run(out) == trained
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -116,8 +116,9 @@ def publish(out: Path, run: str, *, bundle: bool = True) -> None:
 def runs_in(out: Path) -> set[str]:
     """The run named by every output file present (a mix has two)."""
     names = [output.PREDICTION, output.FALLBACKS, "bundle.tar.gz", "bundle/weights/model.safetensors"]
-    return {(out / n).read_text().split()[-1] for n in names if (out / n).is_file()} | \
-        ({json.loads((out / "bundle/manifest.json").read_text())["run_id"]} if (out / "bundle/manifest.json").is_file() else set())
+    runs = {(out / n).read_text().split()[-1] for n in names if (out / n).is_file()}
+    manifest = out / "bundle" / "manifest.json"
+    return runs | ({json.loads(manifest.read_text())["run_id"]} if manifest.is_file() else set())
 
 
 def hidden(out: Path) -> list[str]:
