@@ -160,6 +160,27 @@ def test_an_error_while_staging_changes_nothing(tmp_path: Path) -> None:
     assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and hidden(out) == []
 
 
+def test_an_interrupt_during_the_commit_is_finished_by_the_next_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    publish(out, "old")
+    real = os.replace
+
+    def interrupted(src: object, dst: object) -> None:
+        real(src, dst)
+        if Path(dst) == out / output.PREDICTION:
+            raise KeyboardInterrupt  # Ctrl-C, or SIGTERM turned into one by cli.main
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        publish(out, "new")
+    monkeypatch.setattr(os, "replace", real)
+    assert output.submitted_run(out) is None and runs_in(out) == {"old", "new"}
+    kept = [out / n for n in hidden(out) if n.startswith(".submission.tmp-")]
+    assert len(kept) == 1 and (kept[0] / output.MARKER).is_file()  # kept, marker and all
+    assert output.recover(out) == kept  # what the next submit does first
+    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and hidden(out) == []
+
+
 def test_a_full_disk_is_one_error_naming_the_folder_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import harness.fileio
 
