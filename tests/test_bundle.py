@@ -171,3 +171,17 @@ def test_source_at_a_known_commit_comes_from_git(tmp_path: Path) -> None:
     assert unknown.startswith("the run's commit is unknown")
     assert (tmp_path / "now" / "harness" / "submit" / "__init__.py").is_file()
     assert (tmp_path / "now" / "harness" / "bundle" / "format.py").is_file()
+
+
+def test_bundle_api_refuses_a_missing_path_before_loading(weights: Path, predictor: Predictor, tmp_path: Path) -> None:
+    """`python api.py PATH...` (the image's `predict` entry point): a typo is exit 2 and one line, no row."""
+    import sys
+
+    bundle = make_bundle(tmp_path / "b", weights, predictor)
+    copy_source(bundle, "unknown", "unknown")
+    shutil.copyfile(ROOT / "harness" / "bundle" / "api.py", bundle / F.API)
+    clip = write_clip(tmp_path / "c.mp4", seconds=1.5)
+    done = subprocess.run([sys.executable, "api.py", str(clip), str(tmp_path / "typo.mp4")], cwd=bundle,
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'typo.mp4'}: no such file or folder"]
