@@ -282,3 +282,17 @@ def test_kill_9_during_the_commit_never_leaves_a_claimed_mix_and_the_next_submit
     assert output.submitted_run(out) == "new" and runs_in(out) == {"new"}
     publish(out, "third")
     assert output.submitted_run(out) == "third" and runs_in(out) == {"third"} and hidden(out) == []
+
+
+def test_best_with_no_runs_exits_2_in_submit_and_predict_alike(tmp_path: Path) -> None:
+    from tests.conftest import isolated_home, write_clip
+    from tests.run_main import run_main
+
+    clip = write_clip(tmp_path / "c.mp4", seconds=1.0)
+    with isolated_home(tmp_path / "home"):
+        submitted = run_main("submit", "--run-id", "best", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"))
+        predicted = run_main("predict", str(clip), "--run-id", "best")
+    expected = ["error: --run-id best: no finished training run in this store yet"]
+    assert (submitted.exit_code, submitted.stderr.strip().splitlines()) == (2, expected)
+    assert (predicted.exit_code, predicted.stderr.strip().splitlines(), predicted.stdout) == (2, expected, "")
+    assert not (tmp_path / "out").exists()
