@@ -75,7 +75,7 @@ def check_dataset(data_dir: Path, cfg: RunConfig, run: Any) -> TestSet:
     try:
         check_track(ds.track, cfg.modality, where=ds.root)
     except ConfigError as e:
-        raise SubmitError(f"run {run_id} is a {cfg.modality} model: {e}") from None
+        raise SubmitError(f"run {run_id} ({cfg.modality} model): {e}") from None
     names = ds.template if ds.template is not None else [s.name for s in ds.split("test")]
     if not names:
         raise SubmitError(f"{ds.root}: no test clips (testset/ is missing or empty)")
