@@ -296,3 +296,24 @@ def test_best_with_no_runs_exits_2_in_submit_and_predict_alike(tmp_path: Path) -
     assert (submitted.exit_code, submitted.stderr.strip().splitlines()) == (2, expected)
     assert (predicted.exit_code, predicted.stderr.strip().splitlines(), predicted.stdout) == (2, expected, "")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_dataset_must_fit_the_run(small_dataset: Path, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from harness.config import RunConfig
+    from harness.submit.checks import check_dataset
+    from tests.conftest import write_labels
+
+    test = check_dataset(small_dataset, RunConfig(), fake_run("FINISHED", **{"data.fingerprint": "another"}))
+    assert test.names == ["test1.mp4", "test0.mp4"]  # the template's order
+    assert [w for w in test.warnings if "differs from the dataset run r1 was trained on" in w]
+
+    images = tmp_path / "images"
+    for split in ("train", "test"):
+        (images / f"{split}set").mkdir(parents=True)
+        cv2.imwrite(str(images / f"{split}set" / f"{split}0.png"), np.zeros((32, 32, 3), np.uint8))
+    write_labels(images / "train_label.txt", [("train0.png", 0)])
+    with pytest.raises(SubmitError, match=r"^run r1 \(audio model\): .*images: an image-track dataset"):
+        check_dataset(images, RunConfig(), fake_run("FINISHED"))
