@@ -31,7 +31,8 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename inside it is durable (best effort: some filesystems refuse)."""
     # The rename is durable only once the folder entry is on disk. Some filesystems refuse: best effort.
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -63,7 +64,7 @@ def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = N
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_bytes(path: Path | str, data: bytes) -> Path:
@@ -102,7 +103,7 @@ def replace_dir(stage: Path, dest: Path) -> None:
     if dest.exists():
         os.replace(dest, old)
     os.replace(stage, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

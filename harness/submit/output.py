@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.bundle.format import ARCHIVE, FOLDER, MANIFEST
-from harness.fileio import _fsync_dir as fsync_dir  # private in fileio for now; asked to make it public
+from harness.fileio import fsync_dir
 from harness.fileio import pid_alive, remove_stale_temporaries, replace_dir, sha256, temp_name, write_text
 
 PREDICTION = "prediction.csv"
