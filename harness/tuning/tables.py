@@ -70,15 +70,25 @@ def trial_line(row: TrialRow, objective: str, dimensions: tuple[str, ...] = ()) 
 
 
 class TrialLines:
-    """An `on_progress` for a non-terminal: writes `trial_line` once for each trial as it ends."""
+    """An `on_progress` for a non-terminal: writes `trial_line` once for each trial as it ends.
+
+    Trials that had ended before the first call (a resumed study) are summed up in one line
+    instead, so that every trial line in a log is news at the time it is written."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
-        self.seen: set[int] = set()
+        self.seen: set[int] | None = None
 
     def __call__(self, progress: Progress) -> None:
-        for row in progress.rows:
-            if row.state in _ENDED and row.number not in self.seen:
+        ended = [row for row in progress.rows if row.state in _ENDED]
+        if self.seen is None:
+            self.seen = {row.number for row in ended}
+            if ended:
+                self.write(f"study {progress.study}: resuming with {progress.finished}/{progress.target} finished "
+                           f"({progress.count('PRUNED')} pruned), {progress.count('FAIL')} failed")
+            return
+        for row in ended:
+            if row.number not in self.seen:
                 self.seen.add(row.number)
                 self.write(trial_line(row, progress.objectives[0], progress.dimensions))
 
