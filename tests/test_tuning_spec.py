@@ -104,6 +104,9 @@ def test_spec_errors(tmp_path: Path, change: tuple[str, str], message: str):
     (("seed = 0", 'seed = "0"'), "[sampler] (random) seed: expected an integer, got '0'"),
     (("interval = 1", "interval = 1.5"), "[heartbeat] interval: expected an integer, got 1.5"),
     (("[base.train]", "[base.train]\nepochs = 3\n[base.nope]"), "[base]"),
+    (("patience = 0", 'patience = "0"'), "[base] train.patience: expected an integer, got '0'"),
+    (("patience = 0", "patience = 0\n[base.train.augment]\nhflip = 1"), "[base] train.augment.hflip: expected true or false, got 1"),
+    (("patience = 0", "patience = 0\n[base.features]\nfmax = \"8000\""), "[base] features.fmax: expected a number, got '8000'"),
     (("[space]", "space = 3\n[spaces]"), "unknown key(s) spaces"),
 ])
 def test_spec_value_types_are_checked_at_load(tmp_path: Path, change: tuple[str, str], message: str):

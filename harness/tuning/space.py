@@ -129,12 +129,18 @@ def check_type(where: str, value: Any, annotation: Any) -> None:
         raise SpecError(f"{where}: {problem}")
 
 
-def check_table_types(where: str, table: dict[str, Any], cls: type) -> None:
-    """Type-check every value of a TOML table against the fields of dataclass `cls`."""
+def check_table_types(where: str, table: dict[str, Any], cls: type, *, prefix: str = "") -> None:
+    """Type-check every value of a TOML table against the fields of dataclass `cls`, nested tables
+    against nested dataclasses, naming the key: "[base] train.epochs: expected an integer, got '3'".
+    Unknown keys are left to the caller (they get their own message)."""
     hints = typing.get_type_hints(cls)
     for key, value in table.items():
-        if key in hints:
-            check_type(f"{where} {key}", value, hints[key])
+        if key not in hints:
+            continue
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            check_table_types(where, value, hints[key], prefix=f"{prefix}{key}.")
+        else:
+            check_type(f"{where} {prefix}{key}", value, hints[key])
 
 
 # ------------------------------------------------------------------------------ parsing

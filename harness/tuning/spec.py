@@ -233,6 +233,7 @@ def _parse_spec(raw: dict[str, Any], *, default_name: str, source: str, path: st
 
 def _parse_base(table: dict[str, Any], study: dict[str, Any]) -> RunConfig:
     """[base] as a RunConfig, with [study]'s pretrained and max_params applied to its training."""
+    check_table_types("[base]", table, RunConfig)
     try:
         base = from_dict(RunConfig, table)
     except (TypeError, ValueError) as e:
