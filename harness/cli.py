@@ -355,7 +355,7 @@ def submit(
 
 StudyOption = Annotated[
     str,
-    typer.Option("--study", help="Study spec: a name in studies/ (demo, ffdv-audio) or a TOML file."),
+    typer.Option("--study", help="Study spec: a name in studies/ (demo, demo-fusion, ffdv-audio) or a TOML file."),
 ]
 
 
@@ -371,43 +371,36 @@ def tune(
 ) -> None:
     """Search backbone, learning rate, loss and more with Optuna: pruned, resumable, parallel, one MLflow run tree.
 
-    Running the same command again resumes the same study and MLflow parent run.
+    Running the same command again resumes the same study and MLflow parent run. In a terminal a
+    live table shows the trials; in a log file or a pipe, one line per trial as it ends.
     """
     from rich.console import Console
-    from rich.live import Live
 
     from harness import tuning
-    from harness.data.labels import DatasetError, load_dataset
+    from harness.data.labels import load_dataset
+    from harness.errors import JobFailed
 
-    try:
-        spec = tuning.load_spec(study)
-    except tuning.SpecError as e:
-        raise fail(str(e)) from None
+    url = tuning.check_storage(storage)  # a malformed or unreachable storage fails first, in seconds
+    spec = tuning.load_spec(study)
     data_dir = resolve_data(data)
-    try:
-        tuning.check_dataset(spec, load_dataset(data_dir).track)
-    except (tuning.SpecError, DatasetError) as e:
-        raise fail(str(e)) from None
+    tuning.check_dataset(spec, load_dataset(data_dir).track, where=data_dir)
     for cfg in spec.prepare_configs():  # every input the study can pick, once, up front
         run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     console = Console(stderr=True)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # logs and pipes: keep each row on one line
-    try:
+    options = dict(data_dir=data_dir, storage=url, trials=trials, workers=workers, timeout=timeout, cache_root=cache)
+    if console.is_terminal:
+        from rich.live import Live
+
         with Live(console=console, refresh_per_second=2) as live:
-            result = tuning.run_study(
-                spec, data_dir=data_dir, storage=storage, trials=trials, workers=workers, timeout=timeout,
-                cache_root=cache, on_progress=lambda progress: live.update(tuning.trials_table(progress)),
-            )
-    except (tuning.SpecError, DatasetError) as e:
-        raise fail(str(e)) from None
-    except tuning.StudyError as e:
-        raise fail(str(e), EXIT_FAILED) from None
-    console.print()
+            result = tuning.run_study(spec, **options, on_progress=lambda progress: live.update(tuning.trials_table(progress)))
+        console.print()
+    else:  # nohup, a batch job, a pipe: a line per trial as it ends, each on one line
+        console.width = max(console.width, 160)
+        result = tuning.run_study(spec, **options, on_progress=tuning.TrialLines(lambda line: typer.echo(line, err=True)))
     console.print(tuning.leaderboard_table(result))
     best = result.best
     if best is None or not best.run_id:
-        raise fail(f"study {result.study}: no trial completed ({result.stopped})", EXIT_FAILED)
+        raise JobFailed(f"study {result.study}: no trial completed ({result.stopped})")
     typer.echo(f"best: trial {best.number}, {result.objectives[0]} {best.value:.4f}, run {best.run_id}")
     typer.echo(f"next: harness submit --run-id {best.run_id}" + (f" --data {data}" if data else ""))
 
@@ -439,19 +432,14 @@ def dashboard(
 ) -> None:
     """Start optuna-dashboard on a study's storage (127.0.0.1; Ctrl-C stops it)."""
     from harness import tuning
+    from harness.errors import NotFound
 
-    try:
-        spec = tuning.load_spec(study, check_models=False)
-    except tuning.SpecError as e:
-        raise fail(str(e)) from None
-    url = storage or tuning.default_storage(spec)
+    spec = tuning.load_spec(study, check_models=False)
+    url = tuning.resolve_storage(storage, spec)
     if storage is None and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise fail(f"no study storage at {url.removeprefix('sqlite:///')}; run `harness tune --study {study}` first")
+        raise NotFound(f"no study storage at {url.removeprefix('sqlite:///')}; run `harness tune --study {study}` first")
     typer.echo(f"optuna-dashboard: http://127.0.0.1:{port}/dashboard  (storage {tuning.redact(url)}; Ctrl-C to stop)")
-    try:
-        tuning.serve_dashboard(storage=url, host="127.0.0.1", port=port)
-    except tuning.SpecError as e:
-        raise fail(str(e)) from None
+    tuning.serve_dashboard(storage=url, host="127.0.0.1", port=port)
 
 
 def _terminate(signum: int, frame: object) -> None:

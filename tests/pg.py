@@ -57,7 +57,9 @@ def why_unavailable() -> str | None:
 
 @contextlib.contextmanager
 def throwaway_postgres(database: str = "harness") -> Iterator[str]:
-    """Start a server, create `database`, yield its SQLAlchemy URL; stop and delete it afterwards."""
+    """Start a server, create `database`, yield its URL as the README writes it
+    (`postgresql://USER@HOST:PORT/DB`, for `harness tune --storage`; `harness.tuning.normalise_storage`
+    adds the installed driver for other SQLAlchemy users); stop and delete it afterwards."""
     bindir = server_bin()
     assert bindir is not None
     as_root = os.geteuid() == 0
@@ -86,7 +88,7 @@ def throwaway_postgres(database: str = "harness") -> Iterator[str]:
         run("pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start")
         started = True
         run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
+        yield f"postgresql://postgres@127.0.0.1:{port}/{database}"  # the README's form: no driver named
     finally:
         if started:
             with contextlib.suppress(Exception):

@@ -47,6 +47,9 @@ BEST_RUN_ID = "best.run_id"
 OPTUNA_STUDY = "optuna.study"
 OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
 OPTUNA_STATE = "optuna.state"  # RUNNING | COMPLETE | PRUNED | FAIL, agreeing with the run status
+OPTUNA_RETRY_OF = "optuna.retry_of"  # the number of the stale trial this trial re-runs
+BEST_PARAM_PREFIX = "best."  # parent run: best.<dimension> = the best trial's value of it
+STUDY_KIND = "study"  # the value of KIND on a study's parent run
 
 # ---- promotion (harness submit)
 PROMOTED = "promoted"

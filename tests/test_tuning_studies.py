@@ -1,8 +1,9 @@
-"""Tuning: study specs, parallel and resumable studies, kill -9 recovery, PostgreSQL across "machines".
+"""Studies run for real: parallel and resumable, kill -9 recovery, PostgreSQL across "machines",
+multi-objective, and `harness tune`'s plain per-trial lines outside a terminal.
 
-The studies run for real (spawned workers, SQLite/PostgreSQL Optuna storage, a SQLite MLflow store)
-on a tiny generated data set (40 clips of 1.5 s) with tiny timm models for 1-3 epochs at 64x64, so
-each trial takes a couple of seconds. One MLflow store and feature cache serve the whole module.
+The studies run spawned workers on SQLite/PostgreSQL Optuna storage and a SQLite MLflow store, on a
+tiny generated data set (40 clips of 1.5 s) with tiny timm models for 1-3 epochs at 64x64, so each
+trial takes a couple of seconds. One MLflow store and feature cache serve the whole module.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +19,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import tuning
-from harness.callbacks import EpochReport, StopTraining
 from tests.conftest import isolated_home
 
 from .pg import postgres_or_skip
+from .tuning_helpers import CLI, write_spec
+
+pytestmark = pytest.mark.slow  # trains models in spawned worker processes
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_OF = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -43,47 +45,6 @@ def home(tmp_path_factory: pytest.TempPathFactory):
         yield root, data
 
 
-def write_spec(folder: Path, name: str, *, trials: int = 4, workers: int = 1, backbones: tuple[str, ...] = ("test_byobnet.r160_in1k",),
-               lrs: tuple[float, ...] = (), max_params: float = 1e6, epochs: int = 2, pruner: str = 'kind = "none"',
-               sampler: str = 'kind = "random"\nseed = 0', objectives: str = '["val_auc"]', max_failures: int = 10) -> Path:
-    lr = f"lr = {list(lrs)}" if lrs else "lr = { low = 1e-3, high = 1e-2, log = true }"
-    text = f"""
-[study]
-name = "{name}"
-trials = {trials}
-workers = {workers}
-pretrained = false
-max_params = {max_params}
-max_failures = {max_failures}
-objectives = {objectives}
-
-[sampler]
-{sampler}
-
-[pruner]
-{pruner}
-
-[space]
-backbone = {list(backbones)}
-{lr}
-loss = ["bce", "ce", "focal"]
-input_size = ["64x64"]
-batch_size = 8
-epochs = {epochs}
-
-[base.train]
-patience = 0
-
-[heartbeat]
-interval = 1
-grace_period = 3
-max_retry = 1
-""".replace("'", '"')
-    path = folder / f"{name}.toml"
-    path.write_text(text)
-    return path
-
-
 def child_runs(client: MlflowClient, result_or_parent: str, experiment_id: str) -> list:
     return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result_or_parent}'",
                               max_results=1000)
@@ -95,7 +56,7 @@ def parents(client: MlflowClient, experiment_id: str) -> list:
 
 def assert_tree_matches(client: MlflowClient, storage: str, spec: tuning.StudySpec, experiment_id: str, parent: str) -> list:
     """Every trial that got a run has exactly one, and its status and tags match the trial's state."""
-    study = optuna.load_study(study_name=spec.name, storage=storage)
+    study = optuna.load_study(study_name=spec.name, storage=tuning.normalise_storage(storage))
     runs = child_runs(client, parent, experiment_id)
     by_number: dict[int, list] = {}
     for run in runs:
@@ -123,103 +84,6 @@ def assert_tree_matches(client: MlflowClient, storage: str, spec: tuning.StudySp
         assert t.user_attrs.get("mlflow_run_id") in (None, run.info.run_id)
     return study.trials
 
-
-# ----------------------------------------------------------------------------------------- specs
-
-def test_shipped_specs_load():
-    demo = tuning.load_spec("demo")
-    assert demo.name == "demo" and demo.objectives == ("val_auc",)
-    assert {"backbone", "lr", "loss", "weight_decay", "batch_size", "augment_strength", "input_size", "epochs"} <= dict(demo.space).keys()
-    assert isinstance(demo.sampler, tuning.TPE) and not isinstance(demo.pruner, tuning.NoPruning)
-    assert demo.base.train.pretrained is False
-    assert len(demo.feature_configs()) == len(dict(demo.space)["input_size"].choices)
-    ffdv = tuning.load_spec(ROOT / "studies" / "ffdv-audio.toml")
-    assert ffdv.base.train.pretrained is True and ffdv.base.train.max_params <= 200e6
-    fusion = tuning.load_spec("demo-fusion")
-    assert fusion.modalities() == ["audio", "video", "fusion"] and fusion.base.video.frames == 4
-
-
-def test_spec_maps_dimensions_onto_run_settings(tmp_path: Path):
-    spec = tuning.load_spec(write_spec(tmp_path, "maps"), check_models=False)
-    cfg = spec.config_for({"backbone": "test_byobnet.r160_in1k", "lr": 0.004, "loss": "ce", "input_size": "64x96"})
-    assert (cfg.train.backbone, cfg.train.lr, cfg.train.loss) == ("test_byobnet.r160_in1k", 0.004, "ce")
-    assert cfg.features.shape == (64, 96) and cfg.train.epochs == 2 and cfg.train.batch_size == 8
-    assert cfg.train.max_params == 1e6 and cfg.train.patience == 0
-    assert spec.config_for({"input_size": "128x64"}).features.height is None  # 128 = n_mels: no resize, one cache
-    assert spec.space_hash() == tuning.load_spec(write_spec(tmp_path, "maps"), check_models=False).space_hash()
-
-
-def test_a_study_can_search_over_modality(tmp_path: Path):
-    path = write_spec(tmp_path, "modal")
-    text = path.read_text().replace("[space]", '[space]\nmodality = ["audio", "video", "fusion"]\nframes = [2, 4]', 1)
-    path.write_text(text + '\n[base.video]\nsize = 32\n')
-    spec = tuning.load_spec(path, check_models=True)  # each backbone checked on log-mels and on face crops
-    cfg = spec.config_for({"modality": "fusion", "frames": 4})
-    assert cfg.modality == "fusion" and cfg.inputs == ("audio", "video") and cfg.video.frames == 4
-    prepared = spec.prepare_configs()
-    assert {c.modality for c in prepared} == {"audio", "video"}
-    assert {c.video.frames for c in prepared if c.modality == "video"} == {2, 4}
-    path.write_text(text.replace('["audio", "video", "fusion"]', '["audio", "image"]'))
-    with pytest.raises(tuning.SpecError, match="image"):
-        tuning.load_spec(path, check_models=False)
-
-
-@pytest.mark.parametrize(("backbone", "max_params", "message"), [
-    ("test_resnet.r160_in1k", 1e5, "exceed the 0.1M cap"),
-    ("vit_tiny_patch16_224.augreg_in21k", 200e6, "not ImageNet-1k only"),
-    ("resnet18", 200e6, "give the pretrained tag too"),
-    ("resnet_does_not_exist.a1_in1k", 200e6, "unknown timm model"),
-])
-def test_spec_refuses_backbone_at_load(tmp_path: Path, backbone: str, max_params: float, message: str):
-    path = write_spec(tmp_path, "refused", backbones=("test_byobnet.r160_in1k", backbone), max_params=max_params)
-    with pytest.raises(tuning.SpecError, match=message):
-        tuning.load_spec(path)
-
-
-@pytest.mark.parametrize(("change", "message"), [
-    (("[space]", "[space]\nbogus = [1, 2]"), "bogus"),
-    (("[study]", "[study]\ncolour = 1"), "unknown key"),
-    (('["val_auc"]', '["val_auc", "val_tpr_fpr1e-3"]'), "pruning needs a single objective"),
-    (('["val_auc"]', '["accuracy"]'), "unknown objective"),
-    (("epochs = 2", "epochs = { low = 3, high = 1 }"), "need low < high"),
-    (('input_size = ["64x64"]', 'input_size = ["64 by 64"]'), "is not \"HxW\""),
-])
-def test_spec_errors(tmp_path: Path, change: tuple[str, str], message: str):
-    path = write_spec(tmp_path, "bad", pruner='kind = "median"')
-    path.write_text(path.read_text().replace(*change, 1))
-    with pytest.raises(tuning.SpecError, match=message):
-        tuning.load_spec(path, check_models=False)
-
-
-# -------------------------------------------------------------------------------------- pruning
-
-class StubTrial:
-    """Records reports; the pruner says "prune" on its `prune_at`-th question."""
-
-    def __init__(self, prune_at: int) -> None:
-        self.reported: list[tuple[float, int]] = []
-        self.asked = 0
-        self.prune_at = prune_at
-
-    def report(self, value: float, step: int) -> None:
-        self.reported.append((value, step))
-
-    def should_prune(self) -> bool:
-        self.asked += 1
-        return self.asked >= self.prune_at
-
-
-def test_pruning_callback_reports_best_so_far_and_stops():
-    trial = StubTrial(prune_at=3)
-    cb = tuning.PruningCallback(trial)
-    cb.on_epoch(EpochReport(1, {"val_auc": 0.6}, True))
-    cb.on_epoch(EpochReport(2, {"val_auc": 0.55}, False))
-    with pytest.raises(StopTraining, match="pruned at epoch 3"):
-        cb.on_epoch(EpochReport(3, {"val_auc": float("nan")}, False))
-    assert trial.reported == [(0.6, 1), (0.6, 2)]
-
-
-# --------------------------------------------------------------------------------------- studies
 
 def test_two_workers_one_study_each_trial_once_failures_go_on_and_resume(home, tmp_path: Path):
     """Two workers on one SQLite study: exactly N finished trials, each run exactly once; a trial
@@ -276,13 +140,14 @@ def test_a_study_whose_trials_all_fail_stops_at_max_failures(home, tmp_path: Pat
 
 
 def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
-    """kill -9 a worker while it trains: rerunning keeps every finished trial, fails and re-runs the
-    stale one (heartbeat) and closes its orphaned MLflow run; no run is left RUNNING."""
+    """kill -9 a worker while it trains: `harness tune` exits 1; rerunning keeps every finished
+    trial, fails and re-runs the stale one (heartbeat) and closes its orphaned MLflow run; no run
+    is left RUNNING."""
     _, data = home
     path = write_spec(tmp_path, "killed", trials=3, workers=1, epochs=6, lrs=(3e-3,))
     spec = tuning.load_spec(path, check_models=False)
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [sys.executable, "-m", "harness.tuning", "--study", str(path), "--data", str(data), "--storage", storage]
+    command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", storage]
     coordinator = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
     victim = None
@@ -305,6 +170,7 @@ def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
         if coordinator.poll() is None:
             coordinator.kill()
     assert coordinator.returncode == 1, out  # a worker died: reported, study left to resume
+    assert "error: study killed: worker 0: exit -9" in out and "Traceback" not in out
     before = {t.number: (t.state, t.values) for t in optuna.load_study(study_name="killed", storage=storage).trials
               if t.state.is_finished()}
 
@@ -330,18 +196,18 @@ def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
 
 
 def test_two_machines_share_a_postgresql_study(home, tmp_path: Path):
-    """Two coordinators (as on two machines) on one study in PostgreSQL: one parent run, exactly N
-    finished trials, each trial run once."""
+    """Two `harness tune` coordinators (as on two machines) on one study in PostgreSQL, given the
+    README's URL form: one parent run, exactly N finished trials, each trial run once."""
     _, data = home
     path = write_spec(tmp_path, "shared", trials=4, workers=1, lrs=(3e-3, 1e-2))
     spec = tuning.load_spec(path, check_models=False)
     with postgres_or_skip() as storage:
-        command = [sys.executable, "-m", "harness.tuning", "--study", str(path), "--data", str(data), "--storage", storage]
+        command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", storage]
         machines = [subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True) for _ in range(2)]
         outputs = [m.communicate(timeout=240)[0] for m in machines]
         assert [m.returncode for m in machines] == [0, 0], outputs
-        study = optuna.load_study(study_name="shared", storage=storage)
+        study = optuna.load_study(study_name="shared", storage=tuning.normalise_storage(storage))
         finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
         assert len(finished) == 4
         assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both machines ran trials
@@ -362,22 +228,31 @@ def test_multi_objective_study(home, tmp_path: Path):
     assert {"best_trial_val_auc", "best_trial_val_tpr_fpr1e-3"} <= parent.data.metrics.keys()
 
 
-def test_tables_render():
-    from rich.console import Console
-
-    rows = (
-        tuning.TrialRow(0, "COMPLETE", {"backbone": "test_resnet.r160_in1k", "lr": 0.00312}, (0.75,), 0.75, 12, "run0", None, None, 30.0, "h:1"),
-        tuning.TrialRow(1, "PRUNED", {"backbone": "test_vit.r160_in1k", "lr": 0.02}, None, 0.52, 3, "run1", None, None, 8.0, "h:2"),
-        tuning.TrialRow(2, "FAIL", {"backbone": "test_vit.r160_in1k", "lr": 1e30}, None, None, 1, "run2", None, "TrainingDiverged: nan", 2.0, "h:1"),
-        tuning.TrialRow(3, "RUNNING", {"backbone": "test_byobnet.r160_in1k"}, None, 0.61, 2, None, 1, None, 5.0, "h:2"),
-    )
-    progress = tuning.Progress("demo", ("val_auc",), ("backbone", "lr"), 50, rows, 65.0)
-    assert progress.finished == 2 and progress.best.number == 0
-    console = Console(width=150, record=True)
-    console.print(tuning.trials_table(progress))
-    text = console.export_text()
-    assert "2/50 finished (1 pruned), 1 failed, 1 running" in text and "test_resnet" in text and "0.7500" in text
-    result = tuning.StudyResult("demo", "sqlite:///x.db", "1", "parent", ("val_auc",), ("backbone", "lr"), 50, rows, 65.0,
-                                18, "target reached", (0, 0))
-    console.print(tuning.leaderboard_table(result))
-    assert "run0" in console.export_text() and [r.number for r in result.ranked()] == [0]
+def test_tune_outside_a_terminal_prints_a_line_per_trial_as_it_ends(home, tmp_path: Path):
+    """Under nohup, in a batch job or a pipe: one plain line per finished trial while the study
+    runs (number, state, value, epochs, seconds), then the leaderboard; no live table."""
+    _, data = home
+    path = write_spec(tmp_path, "lines", trials=2, workers=1, epochs=2, lrs=(3e-3,))
+    command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", f"sqlite:///{tmp_path / 'lines.db'}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        while first and not first.startswith("trial "):
+            first = process.stderr.readline()
+        running_after_first = process.poll() is None
+        rest = process.stderr.read()
+        out = process.stdout.read()
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, first + rest
+    assert running_after_first  # the line came as the trial ended, not with the leaderboard
+    lines = [first.rstrip("\n"), *rest.splitlines()]
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert len(trial_lines) == 2 and all(" COMPLETE val_auc=0." in line and " epochs=2 " in line for line in trial_lines)
+    assert [line.split()[1] for line in trial_lines] == ["0", "1"]
+    board = next(i for i, line in enumerate(lines) if "study lines: leaderboard" in line)
+    assert board > lines.index(trial_lines[-1]) and "2/2 finished" in rest
+    assert "best: trial" in out and "next: harness submit --run-id" in out

@@ -1,0 +1,113 @@
+"""The study's MLflow run tree (`harness.tracking.study_runs`) against a throwaway SQLite store:
+one parent found again, best-so-far on it, trial run states in step with their trials, orphans
+closed only when no trial can be alive, the study's files logged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import isolated_home
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory):
+    from harness.tracking.study_runs import StudyRuns
+
+    with isolated_home(tmp_path_factory.mktemp("runs")):
+        yield StudyRuns.open("tune-runs")
+
+
+def parent_of(runs, study: str = "s", **kw) -> str:  # noqa: ANN001 - StudyRuns
+    options = {"storage": "sqlite:////x/s.db", "known_run_id": None, "params": {"study.name": study, "space.lr": "1e-4..0.1 log"},
+               "space_hash": "abc123", "spec_text": "[study]\n", **kw}
+    return runs.find_or_create_parent(study=study, **options)
+
+
+def trial_run(runs, parent: str, number: int) -> str:  # noqa: ANN001
+    """A trial's run as `harness.run.train_run` starts it."""
+    from harness.tracking import tags as T
+    from harness.tracking.study_runs import trial_tags
+
+    tags = {**trial_tags("s", number), T.MLFLOW_PARENT: parent}
+    return runs.client.create_run(runs.experiment_id, run_name=f"trial-{number:03d}", tags=tags).info.run_id
+
+
+def test_parent_is_found_again_not_made_twice(runs):
+    parent = parent_of(runs, "found")
+    assert parent_of(runs, "found") == parent  # by its tags
+    assert parent_of(runs, "found", known_run_id=parent) == parent  # by the id the study remembers
+    assert parent_of(runs, "found", known_run_id="0" * 32) == parent  # a stale id: found by tags
+    assert parent_of(runs, "found", storage="postgresql://me@db/x") != parent  # another storage, another study
+    run = runs.client.get_run(parent)
+    assert run.info.run_name == "study-found" and run.data.tags["harness.kind"] == "study"
+    assert run.data.params["space.lr"] == "1e-4..0.1 log" and run.data.tags["harness.space_hash"] == "abc123"
+    assert [a.path for a in runs.client.list_artifacts(parent, "study")] == ["study/spec.toml"]
+
+
+def test_session_status_and_best_so_far(runs):
+    from harness.tracking.study_runs import BestTrial
+
+    parent = parent_of(runs, "best")
+    runs.start_session(parent, target=5)
+    assert runs.client.get_run(parent).info.status == "RUNNING"
+    states = {0: "COMPLETE", 1: "PRUNED", 2: "FAIL", 3: "RUNNING"}
+    runs.record_progress(parent, states=states, epochs_trained=9, target=5,
+                         best=BestTrial(0, "run0", {"val_auc": 0.8, "val_eer": float("nan")}, {"lr": 0.01}))
+    data = runs.client.get_run(parent).data
+    assert data.metrics["best_trial_val_auc"] == 0.8 and "best_trial_val_eer" not in data.metrics  # NaN left out
+    assert (data.metrics["trials_finished"], data.metrics["trials_failed"], data.metrics["epochs_trained"]) == (2, 1, 9)
+    assert (data.tags["best.run_id"], data.tags["best.trial_number"], data.tags["best.lr"]) == ("run0", "0", "0.01")
+    assert data.tags["harness.trials_target"] == "5" and "best_val_auc" not in data.metrics
+    runs.end_session(parent, stopped_early=True)
+    assert runs.client.get_run(parent).info.status == "KILLED"
+    runs.start_session(parent, target=6)
+    runs.end_session(parent, stopped_early=False)
+    assert runs.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_trial_states_follow_their_trials(runs):
+    parent = parent_of(runs, "states")
+    done, diverged = trial_run(runs, parent, 0), trial_run(runs, parent, 1)
+    assert runs.trial_run(parent, 1) == diverged and runs.trial_run(parent, 7) is None
+    runs.client.set_terminated(done, status="FINISHED")
+    runs.mark_trial(done, "COMPLETE")
+    runs.client.set_terminated(diverged, status="FINISHED")  # trained, but its objective was NaN
+    runs.mark_trial(diverged, "FAIL", error="ValueError: objective\n is not a number")
+    ok, bad = runs.client.get_run(done), runs.client.get_run(diverged)
+    assert (ok.info.status, ok.data.tags["optuna.state"]) == ("FINISHED", "COMPLETE")
+    assert (bad.info.status, bad.data.tags["optuna.state"]) == ("FAILED", "FAIL")
+    assert bad.data.tags["error"] == "ValueError: objective is not a number"
+
+
+def test_orphans_are_closed_only_when_no_trial_can_be_alive(runs):
+    parent = parent_of(runs, "orphans")
+    dead, alive = trial_run(runs, parent, 0), trial_run(runs, parent, 1)
+    healed = trial_run(runs, parent, 2)
+    runs.client.set_tag(healed, "orphaned", "true")  # closed by someone else, state tag left behind
+    runs.client.set_terminated(healed, status="KILLED")
+
+    # Trial 1 runs (maybe on another machine): nothing is closed, since a live run looks the same.
+    assert runs.close_orphaned_trials(parent, {0: "FAIL", 1: "RUNNING", 2: "FAIL"}) == []
+    assert runs.client.get_run(dead).info.status == "RUNNING"
+    assert runs.client.get_run(dead).data.tags["optuna.state"] == "RUNNING"
+    assert runs.client.get_run(healed).data.tags["optuna.state"] == "FAIL"  # closed runs get their trial's state
+
+    runs.client.set_terminated(alive, status="FINISHED")
+    runs.mark_trial(alive, "COMPLETE")
+    assert runs.close_orphaned_trials(parent, {0: "FAIL", 1: "COMPLETE", 2: "FAIL", 3: "WAITING"}) == [dead]
+    run = runs.client.get_run(dead)
+    assert (run.info.status, run.data.tags["orphaned"], run.data.tags["optuna.state"]) == ("KILLED", "true", "FAIL")
+    assert runs.client.get_run(alive).info.status == "FINISHED"
+    assert "orphaned" not in runs.client.get_run(alive).data.tags
+
+
+def test_study_files_are_logged_under_study(runs):
+    parent = parent_of(runs, "files")
+    runs.log_study_artifacts(parent, pngs={"optimization_history": b"\x89PNG fake"}, trials_csv="number,value\n0,0.5\n",
+                             skipped={"param_importances": "ValueError: too few trials"})
+    names = {Path(a.path).name for a in runs.client.list_artifacts(parent, "study")}
+    assert names == {"spec.toml", "trials.csv", "optimization_history.png", "plots_skipped.json"}
+    folder = Path(runs.client.download_artifacts(parent, "study"))
+    assert (folder / "trials.csv").read_text() == "number,value\n0,0.5\n"
+    assert (folder / "optimization_history.png").read_bytes() == b"\x89PNG fake"

@@ -1,0 +1,72 @@
+"""Shared by the tuning tests: a small study spec written to a file, and the CLI run in-process."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def write_spec(folder: Path, name: str, *, trials: int = 4, workers: int = 1, backbones: tuple[str, ...] = ("test_byobnet.r160_in1k",),
+               lrs: tuple[float, ...] = (), max_params: float = 1e6, epochs: int = 2, pruner: str = 'kind = "none"',
+               sampler: str = 'kind = "random"\nseed = 0', objectives: str = '["val_auc"]', max_failures: int = 10) -> Path:
+    """A study of tiny models for 1-3 epochs at 64x64: a couple of seconds a trial on the test data."""
+    lr = f"lr = {list(lrs)}" if lrs else "lr = { low = 1e-3, high = 1e-2, log = true }"
+    text = f"""
+[study]
+name = "{name}"
+trials = {trials}
+workers = {workers}
+pretrained = false
+max_params = {max_params}
+max_failures = {max_failures}
+objectives = {objectives}
+
+[sampler]
+{sampler}
+
+[pruner]
+{pruner}
+
+[space]
+backbone = {list(backbones)}
+{lr}
+loss = ["bce", "ce", "focal"]
+input_size = ["64x64"]
+batch_size = 8
+epochs = {epochs}
+
+[base.train]
+patience = 0
+
+[heartbeat]
+interval = 1
+grace_period = 3
+max_retry = 1
+""".replace("'", '"')
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`harness ARGS` through `harness.cli.main` (the one place errors become exit codes):
+    (exit code, stdout, stderr)."""
+    import signal
+
+    from harness.cli import main
+
+    previous = signal.getsignal(signal.SIGTERM)  # main() installs its own SIGTERM handler
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+CLI = [sys.executable, "-c", "from harness.cli import main; main()"]  # `harness` in a subprocess, this checkout first
