@@ -258,7 +258,8 @@ def check_track(track: str, modality: str, *, where: object = "") -> None:
     a clip dataset trains the others. Raises ConfigError naming `where` (the dataset folder)."""
     prefix = f"{where}: " if where else ""
     if track == "image" and modality != "image":
-        raise ConfigError(f"{prefix}an image-track dataset (face images) trains modality image, not {modality} "
+        lacks = " has no audio: it" if modality in ("audio", "fusion") else ""
+        raise ConfigError(f"{prefix}an image-track dataset (face images){lacks} trains modality image, not {modality} "
                           f"(use --modality image)")
     if track != "image" and modality == "image":
         raise ConfigError(f"{prefix}this dataset holds clips; modality image is for face-image datasets "

@@ -235,7 +235,10 @@ def test_settings_stay_frozen() -> None:
 def test_the_track_rule_names_the_dataset() -> None:
     check_track("image", "image")
     check_track("clips", "fusion")
-    with pytest.raises(ConfigError, match=r"^/d: an image-track dataset \(face images\) trains modality image, not audio"):
-        check_track("image", "audio", where="/d")
+    with pytest.raises(ConfigError, match=r"^/d: an image-track dataset \(face images\) has no audio: it trains "
+                                          r"modality image, not fusion \(use --modality image\)$"):
+        check_track("image", "fusion", where="/d")
+    with pytest.raises(ConfigError, match=r"^an image-track dataset \(face images\) trains modality image, not video"):
+        check_track("image", "video")
     with pytest.raises(ConfigError, match=r"this dataset holds clips.*\(use --modality video\)$"):
         check_track("clips", "image")

@@ -16,6 +16,7 @@ from harness.config import ConfigError
 from harness.data.labels import DatasetError
 from harness.engine import TrainingDiverged
 from harness.errors import BadInput, HarnessError, JobFailed, NotFound, io_message
+from harness.metrics import MetricsError
 from harness.models import ModelRuleError, WeightsUnavailableError
 from tests.conftest import isolated_home
 
@@ -26,7 +27,7 @@ runner = CliRunner()
     ("error", "code"),
     [
         (BadInput, 2), (ConfigError, 2), (NotFound, 2), (DatasetError, 2), (ModelRuleError, 2),
-        (WeightsUnavailableError, 2), (JobFailed, 1), (TrainingDiverged, 1),
+        (WeightsUnavailableError, 2), (JobFailed, 1), (TrainingDiverged, 1), (MetricsError, 1),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else str(v),
 )
