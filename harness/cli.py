@@ -1,9 +1,8 @@
 """The command line: one small typed function per command.
 
-Library code raises `harness.errors` types; `_Commands.invoke` turns them into one-line messages
-and exit codes once, for every command (2: bad input, 1: the job failed; an OS-level I/O error is 1
-naming the path), and `main` adds 130 for Ctrl-C and SIGTERM. Commands do not catch errors to
-report them. Heavy libraries are imported inside command bodies so that `harness --help` stays fast.
+Library code raises `harness.errors` types and commands let them through: `_Commands.invoke` turns
+them into one line and an exit code once (2 bad input, 1 failed job or I/O error, 130 Ctrl-C or
+SIGTERM). Heavy libraries are imported inside command bodies so that `harness --help` stays fast.
 """
 from __future__ import annotations
 
@@ -20,11 +19,10 @@ from harness.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, BadInp
 
 
 class _Commands(TyperGroup):
-    """The one place errors become exit codes (see `harness.errors`): a HarnessError prints its
-    message on one line and exits with its code (BadInput 2, JobFailed 1); an OSError (no space,
-    read-only, permission) prints the reason and the path and exits 1; Ctrl-C (and SIGTERM, which
-    `main` turns into Ctrl-C) prints "interrupted" and exits 130. Here rather than in `main` so that
-    `CliRunner(app)` in tests sees exactly what the console script does."""
+    """The one place errors become exit codes (see `harness.errors`): a HarnessError is one line
+    and its code (BadInput 2, JobFailed 1); an OSError (no space, read-only) names the path, exit 1;
+    Ctrl-C (and SIGTERM, which `main` turns into Ctrl-C) is "interrupted", 130. Here, not in `main`,
+    so that `CliRunner(app)` in tests sees exactly what the console script does."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -58,8 +56,7 @@ CacheOption = Annotated[
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    """Report and exit: still used by the bodies of submit, predict, tune and dashboard, which
-    their own owners move to typed errors."""
+    """Report and exit (left for the submit, predict, tune and dashboard bodies)."""
     return typer.Exit(_report(message, code))
 
 
@@ -130,9 +127,9 @@ def prepare(
     fmax: Annotated[Optional[float], typer.Option(help="Highest mel frequency (Hz).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (time axis) after resizing.")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height; default: n_mels (no resize).")] = None,
-    frames: Annotated[Optional[int], typer.Option(min=1, help="Face frames sampled per clip, evenly spread.")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Face frames sampled per clip, evenly spread.")] = None,
     face_size: Annotated[Optional[int], typer.Option(min=16, help="Face crop side (pixels).")] = None,
-    margin: Annotated[Optional[float], typer.Option(min=0.0, help="Margin around the face box, fraction of its side.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Margin around the face box, fraction of its side.")] = None,
     detector: Annotated[Optional[str], typer.Option(help="Face detector (see harness.data.faces.DETECTORS).")] = None,
 ) -> None:
     """Validate a dataset and extract features once into the cache (resumable, parallel)."""
@@ -192,13 +189,6 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
     return ds, cfg, reports
 
 
-def load_run_config(path: Path | None):  # noqa: ANN201 - RunConfig
-    """RunConfig from a TOML file (see `config.read_config_file`), or the defaults."""
-    from harness.config import RunConfig, read_config_file
-
-    return RunConfig() if path is None else read_config_file(path)
-
-
 @app.command()
 def train(
     data: DataOption = None,
@@ -210,23 +200,23 @@ def train(
     loss: Annotated[Optional[str], typer.Option(help="bce | ce | focal.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (0 = off).")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | sgd | radam.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (at least 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (at least 2).")] = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet-1k weights.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local backbone weights (.safetensors, or .pth read weights-only).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
     cache: CacheOption = None,
 ) -> None:
     """Train one timm model on the feature cache and record the run in MLflow.
 
-    Refused before any feature work or MLflow run: a bad setting (exit 2, by the config), an unknown
-    backbone name (exit 2), a dataset that does not load or does not fit the modality (exit 2)."""
-    from harness.config import replace
+    Refused (exit 2) before any feature work or MLflow run: a bad setting, an unknown backbone name,
+    a dataset that does not load or does not fit the modality."""
+    from harness.config import RunConfig, read_config_file, replace
 
-    base = load_run_config(config)
+    base = read_config_file(config) if config is not None else RunConfig()
     cfg = replace(base, modality=modality, train=replace(
         base.train, backbone=backbone, video_backbone=video_backbone, lr=lr, loss=loss,
         label_smoothing=label_smoothing, optimizer=optimizer, epochs=epochs, batch_size=batch_size,

@@ -36,7 +36,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} asked for, but torch sees no CUDA device")
+        raise ConfigError(f"device {name} asked for, but torch sees no CUDA device")
     return torch.device(name)
 
 

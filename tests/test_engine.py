@@ -146,5 +146,5 @@ def test_every_configured_loss_and_optimizer_is_implemented() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_without_a_gpu_is_bad_input() -> None:
-    with pytest.raises(ConfigError, match="train.device: cuda:1 asked for, but torch sees no CUDA device"):
+    with pytest.raises(ConfigError, match="^device cuda:1 asked for, but torch sees no CUDA device$"):
         engine.pick_device("cuda:1")
