@@ -5,6 +5,7 @@ Tests that train a model are marked slow; the refusals before training are fast.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -21,8 +22,20 @@ from harness.run import readable_run_name, train_run
 TINY = TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False, epochs=2, batch_size=2, device="cpu", patience=0)
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema made, once: each test copies it (creating the schema
+    runs mlflow's migrations, a second of CPU per store)."""
+    from harness import tracking
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    tracking.setup(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path))
     from harness import tracking
