@@ -310,12 +310,14 @@ def test_close_dead_runs_closes_only_this_hosts_gone_processes(store):
     alive = running({"harness.host": host, "harness.pid": me})
     elsewhere = running({"harness.host": host + "-other", "harness.pid": dead})
     untagged = running({})  # older runs and study parents carry no owner: left alone
+    # a study's trial: its study closes it, recording the trial's state too
+    trial = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged})
 
     assert set(tracking.close_dead_runs(client)) == {gone, reused}
     for run_id in (gone, reused):
         run = client.get_run(run_id)
         assert (run.info.status, run.data.tags["orphaned"]) == ("KILLED", "true")
-    for run_id in (alive, elsewhere, untagged):
+    for run_id in (alive, elsewhere, trial, untagged):
         assert client.get_run(run_id).info.status == "RUNNING"
         client.set_terminated(run_id)
     assert tracking.close_dead_runs(client) == []

@@ -2,8 +2,8 @@
 
 Two closers of runs left RUNNING: `close_orphans` closes every RUNNING run under a study parent (or
 in an experiment) when its caller knows no process of its own still works on them; `close_dead_runs`
-closes the runs whose recorded process (tags `harness.host`, `harness.pid`) is gone from this machine,
-and runs whenever a run is created, so a `kill -9` is healed by the next command that writes.
+closes top-level runs whose recorded process (tags `harness.host`, `harness.pid`) is gone from this
+machine, and runs whenever a run is created, so a `kill -9` is healed by the next command that writes.
 
 Runs live in a SQLite store (`mlruns/mlflow.db`) with artifacts under `mlruns/artifacts`, both at
 absolute paths from `harness.paths`, so every command finds them whatever the working folder
@@ -224,9 +224,11 @@ def close_dead_runs(client: MlflowClient) -> list[str]:
     """Close, as KILLED with `orphaned=true`, every RUNNING run of this store whose recorded host is
     this machine and whose recorded process is gone (kill -9, a crash, a power cut); return their ids.
 
-    Runs without the tags (older runs, study parents) and runs of other machines are left alone. A
-    pid that is alive again but belongs to a process started after the run counts as gone (the
-    kernel reuses pids). One search per page of RUNNING runs of this host: milliseconds on SQLite.
+    Runs without the tags (older runs, study parents), runs of other machines and runs under a
+    parent run (study trials: the study's own closer knows their trial's state and records it, see
+    `close_orphans`) are left alone. A pid that is alive again but belongs to a process started after
+    the run counts as gone (the kernel reuses pids). One search per page of RUNNING runs of this
+    host: milliseconds on SQLite.
     """
     host = socket.gethostname().replace("'", "")
     query = f"attributes.status = '{T.RUNNING}' and tags.`{T.HOST}` = '{host}'"
@@ -237,6 +239,8 @@ def close_dead_runs(client: MlflowClient) -> list[str]:
         page = client.search_runs(experiment_ids, filter_string=query, page_token=token)
         for run in page:
             pid = run.data.tags.get(T.PID, "")
+            if T.MLFLOW_PARENT in run.data.tags:
+                continue
             if pid.isdigit() and _process_gone(int(pid), run.info.start_time):
                 client.set_tag(run.info.run_id, T.ORPHANED, "true")
                 client.set_terminated(run.info.run_id, status=T.KILLED)
