@@ -2,9 +2,9 @@
 
 Statuses follow the contract in `harness.tracking.tags`: FINISHED; KILLED on Ctrl-C (or pruned,
 with `pruned_at_epoch`); FAILED with an `error` tag. Each run records the machine and process that
-own it (`harness.host`, `harness.pid`); creating a recorder first closes this machine's runs whose
-process is gone (`store.close_dead_runs`, once per process and store), so a run left RUNNING by a
-`kill -9` ends KILLED with `orphaned=true` as soon as any later command records a run.
+own it (`harness.host`, `harness.pid`); creating a recorder first closes this machine's top-level
+runs whose process is gone (`store.close_dead_runs`, once per process and store), so a run left
+RUNNING by a `kill -9` ends KILLED with `orphaned=true` as soon as any later command records a run.
 """
 from __future__ import annotations
 
