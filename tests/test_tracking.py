@@ -199,6 +199,17 @@ def test_load_run_config_round_trip(store, finished):
     assert tracking.load_run_config(client, rec.run_id) == (config, checkpoint)  # from the cache
 
 
+def test_a_download_killed_midway_is_cleaned_by_the_next(store, tmp_path):
+    client, experiment_id, home = store
+    rec = record(client, experiment_id, fake_fit(tmp_path, n=10))
+    runs = home / ".cache" / "runs"
+    stale = runs / f".{rec.run_id}.tmp-{_dead_pid()}"  # what a kill -9 during a download leaves
+    (stale / "checkpoint").mkdir(parents=True)
+    config, checkpoint = tracking.load_run_config(client, rec.run_id)
+    assert checkpoint.is_file() and checkpoint.parent.parent == runs / rec.run_id
+    assert not stale.exists() and not list(runs.glob(".*.tmp-*"))
+
+
 def test_load_run_config_unknown_or_without_checkpoint(store):
     client, experiment_id, _ = store
     with pytest.raises(LookupError, match="no run"):

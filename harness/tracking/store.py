@@ -22,7 +22,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from harness import paths
 from harness.config import RunConfig, from_dict
 from harness.errors import NotFound
-from harness.fileio import pid_alive
+from harness.fileio import pid_alive, remove_stale_temporaries, temp_name
 from harness.tracking import tags as T
 
 # Schemes of SQLAlchemy stores. For these mlflow would put artifacts under ./mlruns relative to
@@ -179,15 +178,21 @@ def get_run(client: MlflowClient, run_id: str) -> Any:
 
 
 def _download_checkpoint(client: MlflowClient, run_id: str) -> Path:
-    """Download into a fresh folder and rename it into place, so an interrupted download or a
-    concurrent one never leaves a half-filled cache entry behind."""
+    """Download into a staging folder and rename it into place, so an interrupted download or a
+    concurrent one never leaves a half-filled cache entry behind. The staging folder carries this
+    process's pid (`fileio.temp_name`), so one left by a killed download is removed by the next."""
     final = paths.project_root() / ".cache" / "runs" / run_id
     if not final.is_dir():
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{run_id}.tmp-", dir=final.parent))
+        remove_stale_temporaries(final.parent, recursive=False)
+        staging = temp_name(final)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         try:
             client.download_artifacts(run_id, "checkpoint", str(staging))
-            staging.rename(final)
+            # A plain rename, not a replace: a concurrent download that finished first keeps its
+            # folder (a reader may hold its path), and this rename then fails harmlessly.
+            os.rename(staging, final)
         except OSError:
             if not final.is_dir():  # anything but losing a race with another download
                 raise
