@@ -1,8 +1,8 @@
 """The command line: one small typed function per command.
 
-Library code raises; this edge turns errors into one-line messages and exit codes (2: bad input,
-1: the job failed, 130: interrupted). Heavy libraries are imported inside command bodies so that
-`harness --help` stays fast.
+Library code raises `harness.errors` types and commands let them through: `_Commands.invoke` turns
+them into one line and an exit code once (2 bad input, 1 failed job or I/O error, 130 Ctrl-C or
+SIGTERM). Heavy libraries are imported inside command bodies so that `harness --help` stays fast.
 """
 from __future__ import annotations
 
@@ -10,18 +10,40 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from harness import __version__
+from harness.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, BadInput, HarnessError, JobFailed, io_message
+
+
+class _Commands(TyperGroup):
+    """The one place errors become exit codes (see `harness.errors`): a HarnessError is one line
+    and its code (BadInput 2, JobFailed 1); an OSError (no space, read-only) names the path, exit 1;
+    Ctrl-C (and SIGTERM, which `main` turns into Ctrl-C) is "interrupted", 130. Here, not in `main`,
+    so that `CliRunner(app)` in tests sees exactly what the console script does."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except HarnessError as e:
+            raise typer.Exit(_report(" ".join(str(e).split()), e.exit_code)) from None
+        except OSError as e:
+            raise typer.Exit(_report(io_message(e), EXIT_FAILED)) from None
+        except KeyboardInterrupt:
+            # Cleanup already ran on the way out (runs closed KILLED, servers and workers stopped).
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     help="Experiment-tracking harness for the multimedia deepfake detection challenge.",
     pretty_exceptions_enable=False,
 )
-
-from harness.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: E402 - light: no imports
 
 DataOption = Annotated[
     Optional[Path],
@@ -34,8 +56,8 @@ CacheOption = Annotated[
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
+    """Report and exit (left for the submit, predict, tune and dashboard bodies)."""
+    return typer.Exit(_report(message, code))
 
 
 def _version(value: bool) -> None:
@@ -85,7 +107,9 @@ def demo_data(
     try:
         path = make_demo_dataset(out or demo_data_dir(), clips=clips, seed=seed)
     except ValueError as e:
-        raise fail(str(e)) from None
+        # The demo generator refuses a folder that is not its own with a plain ValueError; until it
+        # raises harness.errors.BadInput itself, this says what it means.
+        raise BadInput(str(e)) from None
     typer.echo(str(path))
 
 
@@ -103,23 +127,20 @@ def prepare(
     fmax: Annotated[Optional[float], typer.Option(help="Highest mel frequency (Hz).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (time axis) after resizing.")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height; default: n_mels (no resize).")] = None,
-    frames: Annotated[Optional[int], typer.Option(min=1, help="Face frames sampled per clip, evenly spread.")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Face frames sampled per clip, evenly spread.")] = None,
     face_size: Annotated[Optional[int], typer.Option(min=16, help="Face crop side (pixels).")] = None,
-    margin: Annotated[Optional[float], typer.Option(min=0.0, help="Margin around the face box, fraction of its side.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Margin around the face box, fraction of its side.")] = None,
     detector: Annotated[Optional[str], typer.Option(help="Face detector (see harness.data.faces.DETECTORS).")] = None,
 ) -> None:
     """Validate a dataset and extract features once into the cache (resumable, parallel)."""
     from harness.config import AudioFeatures, RunConfig, VideoFeatures, replace
 
-    try:
-        cfg = RunConfig(
-            modality=modality,
-            features=replace(AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft,
-                             hop_length=hop_length, fmax=fmax, width=width, height=height),
-            video=replace(VideoFeatures(), frames=frames, size=face_size, margin=margin, detector=detector),
-        )
-    except ValueError as e:
-        raise fail(str(e)) from None
+    cfg = RunConfig(
+        modality=modality,
+        features=replace(AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft,
+                         hop_length=hop_length, fmax=fmax, width=width, height=height),
+        video=replace(VideoFeatures(), frames=frames, size=face_size, margin=margin, detector=detector),
+    )
     run_prepare(resolve_data(data), cfg, cache=cache, workers=workers)
 
 
@@ -130,22 +151,16 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from harness.config import replace
+    from harness.config import check_track, replace
     from harness.data.cache import prepare_features
-    from harness.data.labels import DatasetError, load_dataset
+    from harness.data.labels import load_dataset
     from harness.paths import cache_dir
 
     console = Console(stderr=True)
-    try:
-        ds = load_dataset(data)
-    except DatasetError as e:
-        raise fail(str(e)) from None
-    if ds.track == "image":
-        if cfg.modality in ("audio", "fusion"):
-            raise fail(f"{ds.root}: this is an image-track dataset (face images); it has no audio: use --modality image")
-        cfg = replace(cfg, modality="image")
-    elif cfg.modality == "image":
-        raise fail(f"{ds.root}: this dataset holds clips, not face images: use --modality video")
+    ds = load_dataset(data)
+    if ds.track == "image" and cfg.modality == "video":
+        cfg = replace(cfg, modality="image")  # face images: one crop per image, the same video model
+    check_track(ds.track, cfg.modality, where=ds.root)
     for w in ds.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     reports = {}
@@ -153,13 +168,10 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
         columns = (TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, disable=quiet) as progress:
             task = progress.add_task("faces" if name == "video" else name, total=None)
-            try:
-                report = prepare_features(
-                    ds, cfg.features_for(name), cache_root=cache or cache_dir(), workers=workers,
-                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-                )
-            except ValueError as e:  # an unknown detector, say
-                raise fail(str(e)) from None
+            report = prepare_features(
+                ds, cfg.features_for(name), cache_root=cache or cache_dir(), workers=workers,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
         reports[name] = report
         if not quiet or report.failures:
             for f in report.failures:
@@ -177,20 +189,6 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
     return ds, cfg, reports
 
 
-def load_run_config(path: Path | None):  # noqa: ANN201 - RunConfig
-    """RunConfig from a TOML file with [features] and [train] tables (and `modality`), or the defaults."""
-    import tomllib
-
-    from harness.config import RunConfig, from_dict
-
-    if path is None:
-        return RunConfig()
-    try:
-        return from_dict(RunConfig, tomllib.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise fail(f"{path}: {e}") from None
-
-
 @app.command()
 def train(
     data: DataOption = None,
@@ -202,50 +200,47 @@ def train(
     loss: Annotated[Optional[str], typer.Option(help="bce | ce | focal.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (0 = off).")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw | sgd | radam.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (at least 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (at least 2).")] = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet-1k weights.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local backbone weights (.safetensors, or .pth read weights-only).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
     cache: CacheOption = None,
 ) -> None:
-    """Train one timm model on the feature cache and record the run in MLflow."""
-    from harness.config import replace
+    """Train one timm model on the feature cache and record the run in MLflow.
 
-    base = load_run_config(config)
-    try:
-        cfg = replace(base, modality=modality, train=replace(
-            base.train, backbone=backbone, video_backbone=video_backbone, lr=lr, loss=loss,
-            label_smoothing=label_smoothing, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-            pretrained=pretrained, weights=str(weights) if weights else None, seed=seed, device=device,
-            max_params=max_params,
-        ))
-    except ValueError as e:
-        raise fail(str(e)) from None
+    Refused (exit 2) before any feature work or MLflow run: a bad setting, an unknown backbone name,
+    a dataset that does not load or does not fit the modality."""
+    from harness.config import RunConfig, read_config_file, replace
+
+    base = read_config_file(config) if config is not None else RunConfig()
+    cfg = replace(base, modality=modality, train=replace(
+        base.train, backbone=backbone, video_backbone=video_backbone, lr=lr, loss=loss,
+        label_smoothing=label_smoothing, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+        pretrained=pretrained, weights=str(weights) if weights else None, seed=seed, device=device,
+        max_params=max_params,
+    ))
+    from harness.run import check_names  # imports torch and timm: after the cheap checks
+
+    check_names(cfg)
     data_dir = resolve_data(data)
     _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
 
 
 def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> str:  # noqa: ANN001
+    """Train and record one run with the epoch table on the terminal; print and return its id."""
     from harness.console import EpochTable
-    from harness.data.labels import DatasetError
-    from harness.engine import TrainingDiverged
-    from harness.models import ModelRuleError, WeightsUnavailableError
     from harness.paths import cache_dir
     from harness.run import train_run
 
-    try:
-        result = train_run(cfg, data_dir=data_dir, experiment=experiment, cache_root=cache or cache_dir(),
-                           callbacks=[EpochTable(title=cfg.train.backbone if cfg.modality == "audio" else f"{cfg.modality}: {cfg.train.backbone}")])
-    except (DatasetError, ModelRuleError, WeightsUnavailableError, FileNotFoundError) as e:
-        raise fail(str(e)) from None
-    except (TrainingDiverged, ValueError) as e:
-        raise fail(str(e), EXIT_FAILED) from None
-    typer.echo(f"run id: {result.run_id}")
+    title = cfg.train.backbone if cfg.modality == "audio" else f"{cfg.modality}: {cfg.train.backbone}"
+    result = train_run(cfg, data_dir=data_dir, experiment=experiment, cache_root=cache or cache_dir(),
+                       callbacks=[EpochTable(title=title)])
+    typer.echo(f"run id: {result.run_id} (name {result.run_name})")
     return result.run_id
 
 
@@ -262,20 +257,19 @@ def check(
     video_backbone: Annotated[Optional[str], typer.Option(help="With --modality fusion: the video branch.")] = None,
 ) -> None:
     """Check a backbone (or a modality's whole model) against the competition rules without training."""
-    from harness.models import ModelRuleError, check_compliance
+    if modality is None:
+        from harness.models import check_compliance
 
-    try:
-        if modality is None:
-            report = check_compliance(backbone, pretrained=pretrained, in_chans=in_chans, input_size=(height, width),
-                                      max_params=max_params)
-        else:
-            from harness.config import RunConfig, TrainConfig
-            from harness.modalities import check_run
+        report = check_compliance(backbone, pretrained=pretrained, in_chans=in_chans, input_size=(height, width),
+                                  max_params=max_params)
+    else:
+        from harness.config import RunConfig, TrainConfig
 
-            report = check_run(RunConfig(modality=modality, train=TrainConfig(
-                backbone=backbone, pretrained=pretrained, max_params=max_params, video_backbone=video_backbone)))
-    except (ModelRuleError, ValueError) as e:
-        raise fail(str(e)) from None
+        cfg = RunConfig(modality=modality, train=TrainConfig(
+            backbone=backbone, pretrained=pretrained, max_params=max_params, video_backbone=video_backbone))
+        from harness.modalities import check_run  # torch and timm: after the settings are known good
+
+        report = check_run(cfg)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -407,21 +401,27 @@ def tune(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser once it answers.")] = False,
 ) -> None:
-    """Start the MLflow UI on the project's store (127.0.0.1) and print the runs view's URL (Ctrl-C stops it)."""
+    """Start the MLflow UI on the project's store (127.0.0.1); print the newest experiment's runs page once
+    the server answers (Ctrl-C or SIGTERM stops the server and everything it started)."""
     from harness import tracking
 
-    process = tracking.serve_ui(host="127.0.0.1", port=port)
-    typer.echo(f"MLflow UI: {tracking.ui_url('127.0.0.1', port)}  (Ctrl-C to stop)")
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=15)
-        raise
+    tracking.check_port_free("127.0.0.1", port)  # before opening the store: a taken port answers at once
+    client = tracking.setup()
+    tracking.close_dead_runs(client)  # runs whose process was killed show as KILLED, not RUNNING
+    url = tracking.ui_url("127.0.0.1", port, tracking.latest_experiment(client))
+    with tracking.UiServer(host="127.0.0.1", port=port) as server:
+        server.wait_ready()
+        typer.echo(f"MLflow UI: {url}  (Ctrl-C to stop)")
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        code = server.process.wait()
     if code != 0:
-        raise fail(f"mlflow server exited with status {code} (is port {port} in use?)", EXIT_FAILED)
+        raise JobFailed(f"mlflow server exited with status {code}")
 
 
 @app.command()
@@ -449,29 +449,22 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The `harness` entry point: runs a command and maps every error to one line and an exit code.
-
-    This is the one place exit codes are decided (see `harness.errors`): BadInput -> 2, JobFailed
-    -> 1, an OS-level I/O error (no space, read-only, permission) -> 1 naming the path,
-    Ctrl-C or SIGTERM -> 130. Usage errors are click's (exit 2).
+    """The `harness` entry point: runs a command with every error mapped to one line and an exit
+    code (see `harness.errors`): BadInput -> 2, JobFailed -> 1, an OS-level I/O error (no space,
+    read-only, permission) -> 1 naming the path, Ctrl-C or SIGTERM -> 130 (all by
+    `_Commands.invoke`; this installs the SIGTERM handler). Usage errors are click's (exit 2).
     """
     import signal
-
-    from harness.errors import HarnessError, io_message
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=argv, standalone_mode=False)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):  # outside a command (typer maps most to exit 130 itself)
         typer.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as e:  # usage errors: click's message, exit 2
         e.show()
         sys.exit(e.exit_code)
-    except HarnessError as e:
-        raise SystemExit(_report(" ".join(str(e).split()), e.exit_code)) from None
-    except OSError as e:
-        raise SystemExit(_report(io_message(e), EXIT_FAILED)) from None
     sys.exit(code if isinstance(code, int) else 0)
 
 

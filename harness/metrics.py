@@ -5,7 +5,9 @@ Every curve comes from sklearn so our numbers match what the organisers compute.
 metrics call a sample fake when `score >= threshold`, sklearn's convention for curve thresholds.
 
 With one class present the ranking metrics are undefined: they come back as nan rather than as an
-exception or a warning, so a partial validation split never aborts a run.
+exception or a warning, so a partial validation split never aborts a run. Arrays that cannot be
+scored at all (non-finite scores from a broken model, mismatched lengths) raise `MetricsError`, a
+failed job (exit 1) that is still a ValueError for callers that catch that.
 """
 from __future__ import annotations
 
@@ -17,28 +19,34 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from harness.errors import JobFailed
+
 LOGLOSS_EPS = 1e-7
 # Resamples are processed in chunks of at most this many (resample, sample) cells, so memory
 # stays near 8 bytes x this x a few arrays (~100 MB) whatever the number of samples.
 _BOOT_CELLS = 4_000_000
 
 
+class MetricsError(JobFailed, ValueError):
+    """Labels and scores that cannot be scored: the run that produced them failed (exit 1)."""
+
+
 def validate(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return `(labels as int 0/1, scores as float)`, or raise ValueError saying what is wrong."""
+    """Return `(labels as int 0/1, scores as float)`, or raise MetricsError saying what is wrong."""
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=float)
     if y_true.ndim != 1 or y_score.ndim != 1:
         shapes = f"{y_true.shape} and {y_score.shape}"
-        raise ValueError(f"y_true and y_score must be 1-D, got shapes {shapes}")
+        raise MetricsError(f"y_true and y_score must be 1-D, got shapes {shapes}")
     if len(y_true) != len(y_score):
-        raise ValueError(f"y_true and y_score differ in length: {len(y_true)} != {len(y_score)}")
+        raise MetricsError(f"y_true and y_score differ in length: {len(y_true)} != {len(y_score)}")
     if len(y_true) == 0:
-        raise ValueError("y_true and y_score are empty")
+        raise MetricsError("y_true and y_score are empty")
     if not np.all(np.isfinite(y_score)):
-        raise ValueError(f"y_score has {np.count_nonzero(~np.isfinite(y_score))} non-finite values")
+        raise MetricsError(f"y_score has {np.count_nonzero(~np.isfinite(y_score))} non-finite values")
     if not np.isin(y_true, (0, 1)).all():
         found = np.unique(y_true)[:5]
-        raise ValueError(f"y_true must hold only 0 (real) and 1 (fake), got {found}")
+        raise MetricsError(f"y_true must hold only 0 (real) and 1 (fake), got {found}")
     return y_true.astype(int), y_score
 
 

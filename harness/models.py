@@ -13,7 +13,6 @@ import difflib
 import importlib
 import os
 import re
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -27,10 +26,11 @@ import thop
 import timm
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from timm.models import PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
 
-from harness.errors import BadInput
+from harness.errors import BadInput, ConfigError, NotFound
+from harness.fileio import write_bytes
 from harness.paths import cache_dir
 
 MAX_PARAMS = 200_000_000
@@ -200,7 +200,7 @@ def create_model(
     """
     resolved = resolve_name(name)
     if weights is not None and not pretrained:
-        raise ValueError(f"{name}: weights={weights} given with pretrained=False; choose one")
+        raise ConfigError(f"{name}: weights={weights} given with pretrained=False; choose one")
     if pretrained and (problem := pretrained_tag_problem(resolved)):
         raise ModelRuleError(problem)
     meta = _meta_model(resolved, in_chans=in_chans, num_classes=num_classes)
@@ -243,14 +243,14 @@ def _check_weights_file(path: Path, resolved: str, meta: torch.nn.Module) -> Non
     """Refuse a file that lacks backbone tensors: timm loads non-strictly once it drops the classifier,
     so a file keyed by other names would otherwise leave the model silently at random init."""
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise NotFound(f"weights file {path} does not exist")
     classifiers = meta.pretrained_cfg.get("classifier") or ()
     heads = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
     expected = {k for k in meta.state_dict()
                 if not k.startswith(tuple(f"{h}." for h in heads)) and not k.endswith("num_batches_tracked")}
     missing = sorted(expected - _file_keys(path))
     if missing:
-        raise ValueError(f"{path}: lacks {len(missing)} of {len(expected)} backbone tensors of {resolved} "
+        raise BadInput(f"{path}: lacks {len(missing)} of {len(expected)} backbone tensors of {resolved} "
                          f"(first: {missing[0]}); expected a timm state_dict of this architecture")
 
 
@@ -413,16 +413,9 @@ BUNDLED: dict[str, tuple[str, str, Callable[[dict[str, torch.Tensor]], dict[str,
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], dest: Path, *, metadata: dict[str, str]) -> None:
-    # temp name then os.replace: a concurrent reader sees either no file or the whole file
+    # staged and renamed: a concurrent reader sees either no file or the whole file
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(dest, save(tensors, metadata=metadata))
 
 
 # ------------------------------------------------------------------------------------------ data

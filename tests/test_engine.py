@@ -1,4 +1,7 @@
-"""The training engine on small synthetic spectrograms, with a tiny timm model."""
+"""The training engine on small synthetic spectrograms, with a tiny timm model.
+
+Tests that train are marked slow; the name tables and device check are fast.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +12,11 @@ import timm
 import torch
 
 from harness.callbacks import EpochReport, FitResult, StopTraining
-from harness.config import Augment, TrainConfig
+from harness import engine
+from harness.config import LOSSES, OPTIMIZERS, Augment, TrainConfig
 from harness.data.dataset import SplitArrays
 from harness.engine import TrainingDiverged, fit, head_outputs, seed_everything
+from harness.errors import ConfigError
 
 NO_AUG = Augment(time_mask=0, freq_mask=0, time_shift=0)
 
@@ -57,6 +62,7 @@ def _fit(tmp_path: Path, cfg: TrainConfig, callbacks=(), loss: str = "bce", **da
                out_dir=tmp_path, callbacks=callbacks)
 
 
+@pytest.mark.slow
 def test_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -75,6 +81,7 @@ def test_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
     assert rec.info["device"] == "cpu" and rec.info["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=2, batch_size=16, device="cpu", patience=0)
     a = _fit(tmp_path / "a", cfg)
@@ -82,6 +89,7 @@ def test_same_seed_same_run(tmp_path: Path) -> None:
     assert np.allclose(a.val_scores, b.val_scores, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_callback_stop_and_early_stopping(tmp_path: Path) -> None:
     rec = Recorder(stop_at=2)
     result = _fit(tmp_path, TrainConfig(epochs=5, batch_size=16, device="cpu"), [rec])
@@ -91,6 +99,7 @@ def test_callback_stop_and_early_stopping(tmp_path: Path) -> None:
     assert flat.stopped_by == "early stopping" and len(flat.history) < 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("loss", "optimizer"), [("ce", "sgd"), ("focal", "radam"), ("bce", "adamw")])
 def test_losses_and_optimizers_train(tmp_path: Path, loss: str, optimizer: str) -> None:
     cfg = TrainConfig(epochs=3, batch_size=16, lr=3e-3 if optimizer != "sgd" else 3e-2, loss=loss, optimizer=optimizer,
@@ -99,12 +108,14 @@ def test_losses_and_optimizers_train(tmp_path: Path, loss: str, optimizer: str) 
     assert result.best_metrics["val_auc"] > 0.75
 
 
+@pytest.mark.slow
 def test_nan_loss_is_an_error(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=3, batch_size=16, lr=1e12, optimizer="sgd", grad_clip=0, device="cpu")
     with pytest.raises(TrainingDiverged, match="train loss became nan in epoch"):
         _fit(tmp_path, cfg)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_checkpoint_and_reports(tmp_path: Path) -> None:
     class Interrupt(Recorder):
         def on_epoch(self, report: EpochReport) -> None:
@@ -116,3 +127,24 @@ def test_ctrl_c_keeps_the_checkpoint_and_reports(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, TrainConfig(epochs=5, batch_size=16, device="cpu"), [rec])
     assert rec.events[-1] == "end" and (tmp_path / "best.safetensors").exists()
+
+
+def test_every_configured_loss_and_optimizer_is_implemented() -> None:
+    # The config refuses other names, so the engine has no fallback branch: the two lists must agree.
+    assert set(engine._LOSSES) == set(LOSSES) and set(engine._OPTIMIZERS) == set(OPTIMIZERS)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    for loss in LOSSES:
+        cfg = TrainConfig(loss=loss, label_smoothing=0.1)
+        logits = torch.linspace(-1, 1, 4 * head_outputs(loss)).view(4, -1)
+        value = engine.loss_fn(cfg, logits, target)
+        assert value.ndim == 0 and torch.isfinite(value) and value > 0
+    for optimizer in OPTIMIZERS:
+        built = engine.make_optimizer(TrainConfig(optimizer=optimizer, lr=0.02), tiny())
+        assert [g["lr"] for g in built.param_groups] == [0.02, 0.02]
+        assert [g["weight_decay"] for g in built.param_groups] == [0.01, 0.0]  # none on biases and norms
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu_is_bad_input() -> None:
+    with pytest.raises(ConfigError, match="^device cuda:1 asked for, but torch sees no CUDA device$"):
+        engine.pick_device("cuda:1")

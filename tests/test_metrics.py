@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from harness.metrics import (
+    MetricsError,
     _resample_counts,
     _weighted_aucs,
     best_f1,
@@ -199,3 +200,4 @@ def test_invalid_input_raises(fn, y, s, message):
     with pytest.raises(ValueError, match=message) as info:
         fn(np.asarray(y), np.asarray(s))
     assert "\n" not in str(info.value)
+    assert isinstance(info.value, MetricsError) and info.value.exit_code == 1  # a failed job on the command line

@@ -94,6 +94,7 @@ def crops(n: int, seed: int) -> SplitArrays:
     return SplitArrays(inputs={"video": video}, labels=labels.astype(np.int64), names=[f"c{i}.mp4" for i in range(n)])
 
 
+@pytest.mark.slow
 def test_the_engine_learns_from_face_crops(tmp_path: Path) -> None:
     cfg = config("video")
     torch.manual_seed(0)
@@ -104,6 +105,7 @@ def test_the_engine_learns_from_face_crops(tmp_path: Path) -> None:
     assert max(aucs) > 0.9, aucs
 
 
+@pytest.mark.slow
 def test_fusion_trains_with_clips_missing_one_input(tmp_path: Path) -> None:
     cfg = config("fusion")
     data = crops(48, 2)
@@ -141,6 +143,7 @@ def test_submission_scores_each_test_clip_from_what_it_has(fusion_weights: Path,
     assert fallbacks[0].reason == "audio: undecodable; video: undecodable"
 
 
+@pytest.mark.slow
 def test_jpeg_augmentation_re_encodes_training_crops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import harness.engine as engine
     from harness.config import Augment

@@ -5,6 +5,13 @@ and only the default-location test creates a second.
 """
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +21,9 @@ from safetensors.numpy import save_file
 from harness import tracking
 from harness.callbacks import EpochReport, FitResult
 from harness.config import Augment, AudioFeatures, RunConfig, TrainConfig
+from harness.errors import BadInput
 from harness.metrics import classification_metrics
+from tests.conftest import isolated_home
 
 ROOT = Path(__file__).resolve().parent.parent
 N_EPOCHS = 3
@@ -190,6 +199,17 @@ def test_load_run_config_round_trip(store, finished):
     assert tracking.load_run_config(client, rec.run_id) == (config, checkpoint)  # from the cache
 
 
+def test_a_download_killed_midway_is_cleaned_by_the_next(store, tmp_path):
+    client, experiment_id, home = store
+    rec = record(client, experiment_id, fake_fit(tmp_path, n=10))
+    runs = home / ".cache" / "runs"
+    stale = runs / f".{rec.run_id}.tmp-{_dead_pid()}"  # what a kill -9 during a download leaves
+    (stale / "checkpoint").mkdir(parents=True)
+    config, checkpoint = tracking.load_run_config(client, rec.run_id)
+    assert checkpoint.is_file() and checkpoint.parent.parent == runs / rec.run_id
+    assert not stale.exists() and not list(runs.glob(".*.tmp-*"))
+
+
 def test_load_run_config_unknown_or_without_checkpoint(store):
     client, experiment_id, _ = store
     with pytest.raises(LookupError, match="no run"):
@@ -269,3 +289,172 @@ def test_package_versions():
 def test_ui_url_opens_model_training_view():
     assert tracking.ui_url("127.0.0.1", 5000) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
     assert tracking.ui_url("0.0.0.0", 8080).startswith("http://127.0.0.1:8080/#/")
+
+
+# ---- runs left RUNNING by a dead process, and the UI server
+
+
+def test_runs_record_their_host_and_pid(store, finished):
+    client, _, _ = store
+    rec, _ = finished
+    tags = client.get_run(rec.run_id).data.tags
+    assert (tags["harness.host"], tags["harness.pid"]) == (socket.gethostname(), str(os.getpid()))
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_close_dead_runs_closes_only_this_hosts_gone_processes(store):
+    client, _, _ = store
+    experiment_id = tracking.get_or_create_experiment(client, "dead runs")
+    host, me, dead = socket.gethostname(), str(os.getpid()), str(_dead_pid())
+
+    def running(tags: dict[str, str], **kwargs) -> str:
+        return client.create_run(experiment_id, tags=tags, **kwargs).info.run_id
+
+    gone = running({"harness.host": host, "harness.pid": dead})
+    # our own pid, but the run started a day before this process did: the pid was reused
+    reused = running({"harness.host": host, "harness.pid": me}, start_time=int((time.time() - 86400) * 1000))
+    alive = running({"harness.host": host, "harness.pid": me})
+    elsewhere = running({"harness.host": host + "-other", "harness.pid": dead})
+    untagged = running({})  # older runs and study parents carry no owner: left alone
+    # a study's trial: its study closes it, recording the trial's state too
+    trial = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged})
+
+    assert set(tracking.close_dead_runs(client)) == {gone, reused}
+    for run_id in (gone, reused):
+        run = client.get_run(run_id)
+        assert (run.info.status, run.data.tags["orphaned"]) == ("KILLED", "true")
+    for run_id in (alive, elsewhere, trial, untagged):
+        assert client.get_run(run_id).info.status == "RUNNING"
+        client.set_terminated(run_id)
+    assert tracking.close_dead_runs(client) == []
+
+
+def test_ui_url_opens_an_experiments_runs_in_model_training_view(store):
+    client, _, _ = store
+    experiment_id = tracking.get_or_create_experiment(client, "newest")
+    client.set_terminated(client.create_run(experiment_id).info.run_id)
+    assert tracking.latest_experiment(client) == experiment_id
+    assert tracking.ui_url("127.0.0.1", 5000, experiment_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+
+
+def test_check_port_free():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BadInput, match=f"port {port} on 127.0.0.1 is in use"):
+            tracking.check_port_free("127.0.0.1", port)
+    tracking.check_port_free("127.0.0.1", port)  # closed: free again
+
+
+KEEP_A_RUN_OPEN = """
+import time
+from harness import tracking
+from harness.config import RunConfig
+
+client = tracking.setup()
+rec = tracking.RunRecorder(client, experiment_id=tracking.get_or_create_experiment(client, "crash"), run_name="doomed",
+                           config=RunConfig())
+print(rec.run_id, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tmp_path):
+    with isolated_home(tmp_path):
+        doomed = subprocess.Popen([sys.executable, "-c", KEEP_A_RUN_OPEN], stdout=subprocess.PIPE, text=True)
+        try:
+            run_id = doomed.stdout.readline().strip()
+        finally:
+            doomed.kill()  # SIGKILL: no handler runs, the run stays RUNNING
+            doomed.wait()
+        client = tracking.setup()
+        assert client.get_run(run_id).info.status == "RUNNING"
+        experiment_id = tracking.get_or_create_experiment(client, "crash")
+        with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="next", config=CONFIG) as rec:
+            killed = client.get_run(run_id)
+            assert (killed.info.status, killed.data.tags["orphaned"]) == ("KILLED", "true")
+            assert killed.data.tags["harness.pid"] == str(doomed.pid)
+            assert client.get_run(rec.run_id).info.status == "RUNNING"
+
+
+def _processes_in_session(sid: int) -> dict[int, tuple[str, int]]:
+    """pid -> (command line, RSS in kB) of every live process in session `sid`, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3] is the session id; Z: a zombie
+            rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+            found[int(entry.name)] = (cmdline, rss)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry.name))
+            except OSError:
+                continue
+    return kids
+
+
+@pytest.mark.slow
+def test_harness_ui_is_ready_when_it_prints_and_sigterm_stops_the_whole_server(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with isolated_home(tmp_path):
+        client = tracking.setup()
+        experiment_id = tracking.get_or_create_experiment(client, "shown")
+        client.set_terminated(client.create_run(experiment_id).info.run_id)
+        ui = subprocess.Popen([sys.executable, "-c", "from harness.cli import main; main()", "ui", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = ui.stdout.readline().strip()
+            # ready when printed: the health check answers at once, and the page is the newest experiment's runs
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                assert answer.status == 200
+            assert line == (f"MLflow UI: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
+                            f"?workflowType=machine_learning  (Ctrl-C to stop)")
+            (server,) = _children(ui.pid)
+            tree = _processes_in_session(server)
+            print(f"\nharness ui: {len(tree) + 1} processes with harness itself; server tree {len(tree)} processes, "
+                  f"RSS {sum(r for _, r in tree.values()) / 1024:.0f} MB: "
+                  + "; ".join(f"{c[:60]} {r / 1024:.0f} MB" for c, r in tree.values()))
+            assert not any("huey" in command for command, _ in tree.values())  # no background job workers
+            assert len(tree) <= 2  # mlflow server and its one uvicorn worker
+
+            again = CliRunner().invoke(app, ["ui", "--port", str(port)])  # a second one on the same port
+            assert again.exit_code == 2 and "is in use" in again.output
+
+            ui.send_signal(signal.SIGTERM)
+            assert ui.wait(timeout=30) == 130
+        finally:
+            ui.kill()
+        deadline = time.monotonic() + 10
+        while _processes_in_session(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_in_session(server) == {}  # nothing left running
+        tracking.check_port_free("127.0.0.1", port)  # and nothing holding the port

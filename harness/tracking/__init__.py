@@ -1,10 +1,11 @@
 """Everything that talks to MLflow lives in this package; nothing outside it imports mlflow.
 
 - `store`: the store (SQLite under mlruns/ or `MLFLOW_TRACKING_URI`), experiments, run lookup
-  (`best`, `last`), checkpoint download, closing orphaned runs.
+  (`best`, `last`), checkpoint download, closing orphaned runs (`close_orphans` under a study,
+  `close_dead_runs` for runs whose recorded process is gone).
 - `recorder`: `RunRecorder`, one training run fed by the engine's callbacks.
 - `tags`: every tag key and the status contract.
-- `ui`: the MLflow UI server.
+- `ui`: the MLflow UI server (`UiServer`), its URL and the port check.
 
 Importing this package imports mlflow (about a second): commands import it inside their bodies.
 """
@@ -22,19 +23,22 @@ from harness.tracking import tags  # noqa: E402
 from harness.tracking.recorder import RunRecorder  # noqa: E402
 from harness.tracking.store import (  # noqa: E402
     RUN_ALIASES,
+    close_dead_runs,
     close_orphans,
     get_or_create_experiment,
     get_run,
     git_state,
     load_run_config,
     package_versions,
+    process_tags,
     resolve_run_id,
     run_git,
     setup,
 )
-from harness.tracking.ui import serve_ui, ui_url  # noqa: E402
+from harness.tracking.ui import UiServer, check_port_free, latest_experiment, ui_url  # noqa: E402
 
 __all__ = [
-    "RUN_ALIASES", "RunRecorder", "close_orphans", "get_or_create_experiment", "get_run", "git_state",
-    "load_run_config", "package_versions", "resolve_run_id", "run_git", "serve_ui", "setup", "tags", "ui_url",
+    "RUN_ALIASES", "RunRecorder", "UiServer", "check_port_free", "close_dead_runs", "close_orphans",
+    "get_or_create_experiment", "get_run", "git_state", "latest_experiment", "load_run_config",
+    "package_versions", "process_tags", "resolve_run_id", "run_git", "setup", "tags", "ui_url",
 ]

@@ -1,7 +1,10 @@
 """`RunRecorder`: one training run in MLflow, fed by the engine's callbacks.
 
 Statuses follow the contract in `harness.tracking.tags`: FINISHED; KILLED on Ctrl-C (or pruned,
-with `pruned_at_epoch`); FAILED with an `error` tag.
+with `pruned_at_epoch`); FAILED with an `error` tag. Each run records the machine and process that
+own it (`harness.host`, `harness.pid`); creating a recorder first closes this machine's top-level
+runs whose process is gone (`store.close_dead_runs`, once per process and store), so a run left
+RUNNING by a `kill -9` ends KILLED with `orphaned=true` as soon as any later command records a run.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from harness.config import RunConfig, flat, to_dict
 from harness.metrics import bootstrap_auc_interval, has_both_classes, validate
 from harness.plots import save_evaluation_plots
 from harness.tracking import tags as T
-from harness.tracking.store import git_state, package_versions
+from harness.tracking.store import close_dead_runs, git_state, package_versions, process_tags
 
 _T = TypeVar("_T")
 _ERROR_CHARS = 500
+_HEALED_STORES: set[str] = set()  # stores this process has already closed dead runs in
 
 
 class RunRecorder:
@@ -50,11 +54,14 @@ class RunRecorder:
         self.config = config
         self._log_seconds = 0.0
         self._finished = False
-        run_tags = {**git_state(paths.project_root()), **package_versions(), **(tags or {})}
-        if run_tags["git.commit"] != "unknown":
-            run_tags["mlflow.source.git.commit"] = run_tags["git.commit"]  # shown on the run page
+        if client.tracking_uri not in _HEALED_STORES:
+            self._timed(close_dead_runs, client)
+            _HEALED_STORES.add(client.tracking_uri)
+        run_tags = {**git_state(paths.project_root()), **package_versions(), **process_tags(), **(tags or {})}
+        if run_tags[T.GIT_COMMIT] != "unknown":
+            run_tags[T.MLFLOW_GIT_COMMIT] = run_tags[T.GIT_COMMIT]  # shown on the run page
         if parent_run_id is not None:
-            run_tags["mlflow.parentRunId"] = parent_run_id  # nests the run under its study
+            run_tags[T.MLFLOW_PARENT] = parent_run_id  # nests the run under its study
         run = self._timed(client.create_run, experiment_id, tags=run_tags, run_name=run_name)
         self.run_id: str = run.info.run_id
         self.run_name: str = run.info.run_name  # mlflow makes one up when run_name is None

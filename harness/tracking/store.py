@@ -1,5 +1,10 @@
 """The MLflow store: where runs live, experiments, run lookup, checkpoint download, orphan closing.
 
+Two closers of runs left RUNNING: `close_orphans` closes every RUNNING run under a study parent (or
+in an experiment) when its caller knows no process of its own still works on them; `close_dead_runs`
+closes top-level runs whose recorded process (tags `harness.host`, `harness.pid`) is gone from this
+machine, and runs whenever a run is created, so a `kill -9` is healed by the next command that writes.
+
 Runs live in a SQLite store (`mlruns/mlflow.db`) with artifacts under `mlruns/artifacts`, both at
 absolute paths from `harness.paths`, so every command finds them whatever the working folder
 (`MLFLOW_TRACKING_URI` overrides the store). MLflow 3.17 refuses the old file store by default.
@@ -12,10 +17,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from harness import paths
 from harness.config import RunConfig, from_dict
 from harness.errors import NotFound
+from harness.fileio import pid_alive, remove_stale_temporaries, temp_name
 from harness.tracking import tags as T
 
 # Schemes of SQLAlchemy stores. For these mlflow would put artifacts under ./mlruns relative to
@@ -133,7 +140,8 @@ def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]
     if "config.json" not in names or not weights:
         raise NotFound(f"run {run_id} has no checkpoint (it ended before its first validated epoch)")
     folder = _download_checkpoint(client, run_id)
-    config = from_dict(RunConfig, json.loads((folder / "config.json").read_text()))
+    config = from_dict(RunConfig, json.loads((folder / "config.json").read_text()),
+                       where=f"run {run_id} checkpoint/config.json")
     return config, folder / weights[0]
 
 
@@ -170,15 +178,21 @@ def get_run(client: MlflowClient, run_id: str) -> Any:
 
 
 def _download_checkpoint(client: MlflowClient, run_id: str) -> Path:
-    """Download into a fresh folder and rename it into place, so an interrupted download or a
-    concurrent one never leaves a half-filled cache entry behind."""
+    """Download into a staging folder and rename it into place, so an interrupted download or a
+    concurrent one never leaves a half-filled cache entry behind. The staging folder carries this
+    process's pid (`fileio.temp_name`), so one left by a killed download is removed by the next."""
     final = paths.project_root() / ".cache" / "runs" / run_id
     if not final.is_dir():
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{run_id}.tmp-", dir=final.parent))
+        remove_stale_temporaries(final.parent, recursive=False)
+        staging = temp_name(final)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         try:
             client.download_artifacts(run_id, "checkpoint", str(staging))
-            staging.rename(final)
+            # A plain rename, not a replace: a concurrent download that finished first keeps its
+            # folder (a reader may hold its path), and this rename then fails harmlessly.
+            os.rename(staging, final)
         except OSError:
             if not final.is_dir():  # anything but losing a race with another download
                 raise
@@ -205,3 +219,59 @@ def close_orphans(client: MlflowClient, experiment_id: str, *, parent_run_id: st
         if not token:
             return closed
 
+
+def process_tags() -> dict[str, str]:
+    """The `harness.host` and `harness.pid` tags of a run this process creates."""
+    return {T.HOST: socket.gethostname(), T.PID: str(os.getpid())}
+
+
+def close_dead_runs(client: MlflowClient) -> list[str]:
+    """Close, as KILLED with `orphaned=true`, every RUNNING run of this store whose recorded host is
+    this machine and whose recorded process is gone (kill -9, a crash, a power cut); return their ids.
+
+    Runs without the tags (older runs, study parents), runs of other machines and runs under a
+    parent run (study trials: the study's own closer knows their trial's state and records it, see
+    `close_orphans`) are left alone. A pid that is alive again but belongs to a process started after
+    the run counts as gone (the kernel reuses pids). One search per page of RUNNING runs of this
+    host: milliseconds on SQLite.
+    """
+    host = socket.gethostname().replace("'", "")
+    query = f"attributes.status = '{T.RUNNING}' and tags.`{T.HOST}` = '{host}'"
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    closed: list[str] = []
+    token = None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, filter_string=query, page_token=token)
+        for run in page:
+            pid = run.data.tags.get(T.PID, "")
+            if T.MLFLOW_PARENT in run.data.tags:
+                continue
+            if pid.isdigit() and _process_gone(int(pid), run.info.start_time):
+                client.set_tag(run.info.run_id, T.ORPHANED, "true")
+                client.set_terminated(run.info.run_id, status=T.KILLED)
+                closed.append(run.info.run_id)
+        token = page.token
+        if not token:
+            break
+    return closed
+
+
+def _process_gone(pid: int, run_start_ms: int | None) -> bool:
+    if not pid_alive(pid):
+        return True
+    started = _process_start_time(pid)
+    # A process that started after the run did cannot have created it. Two seconds of slack: the
+    # kernel's boot time is whole seconds and the run is created well after its process starts.
+    return started is not None and run_start_ms is not None and started > run_start_ms / 1000 + 2
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from /proc; None where there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    # Field 22 (starttime, in clock ticks since boot) counts after the ")" that ends the command name.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,123 @@
+"""One error policy: typed errors carry their exit code, `harness.cli` maps them to one line once."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.config import ConfigError
+from harness.data.labels import DatasetError
+from harness.engine import TrainingDiverged
+from harness.errors import BadInput, HarnessError, JobFailed, NotFound, io_message
+from harness.metrics import MetricsError
+from harness.models import ModelRuleError, WeightsUnavailableError
+from tests.conftest import isolated_home
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (BadInput, 2), (ConfigError, 2), (NotFound, 2), (DatasetError, 2), (ModelRuleError, 2),
+        (WeightsUnavailableError, 2), (JobFailed, 1), (TrainingDiverged, 1), (MetricsError, 1),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else str(v),
+)
+def test_exit_code_table(error: type[HarnessError], code: int) -> None:
+    assert error.exit_code == code
+    # Older callers catch the built-in types: bad input is a ValueError, a failed job a RuntimeError.
+    assert issubclass(error, ValueError if code == 2 else RuntimeError)
+
+
+def _lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("command", [
+    ["prepare", "--data", "{data}"],
+    ["train", "--data", "{data}"],
+    ["check", "--backbone", "resnet18.a1_in1k"],
+])
+def test_the_same_mistake_gives_the_same_exit_code_everywhere(command: list[str], small_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    # An unknown modality was exit 2 in prepare and check but 1 in train; now one rule.
+    args = [a.format(data=small_dataset) for a in command] + ["--modality", "smell"]
+    with isolated_home(tmp_path):
+        result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert _lines(result.output) == ["error: modality: unknown modality 'smell'; choose from audio, video, fusion, image"]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_job_failure_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.data.demo as demo
+
+    def diverge(*args: object, **kwargs: object) -> Path:
+        raise TrainingDiverged("train loss became nan\nin epoch 3")
+
+    monkeypatch.setattr(demo, "make_demo_dataset", diverge)
+    result = runner.invoke(app, ["demo-data", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert _lines(result.output) == ["error: train loss became nan in epoch 3"]
+
+
+def test_no_space_left_is_one_line_naming_the_path_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.data.demo as demo
+
+    target = tmp_path / "d" / "trainset" / "clip_0001.mp4"
+
+    def full_disk(*args: object, **kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    monkeypatch.setattr(demo, "make_demo_dataset", full_disk)
+    result = runner.invoke(app, ["demo-data", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert _lines(result.output) == [f"error: no space left on device: {target}"]
+    assert "Traceback" not in result.output
+
+
+def test_io_message_names_both_paths_of_a_rename() -> None:
+    error = OSError(errno.EROFS, "Read-only file system", "/a/.x.tmp-1", None, "/a/x")
+    assert io_message(error) == "read-only file system: /a/.x.tmp-1 -> /a/x"
+
+
+def test_the_console_script_reports_one_line_without_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "HARNESS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    done = subprocess.run([sys.executable, "-c", "from harness.cli import main; main()", "train", "--loss", "foo"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert _lines(done.stderr) == ["error: train.loss: unknown loss 'foo'; choose from bce, ce, focal"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+NAP = """
+import sys, time
+from harness import cli
+
+@cli.app.command("nap")
+def nap() -> None:
+    print("ready", flush=True)
+    time.sleep(60)
+
+cli.main(["nap"])
+"""
+
+
+def test_sigterm_exits_130_like_ctrl_c() -> None:
+    process = subprocess.Popen([sys.executable, "-c", NAP], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert _lines(err) == ["interrupted"]
