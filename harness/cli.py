@@ -55,11 +55,6 @@ CacheOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    """Report and exit (left for the submit, predict, tune and dashboard bodies)."""
-    return typer.Exit(_report(message, code))
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"harness {__version__}")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
-from harness.config import LOSSES, OPTIMIZERS, Augment, TrainConfig  # noqa: F401 - names re-exported for older imports
+from harness.config import Augment, TrainConfig
 from harness.data.dataset import DeviceResident, SplitArrays, batches
 from harness.errors import BadInput, ConfigError, JobFailed
 from harness.fileio import write_bytes
