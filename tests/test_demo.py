@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from harness.data import demo as demo_module
+from harness.data.demo import dataset as demo_dataset
 from harness.data.demo import make_demo_dataset
 
 CLIPS, SECONDS = 20, 1.5
@@ -139,7 +140,7 @@ def test_an_interrupted_build_leaves_nothing_behind(tmp_path: Path, monkeypatch:
     def fail(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo_module, "_write_labels", fail)  # after the clips, before the marker
+    monkeypatch.setattr(demo_dataset, "_write_labels", fail)  # after the clips, before the marker
     with pytest.raises(KeyboardInterrupt):
         make_demo_dataset(tmp_path / "demo", clips=10, seconds=1.0)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,152 @@
+"""The demo set as a whole: the plan (names, splits, labels, artefacts), the parallel build, the label files."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.demo.audio import _audio_artefacts, _istft, _recording_chain, _tone, _voice_stft
+from harness.data.demo.clip import FPS, SAMPLE_RATE, _Clip, _rng
+from harness.data.demo.container import _encode
+from harness.data.demo.speech import _envelope, _syllables
+from harness.data.demo.video import _background, _camera, _draw_face, _face_swap, _paint_face
+
+# Bump whenever the generated content changes, so a folder made by older code is refused, not mixed.
+FORMAT = 1
+
+MARKER = ".demo.json"
+SPLIT_SHARES = (("train", 0.6), ("val", 0.2), ("test", 0.2))
+# Which modality a fake is fake in. A model of one modality cannot see the other's fakes, so its AUC
+# tops out well below 1 (about 0.85 for audio, 0.8 for video), much as on the real data.
+FAKE_KINDS = (("audio", 0.4), ("video", 0.3), ("both", 0.3))
+# Tuned so that a small CNN trained from scratch is near chance after one epoch and clearly better after
+# a few (log-mel: ~0.6 -> ~0.7 val AUC in 5 epochs; frames: ~0.55 -> ~0.65), and no single hand-made
+# feature (level, bandwidth, sharpness, harmonic contrast, file size) gets past about 0.72.
+STRENGTHS = (0.35, 0.65, 1.0)
+
+
+def make_demo_dataset(out: Path, *, clips: int = 240, seed: int = 0, seconds: float = 3.0) -> Path:
+    """Write the demo data set to `out` and return `out`; return at once if it is already there.
+
+    The set is built in a sibling folder and moved into place in one rename, so an interrupted run
+    never leaves a half data set at `out`. Raises ValueError when `out` holds something else (another
+    demo with other parameters, or foreign files), rather than silently mixing two data sets.
+    """
+    if clips < 10:
+        raise ValueError(f"clips must be at least 10 so that every split holds both classes, got {clips}")
+    if seconds < 1.0:
+        raise ValueError(f"seconds must be at least 1.0 so that a clip holds a few syllables, got {seconds}")
+    out = Path(out)
+    params = {"format": FORMAT, "clips": int(clips), "seed": int(seed), "seconds": float(seconds)}
+    if _is_complete(out, params):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier, killed process that had our pid
+    try:
+        _build(tmp, _plan(clips, seed, float(seconds)), params)
+        try:
+            os.replace(tmp, out)  # also succeeds onto an empty folder
+        except OSError:
+            if not _is_complete(out, params):  # someone else finished the same set first: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _is_complete(out: Path, params: dict) -> bool:
+    """True when `out` already holds this very set; False when it is absent or empty."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    marker = out / MARKER
+    if not marker.is_file():
+        raise ValueError(f"{out} exists and is not a demo data set; pick another folder or delete it")
+    found = json.loads(marker.read_text())
+    if found != params:
+        raise ValueError(
+            f"{out} holds a demo data set made with {found}, not {params}; pick another folder or delete it"
+        )
+    return True
+
+
+def _plan(clips: int, seed: int, seconds: float) -> list[_Clip]:
+    """Names, splits, labels and artefact strengths, all drawn from `seed`, in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    names = [rng.bytes(16).hex() + ".mp4" for _ in range(clips)]
+    shares = dict(SPLIT_SHARES)
+    n_val, n_test = round(clips * shares["val"]), round(clips * shares["test"])
+    sizes = {"train": clips - n_val - n_test, "val": n_val, "test": n_test}
+    rows = []
+    for split, n in sizes.items():
+        kinds = _fake_kinds(n // 2) + ["real"] * (n - n // 2)
+        for kind in rng.permutation(kinds):
+            audio = float(rng.choice(STRENGTHS)) if kind in ("audio", "both") else 0.0
+            video = float(rng.choice(STRENGTHS)) if kind in ("video", "both") else 0.0
+            rows.append((split, int(kind != "real"), audio, video))
+    order = rng.permutation(clips)
+    return [_Clip(names[i], *rows[j], seed=seed, index=i, seconds=seconds) for i, j in enumerate(order)]
+
+
+def _fake_kinds(n: int) -> list[str]:
+    """`n` fake kinds in the FAKE_KINDS shares, exact up to rounding, so each split gets the mix."""
+    audio = round(n * FAKE_KINDS[0][1])
+    video = round(n * FAKE_KINDS[1][1])
+    return ["audio"] * audio + ["video"] * video + ["both"] * (n - audio - video)
+
+
+def _build(folder: Path, plan: list[_Clip], params: dict) -> None:
+    for split, _ in SPLIT_SHARES:
+        (folder / f"{split}set").mkdir(parents=True)
+    (folder / ".answers").mkdir()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Spawned workers: the caller may have torch or other threaded libraries loaded, which fork breaks.
+    with ProcessPoolExecutor(min(cpus, 8), mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_write_clip, plan, [folder] * len(plan), chunksize=4))
+    _write_labels(folder, plan)
+    (folder / MARKER).write_text(json.dumps(params, indent=2) + "\n")
+
+
+def _write_labels(folder: Path, plan: list[_Clip]) -> None:
+    def lines(header: str, rows: list[str]) -> str:
+        return "\n".join([header, *rows]) + "\n"
+
+    label_files = {"train": "train_label.txt", "val": "val_label.txt", "test": ".answers/test_label.txt"}
+    for split, path in label_files.items():
+        rows = [f"{c.name},{c.target}" for c in plan if c.split == split]
+        (folder / path).write_text(lines("video_name,target", rows))
+    tests = [f"{c.name},0.5" for c in plan if c.split == "test"]
+    (folder / "test_template.csv").write_text(lines("video_name,score", tests))
+    detail = [f"{c.name},{c.split},{c.target},{c.audio_fake},{c.video_fake}" for c in plan]
+    header = "video_name,split,target,audio_artefact,video_artefact"  # artefact strengths, 0 = genuine
+    (folder / ".answers/clips.csv").write_text(lines(header, detail))
+
+
+def _write_clip(clip: _Clip, folder: Path) -> None:
+    n = round(clip.seconds * SAMPLE_RATE)
+    syllables = _syllables(_rng(clip, "speech"), clip.seconds)
+    spec = _voice_stft(_rng(clip, "voice"), syllables, n)
+    buzz = None
+    if clip.audio_fake:
+        spec, buzz = _audio_artefacts(_rng(clip, "audio fake"), spec, clip.audio_fake)
+    voice = _istft(spec, n)
+    if buzz is not None:
+        level, hz = buzz
+        voice += level * np.sqrt(np.mean(voice**2)) * _tone(hz, n)
+    audio = _recording_chain(_rng(clip, "room"), voice)
+
+    times = np.arange(round(clip.seconds * FPS)) / FPS
+    look = _rng(clip, "look")
+    background = _background(look, len(times))
+    face = _draw_face(look, _envelope(syllables, times), times)
+    colour, alpha = _paint_face(face)
+    video = background * (1 - alpha[..., None]) + colour * alpha[..., None]
+    if clip.video_fake:
+        video = _face_swap(_rng(clip, "video fake"), video, face, syllables, times, clip.video_fake)
+    video = _camera(_rng(clip, "camera"), video)
+    _encode(folder / f"{clip.split}set" / clip.name, video, audio)
