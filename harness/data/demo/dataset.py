@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -15,6 +16,8 @@ from harness.data.demo.clip import FPS, SAMPLE_RATE, _Clip, _rng
 from harness.data.demo.container import _encode
 from harness.data.demo.speech import _envelope, _syllables
 from harness.data.demo.video import _background, _camera, _draw_face, _face_swap, _paint_face
+from harness.errors import BadInput
+from harness.fileio import atomic_dir, pid_alive, write_text
 
 # Bump whenever the generated content changes, so a folder made by older code is refused, not mixed.
 FORMAT = 1
@@ -33,31 +36,40 @@ STRENGTHS = (0.35, 0.65, 1.0)
 def make_demo_dataset(out: Path, *, clips: int = 240, seed: int = 0, seconds: float = 3.0) -> Path:
     """Write the demo data set to `out` and return `out`; return at once if it is already there.
 
-    The set is built in a sibling folder and moved into place in one rename, so an interrupted run
-    never leaves a half data set at `out`. Raises ValueError when `out` holds something else (another
-    demo with other parameters, or foreign files), rather than silently mixing two data sets.
+    The set is built in a hidden sibling folder (every file fsynced) and swapped into place with
+    renames (`harness.fileio.atomic_dir`), so an interrupted run never leaves a half data set at
+    `out`; what a killed build left is removed by the next one. Raises BadInput (a ValueError) when
+    `out` holds something else (another demo with other parameters, or foreign files), rather than
+    silently mixing two data sets.
+
+    Example:
+        >>> make_demo_dataset(Path("/tmp/demo"), clips=10, seconds=1.0)  # doctest: +SKIP
+        PosixPath('/tmp/demo')
     """
     if clips < 10:
-        raise ValueError(f"clips must be at least 10 so that every split holds both classes, got {clips}")
+        raise BadInput(f"clips must be at least 10 so that every split holds both classes, got {clips}")
     if seconds < 1.0:
-        raise ValueError(f"seconds must be at least 1.0 so that a clip holds a few syllables, got {seconds}")
+        raise BadInput(f"seconds must be at least 1.0 so that a clip holds a few syllables, got {seconds}")
     out = Path(out)
     params = {"format": FORMAT, "clips": int(clips), "seed": int(seed), "seconds": float(seconds)}
     if _is_complete(out, params):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier, killed process that had our pid
-    try:
-        _build(tmp, _plan(clips, seed, float(seconds)), params)
-        try:
-            os.replace(tmp, out)  # also succeeds onto an empty folder
-        except OSError:
-            if not _is_complete(out, params):  # someone else finished the same set first: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_builds(out)
+    with atomic_dir(out) as stage:
+        _build(stage, _plan(clips, seed, float(seconds)), params)
+        # Checked again at the swap: another process may have filled `out` meanwhile. The same set is
+        # replaced by an identical one; anything else raises, and the swap does not happen.
+        _is_complete(out, params)
     return out
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Staging folders of builds into `out` whose process is gone (killed mid-build)."""
+    for leftover in out.parent.glob(f".{out.name}.*"):
+        match = re.fullmatch(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)", leftover.name)
+        if match and not pid_alive(int(match.group(1))):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _is_complete(out: Path, params: dict) -> bool:
@@ -66,10 +78,10 @@ def _is_complete(out: Path, params: dict) -> bool:
         return False
     marker = out / MARKER
     if not marker.is_file():
-        raise ValueError(f"{out} exists and is not a demo data set; pick another folder or delete it")
+        raise BadInput(f"{out} exists and is not a demo data set; pick another folder or delete it")
     found = json.loads(marker.read_text())
     if found != params:
-        raise ValueError(
+        raise BadInput(
             f"{out} holds a demo data set made with {found}, not {params}; pick another folder or delete it"
         )
     return True
@@ -109,7 +121,7 @@ def _build(folder: Path, plan: list[_Clip], params: dict) -> None:
     with ProcessPoolExecutor(min(cpus, 8), mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_write_clip, plan, [folder] * len(plan), chunksize=4))
     _write_labels(folder, plan)
-    (folder / MARKER).write_text(json.dumps(params, indent=2) + "\n")
+    write_text(folder / MARKER, json.dumps(params, indent=2) + "\n")  # last: it marks a complete set
 
 
 def _write_labels(folder: Path, plan: list[_Clip]) -> None:
@@ -119,12 +131,12 @@ def _write_labels(folder: Path, plan: list[_Clip]) -> None:
     label_files = {"train": "train_label.txt", "val": "val_label.txt", "test": ".answers/test_label.txt"}
     for split, path in label_files.items():
         rows = [f"{c.name},{c.target}" for c in plan if c.split == split]
-        (folder / path).write_text(lines("video_name,target", rows))
+        write_text(folder / path, lines("video_name,target", rows))
     tests = [f"{c.name},0.5" for c in plan if c.split == "test"]
-    (folder / "test_template.csv").write_text(lines("video_name,score", tests))
+    write_text(folder / "test_template.csv", lines("video_name,score", tests))
     detail = [f"{c.name},{c.split},{c.target},{c.audio_fake},{c.video_fake}" for c in plan]
     header = "video_name,split,target,audio_artefact,video_artefact"  # artefact strengths, 0 = genuine
-    (folder / ".answers/clips.csv").write_text(lines(header, detail))
+    write_text(folder / ".answers/clips.csv", lines(header, detail))
 
 
 def _write_clip(clip: _Clip, folder: Path) -> None:
@@ -149,4 +161,14 @@ def _write_clip(clip: _Clip, folder: Path) -> None:
     if clip.video_fake:
         video = _face_swap(_rng(clip, "video fake"), video, face, syllables, times, clip.video_fake)
     video = _camera(_rng(clip, "camera"), video)
-    _encode(folder / f"{clip.split}set" / clip.name, video, audio)
+    path = folder / f"{clip.split}set" / clip.name
+    _encode(path, video, audio)
+    _fsync(path)  # the folder is swapped in by a rename: its files must be on disk first
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
