@@ -5,6 +5,13 @@ average): opening and decoding in-process costs about 6.5 ms per clip against ab
 start alone for an `ffmpeg` subprocess per clip, and the tutorial's moviepy->WAV->librosa path costs
 about 165 ms per clip. Resampling goes through soxr (what librosa uses): about 1 ms per clip where
 FFmpeg's swresample in PyAV cost about 5 ms. (miniaudio's dr_mp3 on the demuxed stream was slower.)
+
+What a clip is, once for every reader (label files, the test folder, `harness predict`): a file whose
+suffix (any case) is in `CLIP_SUFFIXES` (a video container, or an audio-only file: both decode
+through `decode_audio`, and an audio-only clip asked for faces fails as "no video stream", like any
+clip without a picture) or, for the image track, in `IMAGE_SUFFIXES`. `is_clip`, `is_image` and
+`is_media` apply the rule to a path. Folder walks also skip hidden files (`.DS_Store`, macOS's
+`._clip.mp4` companions); a name given explicitly is judged by its suffix alone.
 """
 from __future__ import annotations
 
@@ -13,6 +20,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"})
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
+CLIP_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+
+
+def is_clip(path: Path | str) -> bool:
+    """Named as a clip: a video container or an audio-only file (`.MP4` counts)."""
+    return Path(path).suffix.lower() in CLIP_SUFFIXES
+
+
+def is_image(path: Path | str) -> bool:
+    """Named as a face image (the image track)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_media(path: Path | str) -> bool:
+    """A clip or a face image: what a folder given to `harness predict` is expanded to."""
+    return is_clip(path) or is_image(path)
 
 
 class MediaError(Exception):
