@@ -120,7 +120,7 @@ def detector(cfg: VideoFeatures) -> FaceDetector:
 
 
 # Bump when frame sampling or cropping changes what a clip's crops are: the cache keys crops by it.
-CROPS_REVISION = 2
+CROPS_REVISION = 3  # 3: frames turned upright by the display matrix
 
 
 def crops_revision(cfg: VideoFeatures) -> str:

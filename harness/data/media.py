@@ -15,6 +15,8 @@ clip without a picture) or, for the image track, in `IMAGE_SUFFIXES`. `is_clip`,
 """
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,7 +207,8 @@ def _decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 -
 
 def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     """`count` RGB uint8 frames spread evenly over the first video track (fewer when the clip has
-    fewer, or breaks before the later ones; never more).
+    fewer, or breaks before the later ones; never more), turned upright by the stream's display
+    matrix as players show them (a phone's portrait clip is stored sideways).
 
     The i-th pick is the first decoded frame at or after (i + 0.5) / count of the declared length; a
     frame is picked once even when it is the first after several targets (a clip with fewer frames).
@@ -238,7 +241,7 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
                     t = frame.time if frame.time is not None else 0.0
                 if t < targets[target] - 1e-6:
                     continue
-                picked.append(frame.to_ndarray(format="rgb24"))
+                picked.append(upright(frame.to_ndarray(format="rgb24"), display_matrix(frame)))
                 while target < count and targets[target] <= t + 1e-6:  # a frame serves each target once
                     target += 1
                 if target == count:
@@ -249,6 +252,45 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     if not picked:
         raise Undecodable(path, "the video track decoded to no frames")
     return picked
+
+
+def display_matrix(frame) -> tuple[int, ...] | None:  # noqa: ANN001 - av.VideoFrame
+    """The frame's display matrix (FFmpeg's 9 int32, 16.16 fixed point), or None.
+
+    FFmpeg attaches the stream's matrix (mp4 `tkhd`, what phones write) to every decoded frame."""
+    for side in frame.side_data:
+        if getattr(side.type, "name", "") == "DISPLAYMATRIX":
+            return struct.unpack("=9i", bytes(side))
+    return None
+
+
+def upright(rgb: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
+    """`rgb` (H, W, 3) as players show it: the display matrix applied as `ffmpeg` and `ffplay` apply it.
+
+    The same decision as fftools' autorotate (quarter turns, transposes and flips, chosen by the
+    rotation angle and the signs of the matrix entries); an angle that is not a quarter turn is
+    left as stored (ffmpeg would rotate and pad with black).
+    """
+    if matrix is None:
+        return rgb
+    a, b, c, d = (v / 65536.0 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
+    if scale_x == 0 or scale_y == 0:
+        return rgb
+    theta = float(round(math.degrees(math.atan2(b / scale_y, a / scale_x))))  # = -av_display_rotation_get
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # into [0, 360)
+    if abs(theta - 90) < 1:
+        out = rgb.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(rgb, -1)  # transpose cclock_flip | clock
+    elif abs(theta - 270) < 1:
+        out = rgb[::-1, ::-1].transpose(1, 0, 2) if matrix[3] < 0 else np.rot90(rgb, 1)  # clock_flip | cclock
+    elif abs(theta - 180) < 1:
+        out = rgb[:, ::-1] if matrix[0] < 0 else rgb  # hflip
+        out = out[::-1] if matrix[4] < 0 else out  # vflip
+    elif abs(theta) < 1:
+        out = rgb[::-1] if matrix[4] < 0 else rgb  # vflip
+    else:
+        return rgb
+    return np.ascontiguousarray(out)
 
 
 def _count_frames(path: Path) -> int:
