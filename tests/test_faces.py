@@ -62,6 +62,7 @@ def test_a_crop_near_the_border_keeps_the_face_in_place() -> None:
     assert crop[20, 20].mean() == 255  # the box's centre stays at the crop's centre
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_a_clip_without_video_is_reported_not_fatal(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write_clip(root / "trainset" / "av.mp4", seconds=1.0)
@@ -79,6 +80,7 @@ def test_a_clip_without_video_is_reported_not_fatal(tmp_path: Path) -> None:
     assert report.frames == FACES.frames and report.fallback_frames == FACES.frames
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_the_image_track_prepares_one_crop_per_image(shared_sample: Path, tmp_path: Path) -> None:
     import cv2
 
