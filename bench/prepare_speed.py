@@ -10,17 +10,23 @@ Three measurements on the same clips, in one run:
            warm pool, into a new cache each time.
 decode-only and prepare alternate --rounds times (machine noise here moves one 2 s figure by up to
 10%); every round's ratio is printed, and the median.
+With --against REF, only this tree's prepare and the prepare of `harness/data/cache.py` at git
+revision REF are timed, alternating in one warm pool: a build into a new cache, then a second run
+over it (everything reused: what `train` pays before each run), with each round's time ratio
+(this tree / REF). That is how the cost of verifying the cache (CRC-32s, fsyncs) was measured.
 Sets: the 10 shared real clips copied under new names (--copies times) and a generated demo set.
 With --seed-settings the features use the tutorial's settings, and the images are compared with the
 seed's: mean absolute difference in grey levels.
 
-    python bench/prepare_speed.py [--copies 40] [--demo-clips 300] [--workers 2] [--rounds 5]
+    python bench/prepare_speed.py [--copies 40] [--demo-clips 300] [--workers 2] [--rounds 5] [--against REF]
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +119,44 @@ def prepare_rate(pool, data: Path, cfg: AudioFeatures, cache: Path) -> float:  #
     return report.done / seconds
 
 
+def baseline_prepare(ref: str, folder: Path):  # noqa: ANN201 - the baseline's prepare_features
+    """`prepare_features` from harness/data/cache.py at git revision `ref`, importable by spawned workers
+    (the module is written to `folder`, which goes on sys.path before the pool starts)."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:harness/data/cache.py"], capture_output=True,
+                            text=True, check=True).stdout
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "baseline_cache.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("baseline_cache").prepare_features
+
+
+def timed(prepare, data: Path, cfg: AudioFeatures, cache: Path, pool) -> tuple[float, int]:  # noqa: ANN001
+    start = time.perf_counter()
+    report = prepare(load_dataset(data), cfg, cache_root=cache, pool=pool)
+    return time.perf_counter() - start, report.done
+
+
+def compare(pool, sets: dict[str, Path], cfg: AudioFeatures, against, ref: str, rounds: int, tmp: Path) -> None:  # noqa: ANN001
+    """This tree's prepare against `against` (REF's), alternating; time ratios this/REF per round."""
+    for label, data in sets.items():
+        times: dict[str, list[float]] = {"build": [], "build REF": [], "reuse": [], "reuse REF": []}
+        for r in range(rounds):
+            order = [("", prepare_features), (" REF", against)]
+            for suffix, prepare in order if r % 2 == 0 else order[::-1]:  # neither always goes first
+                cache = tmp / f"cmp-{label[:4]}-{r}{suffix.strip()}"
+                seconds, done = timed(prepare, data, cfg, cache, pool)
+                assert done > 0
+                times[f"build{suffix}"].append(seconds)
+                seconds, done = timed(prepare, data, cfg, cache, pool)
+                assert done == 0
+                times[f"reuse{suffix}"].append(seconds)
+        for kind in ("build", "reuse"):
+            ratios = [a / b for a, b in zip(times[kind], times[f"{kind} REF"])]
+            print(f"{label:>10} {kind}: this tree {1000 * np.median(times[kind]):.0f} ms, {ref} "
+                  f"{1000 * np.median(times[f'{kind} REF']):.0f} ms (medians of {rounds}); time ratio this/{ref} "
+                  f"median {np.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+
+
 def seed_difference() -> list[float]:
     """Mean absolute difference between the seed's images and ours with the seed's settings."""
     sys.path.insert(0, str(SHARED / "bench"))
@@ -135,6 +179,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="decode-only/prepare pairs, alternating (default 5)")
     ap.add_argument("--seed-settings", action="store_true", help="use the tutorial's feature settings for prepare")
+    ap.add_argument("--against", metavar="REF", help="compare prepare with harness/data/cache.py at git revision REF only")
     args = ap.parse_args()
     cfg = SEED_AUDIO if args.seed_settings else AudioFeatures()
 
@@ -146,6 +191,13 @@ def main() -> int:
 
             sets[f"demo {args.demo_clips}"] = make_demo_dataset(tmp / "demo", clips=args.demo_clips, seed=1)
         print(f"features: {cfg.key()} ({'seed settings' if args.seed_settings else 'defaults'}), workers={args.workers}, cores={os.cpu_count()}")
+        if args.against:
+            against = baseline_prepare(args.against, tmp / "baseline")
+            with make_pool(args.workers) as pool:
+                for data in sets.values():
+                    warm(pool, sorted(data.glob("*set/*.mp4"))[0], args.workers, cfg)
+                compare(pool, sets, cfg, against, args.against, args.rounds, tmp)
+            return 0
         with make_pool(args.workers) as pool:
             for label, data in sets.items():
                 clips = sorted(data.glob("*set/*.mp4"))

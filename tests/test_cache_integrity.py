@@ -242,3 +242,36 @@ def test_a_full_disk_through_the_command_is_one_line_exit_1(small_dataset: Path,
     [line] = [line for line in err.splitlines() if line.startswith("error:")]
     assert line.startswith("error: no space left on device: ") and line.endswith("settings.json") and "Traceback" not in err
     assert temporaries(tmp_path / "c") == []
+
+
+def test_the_quick_check_trusts_an_unmoved_mtime_and_verify_reads_everything(prepared: PrepareReport, small_dataset: Path,
+                                                                            pool: ThreadPoolExecutor) -> None:
+    """Bytes changed in place under the recorded mtime (failing media) pass the quick check (a stat a
+    file); `verify=True` computes every CRC-32 and finds them."""
+    array = prepared.cache / "val.npy"
+    before = array.stat()
+    intact = array.read_bytes()
+    flipped = bytearray(intact)
+    flipped[-10] ^= 0x01
+    array.write_bytes(bytes(flipped))
+    os.utime(array, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert prepare(small_dataset, prepared.cache.parent.parent, pool).repairs == []
+    full = prepare_features(load_dataset(small_dataset), CFG, cache_root=prepared.cache.parent.parent, pool=pool, verify=True)
+    assert full.repairs == ["repacked val: val.npy content differs from what was written (CRC-32)"]
+    assert array.read_bytes() == intact
+
+
+def test_a_copied_cache_is_checked_once_by_content_and_kept(prepared: PrepareReport, small_dataset: Path,
+                                                            pool: ThreadPoolExecutor) -> None:
+    """New mtimes (a copy without -p) send every file through its CRC-32; intact, they are kept and
+    known by their new mtimes."""
+    files = [p for p in prepared.cache.rglob("*") if p.suffix in (".npz", ".npy", ".csv")]
+    for path in files:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    moved = {p: p.stat().st_mtime_ns for p in files}
+    again = prepare(small_dataset, prepared.cache.parent.parent, pool)
+    assert (again.done, again.reused, again.repairs) == (0, 8, [])
+    assert {p: p.stat().st_mtime_ns for p in files} == moved  # nothing rewritten
+    manifest = Manifest.load(prepared.cache)
+    assert {manifest.shards[f"{p.parent.name}/{p.name}"]["mtime_ns"] for p in files if p.suffix == ".npz"} == \
+        {moved[p] for p in files if p.suffix == ".npz"}

@@ -116,13 +116,15 @@ def prepare_features(
     splits: tuple[str, ...] = ("train", "val", "test"),
     on_progress: Callable[[int, int], None] | None = None,
     pool: Executor | None = None,
+    verify: bool = False,
 ) -> PrepareReport:
     """Make sure every clip of `splits` has an intact entry in the cache, then pack each split.
 
     Returns a report of what was computed, reused, failed and repaired. Clip failures never raise;
     an I/O error (no space, read-only) raises OSError naming the path, leaving no temporary.
     `pool` lends an executor (benchmarks pass a warm one from `make_pool`); otherwise one is made
-    for the run and stopped with it.
+    for the run and stopped with it. Files are checked against the manifest quickly (a stat each;
+    see `harness.data.integrity`); `verify` reads every CRC-32 of the cache as well.
 
     Example:
         >>> report = prepare_features(load_dataset("data/demo"), AudioFeatures(), cache_root=Path(".cache"))  # doctest: +SKIP
@@ -146,7 +148,7 @@ def prepare_features(
         for split in splits:
             folder = out / SHARDS / split
             folder.mkdir(parents=True, exist_ok=True)
-            entries, broken = read_shards(folder, split, manifest)
+            entries, broken = read_shards(folder, split, manifest, full=verify)
             entries_of[str(folder)] = entries
             damaged += broken
             stems = stems_of[split] = [_item_stem(s) for s in ds.split(split)]
@@ -172,7 +174,8 @@ def prepare_features(
         manifest.save(out)  # the new shards' records (when anything changed)
         for split in splits:
             entries = entries_of[str(out / SHARDS / split)]
-            packed = pack_split(ds, cfg, out, split, entries=entries, stems=stems_of[split], manifest=manifest, fresh=fresh)
+            packed = pack_split(ds, cfg, out, split, entries=entries, stems=stems_of[split], manifest=manifest, fresh=fresh,
+                                full=verify)
             report.failures += packed.failures
             if packed.repaired:
                 report.repairs.append(packed.repaired)
@@ -281,5 +284,7 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
 
 
 def _write_failures(out: Path, failures: list[Failure]) -> None:
-    rows = [asdict(f) for f in failures]
-    write_file(out / "failures.csv", dict_csv_text(rows, ("split", "name", "reason", "detail")).encode())
+    text = dict_csv_text([asdict(f) for f in failures], ("split", "name", "reason", "detail")).encode()
+    path = out / "failures.csv"
+    if not path.exists() or path.read_bytes() != text:  # a run that changed nothing writes nothing
+        write_file(path, text)

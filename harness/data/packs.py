@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AudioFeatures, VideoFeatures
-from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, naming, write_file
+from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, naming, write_file
 from harness.data.labels import Dataset
 from harness.fileio import atomic_write, dict_csv_text
 
@@ -47,12 +47,14 @@ class Packed:
 
 
 def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: dict[str, tuple[Path, dict]],
-               stems: list[str], manifest: Manifest, fresh: dict[str, np.ndarray] | None = None) -> Packed:
+               stems: list[str], manifest: Manifest, fresh: dict[str, np.ndarray] | None = None,
+               full: bool = False) -> Packed:
     """Gather a split's shards into `<split>.npy` + `<split>.csv`, unless the pack on disk is current
     and matches its record.
 
     `stems` are each sample's id, `entries` id -> (shard, meta) from verified shards, `fresh` arrays
-    just computed (id -> array). Records the new pack in `manifest` (the caller saves it)."""
+    just computed (id -> array); `full` checks every CRC-32 of a current pack (`integrity.check_file`).
+    Records the new pack in `manifest` (the caller saves it)."""
     samples = ds.split(split)
     rows: list[dict[str, object]] = []
     result = Packed()
@@ -76,13 +78,13 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
     written = index_path.read_text(encoding="utf-8", errors="replace") if index_path.exists() else None
     if written == index_text:  # same samples, same items: current, if the array is intact
-        problem = _check_pack(array_path, shape, index_text, split, manifest) if array_path.exists() else "missing"
+        problem = _check_pack(array_path, shape, index_text, split, manifest, full) if array_path.exists() else "missing"
         if problem is None:
             return result
         result.repaired = f"repacked {split}: {array_path.name} {problem}"
     elif written is not None and (recorded := manifest.pack(split)) is not None:
         # An index unlike the one written (rather than one that the dataset changed) is damage too.
-        if (problem := recorded[1].mismatch(index_path)) is not None:
+        if (problem := check_file(index_path, recorded[1])[0]) is not None:
             result.repaired = f"repacked {split}: {index_path.name} {problem}"
     with naming(array_path), atomic_write(array_path, "wb") as f:
         writer = ChecksummedWriter(f)
@@ -90,7 +92,7 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
         for row in _packed_rows(items, cfg.shape, fresh or {}):
             writer.write(np.ascontiguousarray(row, dtype=np.uint8).data)
     index = write_file(index_path, index_text.encode())
-    manifest.add_pack(split, writer.record, index)
+    manifest.add_pack(split, writer.record.stamped(array_path), index)
     return result
 
 
@@ -101,7 +103,8 @@ def _header(shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split: str, manifest: Manifest) -> str | None:
+def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split: str, manifest: Manifest,
+                full: bool) -> str | None:
     """What is wrong with a split's array whose index is current, or None. A pack made before
     manifests existed is checked by its size and header alone, then recorded."""
     expected = len(_header(shape)) + math.prod(shape)
@@ -116,10 +119,13 @@ def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split
             return f"unreadable ({e})"
         if found.shape != shape or found.dtype != np.uint8:
             return f"holds {found.dtype} {found.shape}, {shape} expected"
-        manifest.add_pack(split, Record.of_file(array_path), Record.of(index_text.encode()))
+        manifest.add_pack(split, Record.of_file(array_path), Record.of(index_text.encode()).stamped(array_path.with_suffix(".csv")))
         return None
-    array, _ = recorded
-    return array.mismatch(array_path)
+    array, index = recorded
+    problem, current = check_file(array_path, array, full=full)
+    if problem is None:
+        manifest.add_pack(split, current, index.stamped(array_path.with_suffix(".csv")))  # a no-op unless copied
+    return problem
 
 
 def _packed_rows(items: list[tuple[str, Path, int] | None], shape: tuple[int, ...],

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AudioFeatures, VideoFeatures
-from harness.data.integrity import Manifest, Record, write_file
+from harness.data.integrity import Manifest, Record, check_file, write_file
 
 Features = AudioFeatures | VideoFeatures
 PARENT_POLL_S = 0.5  # how soon a worker notices that its parent is gone
@@ -144,13 +144,14 @@ def shard_key(split: str, shard: Path) -> str:
     return f"{split}/{shard.name}"
 
 
-def read_shards(folder: Path, split: str, manifest: Manifest) -> tuple[dict[str, tuple[Path, dict]], list[DamagedShard]]:
+def read_shards(folder: Path, split: str, manifest: Manifest, *, full: bool = False
+                ) -> tuple[dict[str, tuple[Path, dict]], list[DamagedShard]]:
     """id -> (shard, its meta entry) for every clip in a split's sound shards, and the damaged ones.
 
-    A shard with a record must match it (size, then CRC-32 over its bytes); a shard without one (written
-    by a run that was interrupted before it saved the manifest, or before manifests existed) must
-    parse in full, which checks its zip members' own CRC-32s, and is then recorded. A damaged shard is
-    deleted; the manifest forgets shards that are gone."""
+    A shard with a record must match it (`integrity.check_file`: quick, or every CRC-32 when `full`);
+    a shard without one (written by a run interrupted before it saved the manifest, or before
+    manifests existed) must parse in full, which checks its zip members' own CRC-32s, and is then
+    recorded. A damaged shard is deleted; the manifest forgets shards that are gone."""
     entries: dict[str, tuple[Path, dict]] = {}
     damaged: list[DamagedShard] = []
     present = set()
@@ -159,16 +160,18 @@ def read_shards(folder: Path, split: str, manifest: Manifest) -> tuple[dict[str,
         present.add(key)
         recorded = manifest.shard(key)
         try:
-            raw = shard.read_bytes()
-            found = Record.of(raw)
-            if recorded is not None and found.size != recorded.size:
-                raise _Mismatch(f"{found.size} bytes, {recorded.size} written")
-            if recorded is not None and found.crc32 != recorded.crc32:
-                raise _Mismatch("content differs from what was written (CRC-32)")
-            with np.load(io.BytesIO(raw)) as z:
-                meta = json.loads(z["meta"].tobytes())
-                if recorded is None:
+            if recorded is not None:
+                problem, current = check_file(shard, recorded, full=full)
+                if problem is not None:
+                    raise _Mismatch(problem)
+                with np.load(shard) as z:  # reads the zip's directory and `meta`, not `data`
+                    meta = json.loads(z["meta"].tobytes())
+            else:
+                raw = shard.read_bytes()
+                with np.load(io.BytesIO(raw)) as z:
+                    meta = json.loads(z["meta"].tobytes())
                     z["data"]  # read in full: the zip checks its CRC-32
+                current = Record.of(raw).stamped(shard)
         # Anything that stops a shard from being read (a zip cut short, an empty file, bad JSON)
         # means the same: a derived file to compute again.
         except Exception as e:  # noqa: BLE001
@@ -178,8 +181,7 @@ def read_shards(folder: Path, split: str, manifest: Manifest) -> tuple[dict[str,
             shard.unlink(missing_ok=True)
             manifest.drop_shard(key)
             continue
-        if recorded is None:
-            manifest.add_shard(key, found, [m["id"] for m in meta])
+        manifest.add_shard(key, current, [m["id"] for m in meta])  # a no-op when nothing changed
         entries.update((m["id"], (shard, m)) for m in meta)
     for key in [k for k in manifest.shards if k.startswith(f"{split}/") and k not in present]:
         manifest.drop_shard(key)
