@@ -275,3 +275,16 @@ def test_a_copied_cache_is_checked_once_by_content_and_kept(prepared: PrepareRep
     manifest = Manifest.load(prepared.cache)
     assert {manifest.shards[f"{p.parent.name}/{p.name}"]["mtime_ns"] for p in files if p.suffix == ".npz"} == \
         {moved[p] for p in files if p.suffix == ".npz"}
+
+
+def test_a_grown_split_is_repacked_and_read_back_in_the_same_run(small_dataset: Path, tmp_path: Path,
+                                                                 pool: ThreadPoolExecutor) -> None:
+    """Face features read their packs back for the frame counts: after the manifest describes them."""
+    cfg = VideoFeatures(frames=2, size=32)
+    first = prepare(small_dataset, tmp_path / "c", pool, cfg)
+    (small_dataset / "valset" / "val2.mp4").write_bytes((small_dataset / "trainset" / "train0.mp4").read_bytes())
+    write_labels(small_dataset / "val_label.txt", [("val0.mp4", 0), ("val1.mp4", 1), ("val2.mp4", 1)])
+    again = prepare(small_dataset, tmp_path / "c", pool, cfg)
+    assert (again.done, again.reused, again.repairs) == (1, 8, [])
+    assert again.frames == first.frames + cfg.frames
+    assert load_split(again.cache, "val")[0].shape == (3, 2, 32, 32, 3)

@@ -171,7 +171,6 @@ def prepare_features(
             else:
                 report.done = _run_pool(pool, cfg, jobs, on_progress, fresh, entries_of, manifest)
         report.seconds = time.perf_counter() - start
-        manifest.save(out)  # the new shards' records (when anything changed)
         for split in splits:
             entries = entries_of[str(out / SHARDS / split)]
             packed = pack_split(ds, cfg, out, split, entries=entries, stems=stems_of[split], manifest=manifest, fresh=fresh,
@@ -179,13 +178,16 @@ def prepare_features(
             report.failures += packed.failures
             if packed.repaired:
                 report.repairs.append(packed.repaired)
-            manifest.save(out)  # right after a pack it describes: only a crash in between leaves a mismatch
+        # Once, after packing (each save is an fsync or two). A run killed before it leaves shards
+        # without a record (parsed in full next time) or a pack unlike its record (repacked, and said so).
+        manifest.save(out)
+        _write_failures(out, report.failures)
+        for split in splits:
             if isinstance(cfg, VideoFeatures) and (out / f"{split}.csv").exists():
                 _, index = load_split(out, split)
                 used = [r for r in index if r["ok"] == "1"]
                 report.frames += cfg.frames * len(used)
                 report.fallback_frames += sum(int(r["fallback"] or 0) for r in used)
-        _write_failures(out, report.failures)
         return report
 
 
