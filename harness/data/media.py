@@ -16,10 +16,11 @@ clip without a picture) or, for the image track, in `IMAGE_SUFFIXES`. `is_clip`,
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -29,14 +30,19 @@ CLIP_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 
 
+def _suffix(path: Path | str) -> str:
+    # Path.suffix of a str without building a Path: listing a dataset asks this of every file.
+    return (path.suffix if isinstance(path, PurePath) else os.path.splitext(path)[1]).lower()
+
+
 def is_clip(path: Path | str) -> bool:
     """Named as a clip: a video container or an audio-only file (`.MP4` counts)."""
-    return Path(path).suffix.lower() in CLIP_SUFFIXES
+    return _suffix(path) in CLIP_SUFFIXES
 
 
 def is_image(path: Path | str) -> bool:
     """Named as a face image (the image track)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    return _suffix(path) in IMAGE_SUFFIXES
 
 
 def is_media(path: Path | str) -> bool:
