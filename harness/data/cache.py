@@ -8,7 +8,7 @@ Layout under `<cache root>/<dataset id>/<feature key>/`:
                                   recomputed), its array or its failure (reason, detail)
     <split>.npy, <split>.csv      the packed split and its index (`harness.data.packs`)
     failures.csv                  split,name,reason,detail of every clip without features
-    manifest.json                 size and CRC-32 of every shard and pack (`harness.data.integrity`)
+    manifest.json                 size, mtime and CRC-32 of every shard and pack (`harness.data.integrity`)
     .lock                         held by the `prepare_features` at work on this folder
 
 The feature key (`audio-…` or `video-…`) names the settings, so audio and face features of one
