@@ -172,3 +172,35 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next_build(tmp_path: P
     mine.mkdir()
     make_demo_dataset(tmp_path / "demo", clips=10, seconds=1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".demo.tmp-1", "demo"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_build_leaves_no_process_running(tmp_path: Path, sig: str) -> None:
+    """SIGTERM: exit 130, workers stopped, nothing on disk. SIGKILL: the workers end by themselves (the
+    staging folder stays, for the next build to remove)."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.test_cache_processes import ENV, HARNESS, children, running, wait_for
+
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([*HARNESS, "demo-data", "--out", str(out), "--clips", "400"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: any(tmp_path.glob(".demo.tmp-*/trainset/*.mp4")), 60, "the first clip")
+        started = children(proc.pid)
+        assert len(started) >= 2, started
+        os.kill(proc.pid, getattr(signal, sig))
+        code = proc.wait(timeout=60)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: not any(running(pid) for pid in started), 5, f"demo workers {started} to end")
+    if sig == "SIGTERM":
+        assert code == 130 and "Traceback" not in stderr
+        assert list(tmp_path.iterdir()) == []  # neither the set nor its staging folder
+    else:
+        assert code == -signal.SIGKILL and not out.exists()

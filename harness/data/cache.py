@@ -25,7 +25,8 @@ when the process dies) while it computes and packs, so a second caller on the sa
 study worker, another terminal) waits, then finds the work done. Every file is written to a
 temporary, fsynced, then renamed; a shard or pack that does not match its record is recomputed and
 named in `PrepareReport.repairs`. Interrupted (Ctrl-C, SIGTERM), the pool's workers are terminated
-at once and their temporaries removed; killed (`kill -9`), the workers exit by themselves.
+at once and their temporaries removed; killed (`kill -9`), the workers exit by themselves
+(`harness.data.workers`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from harness.data.integrity import Manifest, write_file
 from harness.data.labels import Dataset, Sample
 from harness.data.packs import INDEX_FIELDS, Failure, load_split, pack_split
 from harness.data.shards import DamagedShard, ShardResult, extract, extract_chunk, init_worker, read_shards, shard_key
+from harness.data.workers import spawn_pool, stop_pool, worker_pool
 from harness.fileio import dict_csv_text, remove_stale_temporaries
 
 __all__ = ["CHUNK", "INDEX_FIELDS", "Failure", "PrepareReport", "dataset_id", "extract", "feature_dir", "init_worker",
@@ -222,24 +223,7 @@ def plan_tasks(todo: list[tuple[str, tuple[str, str]]], workers: int) -> list[tu
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes for feature extraction, one BLAS thread each, that exit when this process dies."""
-    ctx = get_context("spawn")  # a clean interpreter: no inherited threads or locks from torch et al.
-    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=init_worker,
-                               initargs=(os.getpid(),))
-
-
-def stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Terminate the workers now, without waiting for their tasks, and wait until they are gone.
-
-    `shutdown` alone waits for every running task (a chunk of clips each), and would run the queued
-    ones too unless they are cancelled."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
-    if terminate is not None:
-        terminate()
-    else:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            if process.is_alive():
-                process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
+    return spawn_pool(workers, init_worker)
 
 
 def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
@@ -247,15 +231,12 @@ def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, 
                   entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest) -> int:
     """`_run_pool` in a pool made for it; on any error or interrupt its workers are terminated at once,
     and what they were writing is removed."""
-    pool = make_pool(workers)
     try:
-        done = _run_pool(pool, cfg, jobs, on_progress, fresh, entries, manifest)
+        with worker_pool(workers, init_worker) as pool:
+            return _run_pool(pool, cfg, jobs, on_progress, fresh, entries, manifest)
     except BaseException:
-        stop_pool(pool)
         remove_stale_temporaries(out)  # the terminated workers' half-written shards
         raise
-    pool.shutdown(wait=True)
-    return done
 
 
 def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],

@@ -8,20 +8,12 @@ frames that fell back to the centre square. The shard is written with `integrity
 
 `read_shards` is the parent's inventory of a split's shards: each is checked against the manifest
 (or, when it has no record yet, parsed in full) and a shard that fails is deleted and reported, so its
-clips are computed again.
-
-Workers die with the parent: each watches its parent's pid and exits when it changes (the parent was
-killed: nothing would collect its results), and ignores Ctrl-C, which the parent handles for the
-whole pool (a terminal sends SIGINT to every process of the group).
+clips are computed again.The pool that runs them is `harness.data.workers`' (its workers stop with the parent).
 """
 from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +23,10 @@ from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import Manifest, Record, check_file, write_file
 
 Features = AudioFeatures | VideoFeatures
-PARENT_POLL_S = 0.5  # how soon a worker notices that its parent is gone
 
 
-def init_worker(parent: int | None = None) -> None:
-    """Set up a feature worker: one BLAS and OpenCV thread, glibc keeping freed memory, and (given the
-    parent's pid) no Ctrl-C of its own and an exit when the parent dies."""
+def init_worker() -> None:
+    """Set up a feature worker: one BLAS and OpenCV thread, and glibc keeping freed memory."""
     # BLAS threads spin-wait and starve the decoder on small machines: one thread per process.
     from threadpoolctl import threadpool_limits
 
@@ -45,17 +35,6 @@ def init_worker(parent: int | None = None) -> None:
 
     cv2.setNumThreads(0)  # OpenCV's own thread pool (resize, DFT) would fight the other worker too
     _keep_freed_memory()
-    if parent is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Exit when the parent is gone (the worker is then re-parented): a `kill -9` of prepare must not
-    leave workers, nor the resource tracker they keep alive, running."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_S)
-    os._exit(1)
 
 
 def _keep_freed_memory() -> None:

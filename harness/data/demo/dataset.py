@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from harness.data.demo.clip import FPS, SAMPLE_RATE, _Clip, _rng
 from harness.data.demo.container import _encode
 from harness.data.demo.speech import _envelope, _syllables
 from harness.data.demo.video import _background, _camera, _draw_face, _face_swap, _paint_face
+from harness.data.workers import worker_pool
 from harness.errors import BadInput
 from harness.fileio import atomic_dir, pid_alive, write_text
 
@@ -117,8 +116,9 @@ def _build(folder: Path, plan: list[_Clip], params: dict) -> None:
         (folder / f"{split}set").mkdir(parents=True)
     (folder / ".answers").mkdir()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # Spawned workers: the caller may have torch or other threaded libraries loaded, which fork breaks.
-    with ProcessPoolExecutor(min(cpus, 8), mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Spawned workers (the caller may have torch or other threaded libraries loaded, which fork breaks),
+    # stopped at once by Ctrl-C or SIGTERM, and gone with this process if it is killed.
+    with worker_pool(min(cpus, 8)) as pool:
         list(pool.map(_write_clip, plan, [folder] * len(plan), chunksize=4))
     _write_labels(folder, plan)
     write_text(folder / MARKER, json.dumps(params, indent=2) + "\n")  # last: it marks a complete set
