@@ -170,7 +170,7 @@ def prepare_features(
             if pool is None:
                 report.done = _run_own_pool(out, workers, cfg, jobs, on_progress, fresh, entries_of, manifest)
             else:
-                report.done = _run_pool(pool, cfg, jobs, on_progress, fresh, entries_of, manifest)
+                report.done = _run_pool(pool, cfg, jobs, on_progress, fresh, entries_of, manifest, drain=True)
         report.seconds = time.perf_counter() - start
         for split in splits:
             entries = entries_of[str(out / SHARDS / split)]
@@ -241,8 +241,12 @@ def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, 
 
 def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
               on_progress: Callable[[int, int], None] | None, fresh: dict[str, np.ndarray],
-              entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest) -> int:
-    """Run the tasks; record each new shard (per shard folder, and in the manifest) and the log-mels sent back."""
+              entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest, *, drain: bool = False) -> int:
+    """Run the tasks; record each new shard (per shard folder, and in the manifest) and the log-mels sent back.
+
+    On an error or interrupt the queued tasks are cancelled; with `drain` (a lent pool, which is not
+    ours to terminate) the running ones are waited for, so that no shard is being written once the
+    folder's lock is released."""
     finished, total = 0, sum(len(chunk) for _, chunk in jobs)
     pending = {pool.submit(extract_chunk, cfg, folder, chunk): (folder, chunk) for folder, chunk in jobs}
     try:
@@ -262,6 +266,8 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
     except BaseException:
         for fut in pending:
             fut.cancel()
+        if drain:
+            wait(pending)
         raise
     return finished
 
