@@ -12,8 +12,10 @@ decode-only and prepare alternate --rounds times (machine noise here moves one 2
 10%); every round's ratio is printed, and the median.
 With --against REF, only this tree's prepare and the prepare of `harness/data/cache.py` at git
 revision REF are timed, alternating in one warm pool: a build into a new cache, then a second run
-over it (everything reused: what `train` pays before each run), with each round's time ratio
-(this tree / REF). That is how the cost of verifying the cache (CRC-32s, fsyncs) was measured.
+over it (everything reused: what `train` pays before each run), with each round's ratio (this tree /
+REF) of wall time and of CPU time (this process and the workers: steady on a busy machine, but blind
+to waiting on the disk, which is what fsync costs). That is how the cost of verifying the cache
+(CRC-32s, manifest, lock, fsyncs) was measured.
 Sets: the 10 shared real clips copied under new names (--copies times) and a generated demo set.
 With --seed-settings the features use the tutorial's settings, and the images are compared with the
 seed's: mean absolute difference in grey levels.
@@ -130,31 +132,44 @@ def baseline_prepare(ref: str, folder: Path):  # noqa: ANN201 - the baseline's p
     return importlib.import_module("baseline_cache").prepare_features
 
 
-def timed(prepare, data: Path, cfg: AudioFeatures, cache: Path, pool) -> tuple[float, int]:  # noqa: ANN001
-    start = time.perf_counter()
+def cpu_seconds(pool) -> float:  # noqa: ANN001
+    """CPU time (user + system) of this process and the pool's workers so far, from /proc: unlike wall
+    time, barely moved by other work on the machine (but blind to time spent waiting on the disk)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    for pid in list(pool._processes):  # a bench may look inside
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def timed(prepare, data: Path, cfg: AudioFeatures, cache: Path, pool) -> tuple[float, float, int]:  # noqa: ANN001
+    """Wall and CPU seconds of one prepare, and the clips it computed."""
+    cpu, start = cpu_seconds(pool), time.perf_counter()
     report = prepare(load_dataset(data), cfg, cache_root=cache, pool=pool)
-    return time.perf_counter() - start, report.done
+    return time.perf_counter() - start, cpu_seconds(pool) - cpu, report.done
 
 
 def compare(pool, sets: dict[str, Path], cfg: AudioFeatures, against, ref: str, rounds: int, tmp: Path) -> None:  # noqa: ANN001
     """This tree's prepare against `against` (REF's), alternating; time ratios this/REF per round."""
     for label, data in sets.items():
-        times: dict[str, list[float]] = {"build": [], "build REF": [], "reuse": [], "reuse REF": []}
+        wall: dict[str, list[float]] = {"build": [], "build REF": [], "reuse": [], "reuse REF": []}
+        cpu: dict[str, list[float]] = {key: [] for key in wall}
         for r in range(rounds):
             order = [("", prepare_features), (" REF", against)]
             for suffix, prepare in order if r % 2 == 0 else order[::-1]:  # neither always goes first
                 cache = tmp / f"cmp-{label[:4]}-{r}{suffix.strip()}"
-                seconds, done = timed(prepare, data, cfg, cache, pool)
-                assert done > 0
-                times[f"build{suffix}"].append(seconds)
-                seconds, done = timed(prepare, data, cfg, cache, pool)
-                assert done == 0
-                times[f"reuse{suffix}"].append(seconds)
+                for kind in ("build", "reuse"):  # a new cache, then the same one again
+                    seconds, busy, done = timed(prepare, data, cfg, cache, pool)
+                    assert (done > 0) == (kind == "build")
+                    wall[f"{kind}{suffix}"].append(seconds)
+                    cpu[f"{kind}{suffix}"].append(busy)
         for kind in ("build", "reuse"):
-            ratios = [a / b for a, b in zip(times[kind], times[f"{kind} REF"])]
-            print(f"{label:>10} {kind}: this tree {1000 * np.median(times[kind]):.0f} ms, {ref} "
-                  f"{1000 * np.median(times[f'{kind} REF']):.0f} ms (medians of {rounds}); time ratio this/{ref} "
-                  f"median {np.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+            for name, times in (("wall", wall), ("cpu", cpu)):
+                ratios = [a / b for a, b in zip(times[kind], times[f"{kind} REF"])]
+                print(f"{label:>10} {kind} {name}: this tree {1000 * np.median(times[kind]):.0f} ms, {ref} "
+                      f"{1000 * np.median(times[f'{kind} REF']):.0f} ms (medians of {rounds}); ratio this/{ref} "
+                      f"median {np.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
 
 
 def seed_difference() -> list[float]:
