@@ -10,17 +10,25 @@ Three measurements on the same clips, in one run:
            warm pool, into a new cache each time.
 decode-only and prepare alternate --rounds times (machine noise here moves one 2 s figure by up to
 10%); every round's ratio is printed, and the median.
+With --against REF, only this tree's prepare and the prepare of `harness/data/cache.py` at git
+revision REF are timed, alternating in one warm pool: a build into a new cache, then a second run
+over it (everything reused: what `train` pays before each run), with each round's ratio (this tree /
+REF) of wall time and of CPU time (this process and the workers: steady on a busy machine, but blind
+to waiting on the disk, which is what fsync costs). That is how the cost of verifying the cache
+(CRC-32s, manifest, lock, fsyncs) was measured.
 Sets: the 10 shared real clips copied under new names (--copies times) and a generated demo set.
 With --seed-settings the features use the tutorial's settings, and the images are compared with the
 seed's: mean absolute difference in grey levels.
 
-    python bench/prepare_speed.py [--copies 40] [--demo-clips 300] [--workers 2] [--rounds 5]
+    python bench/prepare_speed.py [--copies 40] [--demo-clips 300] [--workers 2] [--rounds 5] [--against REF]
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +121,57 @@ def prepare_rate(pool, data: Path, cfg: AudioFeatures, cache: Path) -> float:  #
     return report.done / seconds
 
 
+def baseline_prepare(ref: str, folder: Path):  # noqa: ANN201 - the baseline's prepare_features
+    """`prepare_features` from harness/data/cache.py at git revision `ref`, importable by spawned workers
+    (the module is written to `folder`, which goes on sys.path before the pool starts)."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:harness/data/cache.py"], capture_output=True,
+                            text=True, check=True).stdout
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "baseline_cache.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("baseline_cache").prepare_features
+
+
+def cpu_seconds(pool) -> float:  # noqa: ANN001
+    """CPU time (user + system) of this process and the pool's workers so far, from /proc: unlike wall
+    time, barely moved by other work on the machine (but blind to time spent waiting on the disk)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    for pid in list(pool._processes):  # a bench may look inside
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def timed(prepare, data: Path, cfg: AudioFeatures, cache: Path, pool) -> tuple[float, float, int]:  # noqa: ANN001
+    """Wall and CPU seconds of one prepare, and the clips it computed."""
+    cpu, start = cpu_seconds(pool), time.perf_counter()
+    report = prepare(load_dataset(data), cfg, cache_root=cache, pool=pool)
+    return time.perf_counter() - start, cpu_seconds(pool) - cpu, report.done
+
+
+def compare(pool, sets: dict[str, Path], cfg: AudioFeatures, against, ref: str, rounds: int, tmp: Path) -> None:  # noqa: ANN001
+    """This tree's prepare against `against` (REF's), alternating; time ratios this/REF per round."""
+    for label, data in sets.items():
+        wall: dict[str, list[float]] = {"build": [], "build REF": [], "reuse": [], "reuse REF": []}
+        cpu: dict[str, list[float]] = {key: [] for key in wall}
+        for r in range(rounds):
+            order = [("", prepare_features), (" REF", against)]
+            for suffix, prepare in order if r % 2 == 0 else order[::-1]:  # neither always goes first
+                cache = tmp / f"cmp-{label[:4]}-{r}{suffix.strip()}"
+                for kind in ("build", "reuse"):  # a new cache, then the same one again
+                    seconds, busy, done = timed(prepare, data, cfg, cache, pool)
+                    assert (done > 0) == (kind == "build")
+                    wall[f"{kind}{suffix}"].append(seconds)
+                    cpu[f"{kind}{suffix}"].append(busy)
+        for kind in ("build", "reuse"):
+            for name, times in (("wall", wall), ("cpu", cpu)):
+                ratios = [a / b for a, b in zip(times[kind], times[f"{kind} REF"])]
+                print(f"{label:>10} {kind} {name}: this tree {1000 * np.median(times[kind]):.0f} ms, {ref} "
+                      f"{1000 * np.median(times[f'{kind} REF']):.0f} ms (medians of {rounds}); ratio this/{ref} "
+                      f"median {np.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+
+
 def seed_difference() -> list[float]:
     """Mean absolute difference between the seed's images and ours with the seed's settings."""
     sys.path.insert(0, str(SHARED / "bench"))
@@ -135,6 +194,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="decode-only/prepare pairs, alternating (default 5)")
     ap.add_argument("--seed-settings", action="store_true", help="use the tutorial's feature settings for prepare")
+    ap.add_argument("--against", metavar="REF", help="compare prepare with harness/data/cache.py at git revision REF only")
     args = ap.parse_args()
     cfg = SEED_AUDIO if args.seed_settings else AudioFeatures()
 
@@ -146,6 +206,13 @@ def main() -> int:
 
             sets[f"demo {args.demo_clips}"] = make_demo_dataset(tmp / "demo", clips=args.demo_clips, seed=1)
         print(f"features: {cfg.key()} ({'seed settings' if args.seed_settings else 'defaults'}), workers={args.workers}, cores={os.cpu_count()}")
+        if args.against:
+            against = baseline_prepare(args.against, tmp / "baseline")
+            with make_pool(args.workers) as pool:
+                for data in sets.values():
+                    warm(pool, sorted(data.glob("*set/*.mp4"))[0], args.workers, cfg)
+                compare(pool, sets, cfg, against, args.against, args.rounds, tmp)
+            return 0
         with make_pool(args.workers) as pool:
             for label, data in sets.items():
                 clips = sorted(data.glob("*set/*.mp4"))

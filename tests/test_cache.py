@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from harness.config import AudioFeatures, replace
 from harness.data.cache import CHUNK, load_split, plan_tasks, prepare_features
@@ -28,6 +29,7 @@ def _with_bad_clips(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
     ds = load_dataset(_with_bad_clips(small_dataset))
     cfg = AudioFeatures(width=64)
@@ -57,6 +59,7 @@ def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
     assert "train,cut.mp4,truncated,decoded" in failures
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_second_run_reuses_and_edited_clip_is_recomputed(small_dataset: Path, tmp_path: Path) -> None:
     cfg = AudioFeatures(width=64)
     first = prepare_features(load_dataset(small_dataset), cfg, cache_root=tmp_path / "c", workers=1)
@@ -79,6 +82,7 @@ def test_second_run_reuses_and_edited_clip_is_recomputed(small_dataset: Path, tm
     assert rebuilt.done == 0 and np.array_equal(np.load(rebuilt.cache / "train.npy"), made_in_run)
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) -> None:
     """A run killed mid-write leaves only a temporary file; the next run removes it and finishes."""
     cfg = AudioFeatures(width=64)
@@ -95,6 +99,7 @@ def test_interrupted_run_leaves_no_entry(small_dataset: Path, tmp_path: Path) ->
     assert images.shape == (2, 128, 64) and [r["ok"] for r in index] == ["1", "1"]
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_settings_key_the_cache(small_dataset: Path, tmp_path: Path) -> None:
     ds = load_dataset(small_dataset)
     a = prepare_features(ds, AudioFeatures(width=64), cache_root=tmp_path / "c", workers=1)

@@ -10,7 +10,7 @@ from harness.config import VideoFeatures
 from harness.data.cache import load_split, prepare_features
 from harness.data.faces import centre_box, crop_faces, detector, square_crop, video_features
 from harness.data.labels import load_dataset
-from harness.data.media import NoVideo, sample_frames
+from harness.data.media import NoVideo, display_matrix, sample_frames
 from tests.conftest import write_clip, write_labels
 
 FACES = VideoFeatures(frames=4, size=48)
@@ -62,6 +62,7 @@ def test_a_crop_near_the_border_keeps_the_face_in_place() -> None:
     assert crop[20, 20].mean() == 255  # the box's centre stays at the crop's centre
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_a_clip_without_video_is_reported_not_fatal(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     write_clip(root / "trainset" / "av.mp4", seconds=1.0)
@@ -79,6 +80,7 @@ def test_a_clip_without_video_is_reported_not_fatal(tmp_path: Path) -> None:
     assert report.frames == FACES.frames and report.fallback_frames == FACES.frames
 
 
+@pytest.mark.slow  # spawns a worker pool
 def test_the_image_track_prepares_one_crop_per_image(shared_sample: Path, tmp_path: Path) -> None:
     import cv2
 
@@ -124,3 +126,67 @@ def test_a_stream_without_a_declared_length_is_sampled_by_frame_count(tmp_path: 
         assert container.duration is None and container.streams.video[0].duration is None
     levels = lambda frames: [int(round(f.mean() / 7)) for f in frames]  # noqa: E731
     assert levels(sample_frames(raw, 4)) == levels(sample_frames(clip, 4)) == [5, 15, 25, 35]
+
+
+# ---- the display matrix (issue 16, item 4) ---------------------------------------------------------
+
+def write_turned_clip(path: Path, upright_frames: list[np.ndarray], degrees: int, hflip: bool = False,
+                      vflip: bool = False) -> Path:
+    """A clip as a phone writes one: the pixels stored turned, with a display matrix that shows them upright.
+
+    `set_display_rotation` means: show the stored picture turned `degrees` counter-clockwise, then
+    mirrored. So the stored picture is the upright one un-mirrored, then turned back clockwise."""
+    import av
+
+    stored = []
+    for frame in upright_frames:
+        frame = frame[:, ::-1] if hflip else frame
+        frame = frame[::-1] if vflip else frame
+        stored.append(np.ascontiguousarray(np.rot90(frame, -degrees // 90)))
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10, options={"preset": "ultrafast", "crf": "12"})
+        stream.height, stream.width = stored[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
+        for image in stored:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(str(path)) as check:  # the matrix is really in the file, as written
+        frame = next(check.decode(video=0))
+        assert (frame.height, frame.width) == stored[0].shape[:2] and display_matrix(frame) is not None
+        assert hflip or vflip or frame.rotation == (degrees + 180) % 360 - 180
+    return path
+
+
+def _marked_frame() -> np.ndarray:
+    """64 high, 96 wide: red block top-left, green top-right, blue bottom-left: every turn and flip differs."""
+    rgb = np.full((64, 96, 3), 128, np.uint8)
+    rgb[:16, :16] = (255, 0, 0)
+    rgb[:16, -16:] = (0, 255, 0)
+    rgb[-16:, :16] = (0, 0, 255)
+    return rgb
+
+
+@pytest.mark.parametrize(("degrees", "hflip", "vflip"),
+                         [(90, False, False), (-90, False, False), (180, False, False), (0, True, False),
+                          (0, False, True), (90, True, False), (-90, True, False)])
+def test_frames_come_out_as_players_show_them(tmp_path: Path, degrees: int, hflip: bool, vflip: bool) -> None:
+    upright = _marked_frame()
+    clip = write_turned_clip(tmp_path / "turned.mp4", [upright] * 4, degrees, hflip, vflip)
+    frames = sample_frames(clip, 2)
+    assert frames and all(f.shape == upright.shape for f in frames)  # a quarter turn's H and W swapped back
+    assert all(np.abs(f.astype(int) - upright).mean() < 6 for f in frames)  # the markers in their corners
+
+
+def test_a_phone_clip_gives_upright_faces(shared_sample: Path, tmp_path: Path) -> None:
+    """Real faces stored sideways with a display matrix: found as often as in the upright clip."""
+    cfg = VideoFeatures(frames=6, size=48)
+    source = sorted(shared_sample.glob("*set/*.mp4"))[0]
+    upright = sample_frames(source, cfg.frames)
+    clip = write_turned_clip(tmp_path / "portrait.mp4", upright, degrees=-90)  # stored turned, as phones do
+    find = detector(cfg)
+    frames = sample_frames(clip, cfg.frames)
+    sideways = [np.ascontiguousarray(np.rot90(f, 1)) for f in frames]  # what decoding without the matrix gave
+    assert sum(find.largest_face(f) is not None for f in frames) >= cfg.frames - 1
+    assert sum(find.largest_face(f) is not None for f in sideways) < sum(find.largest_face(f) is not None for f in frames)
+    assert video_features(clip, cfg).fallback <= 1

@@ -98,3 +98,78 @@ def test_image_track_is_detected(tmp_path: Path) -> None:
     write_labels(root / "trainset_label.txt", [(f"f{i}.jpg", i % 2) for i in range(3)])
     ds = load_dataset(root)
     assert ds.track == "image" and len(ds.split("train")) == 3
+
+
+# ---- one rule for what a clip is (issue 16, item 12) ----------------------------------------------
+
+def write_audio_file(path: Path, seconds: float = 1.0, freq: float = 440.0) -> Path:
+    """An audio-only file: PCM in .wav, AAC in .m4a (mp4 family), 16 kHz mono."""
+    import av
+    import numpy as np
+
+    rate = 16000
+    wave = (0.3 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+    codec = "pcm_s16le" if path.suffix.lower() == ".wav" else "aac"
+    with av.open(str(path), "w", format="wav" if codec == "pcm_s16le" else "mp4") as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        fmt = "s16" if codec == "pcm_s16le" else "fltp"
+        samples = (wave * 32767).astype(np.int16) if fmt == "s16" else wave
+        for start in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format=fmt, layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def test_the_media_rule() -> None:
+    from harness.data.media import is_clip, is_image, is_media
+
+    assert all(is_clip(n) for n in ("a.mp4", "b.MKV", "c.wav", "d.M4A", "e.mp3", "dir/f.flac"))
+    assert not any(is_clip(n) for n in ("a.jpg", "b.txt", "c", "d.mp4.part"))
+    assert is_image("x.JPG") and is_image("y.png") and not is_image("z.mp4")
+    assert all(is_media(n) for n in ("a.mp4", "b.wav", "c.jpeg")) and not is_media("notes.txt")
+
+
+def test_audio_only_files_are_clips_everywhere(small_dataset: Path) -> None:
+    """Listed: accepted. Present but unlisted: the same warning as any clip. Without a template: test clips."""
+    train = small_dataset / "trainset"
+    write_audio_file(train / "voice.wav")
+    write_audio_file(train / "VOICE2.M4A", freq=300)
+    write_audio_file(train / "stray.wav")
+    write_audio_file(train / "stray.m4a")
+    (train / "notes.txt").write_text("not media: never a clip, never warned about")
+    rows = [(f"train{i}.mp4", i % 2) for i in range(4)] + [("voice.wav", 1), ("VOICE2.M4A", 0)]
+    write_labels(small_dataset / "train_label.txt", rows)
+    write_audio_file(small_dataset / "testset" / "extra.wav")
+    (small_dataset / "test_template.csv").unlink()
+
+    ds = load_dataset(small_dataset)
+    assert ds.track == "video"
+    assert [s.name for s in ds.split("train")][-2:] == ["voice.wav", "VOICE2.M4A"]
+    [warning] = [w for w in ds.warnings if "train_label.txt" in w]
+    assert "2 file(s) not listed in train_label.txt" in warning and "stray.wav" in warning and "stray.m4a" in warning
+    assert "notes.txt" not in warning
+    assert [s.name for s in ds.split("test")] == ["extra.wav", "test0.mp4", "test1.mp4"]
+
+
+def test_a_folder_of_audio_files_is_a_clip_dataset(tmp_path: Path) -> None:
+    root = tmp_path / "voices"
+    (root / "trainset").mkdir(parents=True)
+    for i in range(3):
+        write_audio_file(root / "trainset" / f"v{i}.wav", freq=200 + 100 * i)
+    write_labels(root / "train_label.txt", [(f"v{i}.wav", i % 2) for i in range(3)])
+    ds = load_dataset(root)
+    assert ds.track == "video" and [s.name for s in ds.split("train")] == ["v0.wav", "v1.wav", "v2.wav"]
+
+
+def test_an_audio_file_gives_audio_features_and_no_faces(tmp_path: Path) -> None:
+    from harness.config import AudioFeatures, VideoFeatures
+    from harness.data.cache import extract
+    from harness.data.media import NoVideo
+
+    clip = write_audio_file(tmp_path / "a.wav", seconds=1.5)
+    image, fallback = extract(clip, AudioFeatures(width=64))
+    assert image.shape == (128, 64) and image.max() > 0 and fallback is None
+    with pytest.raises(NoVideo):
+        extract(clip, VideoFeatures(frames=2, size=32))

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from harness.config import VideoFeatures
-from harness.data.media import Undecodable, sample_frames
+from harness.data.media import Undecodable, is_image, sample_frames
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the frame given
 
@@ -120,7 +120,7 @@ def detector(cfg: VideoFeatures) -> FaceDetector:
 
 
 # Bump when frame sampling or cropping changes what a clip's crops are: the cache keys crops by it.
-CROPS_REVISION = 2
+CROPS_REVISION = 3  # 3: frames turned upright by the display matrix
 
 
 def crops_revision(cfg: VideoFeatures) -> str:
@@ -196,10 +196,8 @@ def read_image(path: Path | str) -> np.ndarray:
 
 def video_features(path: Path | str, cfg: VideoFeatures) -> FaceCrops:
     """Face crops of one clip, or of one face image (then `cfg.frames` should be 1). Raises MediaError."""
-    from harness.data.labels import IMAGE_EXTS
-
     path = Path(path)
-    if path.suffix.lower() in IMAGE_EXTS:
+    if is_image(path):
         return crop_faces([read_image(path)], cfg)
     return crop_faces(sample_frames(path, cfg.frames), cfg)
 

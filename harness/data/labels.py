@@ -2,8 +2,10 @@
 
 A dataset folder holds the splits `trainset/`, `valset/`, `testset/` (any may be absent), label files
 in either of the challenge's naming forms (`train_label.txt` or `trainset_label.txt`, and likewise for
-val), and for the test split an optional template (`video_name,score`). Clips are any container
-FFmpeg reads; face images (.jpg/.png) form the image track with the same label files.
+val), and for the test split an optional template (`video_name,score`). What a clip is (video
+containers and audio-only files) and what a face image is (.jpg/.png: the image track, with the same
+label files) is `harness.data.media`'s rule, applied alike to listing, validation and the
+"not listed" warning.
 
 Every problem is a `DatasetError` whose message is one line naming the file (and line) at fault.
 Problems that do not stop the work (files present but not listed) become warnings.
@@ -13,14 +15,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from harness.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_clip, is_image
 from harness.errors import BadInput
 
 SPLITS = ("train", "val", "test")
-VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"})
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png"})
+# Older names, kept for importers not yet switched to harness.data.media (harness.predict).
+VIDEO_EXTS = VIDEO_SUFFIXES
+IMAGE_EXTS = IMAGE_SUFFIXES
 LABEL_HEADER = ("video_name", "target")
 TEMPLATE_HEADER = ("video_name", "score")
 
@@ -31,6 +36,7 @@ LABEL_FILES = {
     "test": ("test_label.txt", "testset_label.txt"),
 }
 TEMPLATE_FILES = ("test_template.csv", "testset_template.csv", "prediction_template.csv", "sample_submission.csv")
+Accepts = Callable[[Path], bool]  # the track's rule: media.is_clip or media.is_image
 
 
 class DatasetError(BadInput):
@@ -123,7 +129,7 @@ def _read_rows(path: Path, header: tuple[str, str]) -> list[tuple[int, list[str]
     return out
 
 
-def _read_listing(path: Path, split: str, folder: Path, files: dict[str, Path], exts: frozenset[str], *, labelled: bool) -> list[Sample]:
+def _read_listing(path: Path, split: str, folder: Path, files: dict[str, Path], accepts: Accepts, *, labelled: bool) -> list[Sample]:
     """A label file (`video_name,target`) or a test template (`video_name,score`) as samples."""
     samples: list[Sample] = []
     seen: dict[str, int] = {}
@@ -134,14 +140,14 @@ def _read_listing(path: Path, split: str, folder: Path, files: dict[str, Path], 
         seen[name] = line
         if labelled and second not in ("0", "1"):
             raise DatasetError(path, f"target must be 0 or 1, found {second!r}", line)
-        samples.append(_sample(name, split, folder, files, int(second) if labelled else None, path, line, exts))
+        samples.append(_sample(name, split, folder, files, int(second) if labelled else None, path, line, accepts))
     return samples
 
 
 def _sample(name: str, split: str, folder: Path, files: dict[str, Path], label: int | None, src: Path, line: int,
-            exts: frozenset[str]) -> Sample:
+            accepts: Accepts) -> Sample:
     clip = folder / name
-    if clip.suffix.lower() not in exts:
+    if not accepts(clip):
         raise DatasetError(src, f"unsupported extension {clip.suffix or '(none)'!r} for {name!r}", line)
     if name not in files and not clip.is_file():  # is_file for names written another way ("./a.mp4")
         raise DatasetError(src, f"listed file is missing: {clip}", line)
@@ -169,13 +175,12 @@ def _media_files(folder: Path) -> dict[str, Path]:
 
 def _detect_track(listings: dict[str, dict[str, Path]]) -> str:
     """Clips or face images, judged by what the split folders hold."""
-    counts = {"video": 0, "image": 0}
+    clips = images = 0
     for files in listings.values():
         for p in files.values():
-            ext = p.suffix.lower()
-            counts["video"] += ext in VIDEO_EXTS
-            counts["image"] += ext in IMAGE_EXTS
-    return "image" if counts["image"] > counts["video"] else "video"
+            clips += is_clip(p)
+            images += is_image(p)
+    return "image" if images > clips else "video"
 
 
 def load_dataset(root: Path | str) -> Dataset:
@@ -185,14 +190,14 @@ def load_dataset(root: Path | str) -> Dataset:
         raise DatasetError(root, "dataset folder not found")
     listings = {s: _media_files(split_dir(root, s)) for s in SPLITS if split_dir(root, s).is_dir()}
     track = _detect_track(listings)
-    exts = IMAGE_EXTS if track == "image" else VIDEO_EXTS
+    accepts = is_image if track == "image" else is_clip
     ds = Dataset(root=root, track=track, samples={})
     for split in SPLITS:
         folder = split_dir(root, split)
         files = listings.get(split, {})
         label_file = find_label_file(root, split)
         if split == "test" and label_file is None:
-            _load_test_split(ds, folder, files, exts)
+            _load_test_split(ds, folder, files, accepts)
             continue
         if not folder.is_dir():
             if label_file is not None:
@@ -201,33 +206,33 @@ def load_dataset(root: Path | str) -> Dataset:
         if label_file is None:
             raise DatasetError(root / LABEL_FILES[split][0], f"missing label file for {folder.name}/ (also looked for {LABEL_FILES[split][1]})")
         ds.label_files.append(label_file)
-        ds.samples[split] = _read_listing(label_file, split, folder, files, exts, labelled=True)
-        _warn_unlisted(ds, folder, files, ds.samples[split], label_file, exts)
+        ds.samples[split] = _read_listing(label_file, split, folder, files, accepts, labelled=True)
+        _warn_unlisted(ds, folder, files, ds.samples[split], label_file, accepts)
     if not any(ds.samples.values()):
         raise DatasetError(root, "no trainset/, valset/ or testset/ with clips")
     return ds
 
 
-def _load_test_split(ds: Dataset, folder: Path, files: dict[str, Path], exts: frozenset[str]) -> None:
+def _load_test_split(ds: Dataset, folder: Path, files: dict[str, Path], accepts: Accepts) -> None:
     template = find_template(ds.root)
     if template is not None:
         if not folder.is_dir():
             raise DatasetError(template, f"template given but folder {folder.name}/ is missing")
         ds.label_files.append(template)
-        ds.samples["test"] = _read_listing(template, "test", folder, files, exts, labelled=False)
+        ds.samples["test"] = _read_listing(template, "test", folder, files, accepts, labelled=False)
         ds.template = [s.name for s in ds.samples["test"]]
-        _warn_unlisted(ds, folder, files, ds.samples["test"], template, exts)
+        _warn_unlisted(ds, folder, files, ds.samples["test"], template, accepts)
     elif folder.is_dir():
         # No template: every media file is a test clip, in name order.
         ds.samples["test"] = [
-            Sample(name=name, split="test", path=p, label=None) for name, p in files.items() if p.suffix.lower() in exts
+            Sample(name=name, split="test", path=p, label=None) for name, p in files.items() if accepts(p)
         ]
 
 
 def _warn_unlisted(ds: Dataset, folder: Path, files: dict[str, Path], listed: list[Sample], src: Path,
-                   exts: frozenset[str]) -> None:
+                   accepts: Accepts) -> None:
     names = {s.name for s in listed}
-    extra = [p for name, p in files.items() if name not in names and p.suffix.lower() in exts]
+    extra = [p for name, p in files.items() if name not in names and accepts(p)]
     if extra:
         shown = ", ".join(p.name for p in extra[:3]) + (" ..." if len(extra) > 3 else "")
         ds.warnings.append(f"{folder}: {len(extra)} file(s) not listed in {src.name}, ignored: {shown}")

@@ -5,14 +5,49 @@ average): opening and decoding in-process costs about 6.5 ms per clip against ab
 start alone for an `ffmpeg` subprocess per clip, and the tutorial's moviepy->WAV->librosa path costs
 about 165 ms per clip. Resampling goes through soxr (what librosa uses): about 1 ms per clip where
 FFmpeg's swresample in PyAV cost about 5 ms. (miniaudio's dr_mp3 on the demuxed stream was slower.)
+
+What a clip is, once for every reader (label files, the test folder, `harness predict`): a file whose
+suffix (any case) is in `CLIP_SUFFIXES` (a video container, or an audio-only file: both decode
+through `decode_audio`, and an audio-only clip asked for faces fails as "no video stream", like any
+clip without a picture) or, for the image track, in `IMAGE_SUFFIXES`. `is_clip`, `is_image` and
+`is_media` apply the rule to a path. Folder walks also skip hidden files (`.DS_Store`, macOS's
+`._clip.mp4` companions); a name given explicitly is judged by its suffix alone.
 """
 from __future__ import annotations
 
+import math
+import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"})
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
+CLIP_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+
+
+def _suffix(path: Path | str) -> str:
+    # Path.suffix of a str without building a Path: listing a dataset asks this of every file.
+    return (path.suffix if isinstance(path, PurePath) else os.path.splitext(path)[1]).lower()
+
+
+def is_clip(path: Path | str) -> bool:
+    """Named as a clip: a video container or an audio-only file (`.MP4` counts)."""
+    return _suffix(path) in CLIP_SUFFIXES
+
+
+def is_image(path: Path | str) -> bool:
+    """Named as a face image (the image track)."""
+    return _suffix(path) in IMAGE_SUFFIXES
+
+
+def is_media(path: Path | str) -> bool:
+    """A clip or a face image: what a folder given to `harness predict` is expanded to."""
+    return is_clip(path) or is_image(path)
 
 
 class MediaError(Exception):
@@ -178,7 +213,8 @@ def _decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 -
 
 def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     """`count` RGB uint8 frames spread evenly over the first video track (fewer when the clip has
-    fewer, or breaks before the later ones; never more).
+    fewer, or breaks before the later ones; never more), turned upright by the stream's display
+    matrix as players show them (a phone's portrait clip is stored sideways).
 
     The i-th pick is the first decoded frame at or after (i + 0.5) / count of the declared length; a
     frame is picked once even when it is the first after several targets (a clip with fewer frames).
@@ -211,7 +247,7 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
                     t = frame.time if frame.time is not None else 0.0
                 if t < targets[target] - 1e-6:
                     continue
-                picked.append(frame.to_ndarray(format="rgb24"))
+                picked.append(upright(frame.to_ndarray(format="rgb24"), display_matrix(frame)))
                 while target < count and targets[target] <= t + 1e-6:  # a frame serves each target once
                     target += 1
                 if target == count:
@@ -222,6 +258,45 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
     if not picked:
         raise Undecodable(path, "the video track decoded to no frames")
     return picked
+
+
+def display_matrix(frame) -> tuple[int, ...] | None:  # noqa: ANN001 - av.VideoFrame
+    """The frame's display matrix (FFmpeg's 9 int32, 16.16 fixed point), or None.
+
+    FFmpeg attaches the stream's matrix (mp4 `tkhd`, what phones write) to every decoded frame."""
+    for side in frame.side_data:
+        if getattr(side.type, "name", "") == "DISPLAYMATRIX":
+            return struct.unpack("=9i", bytes(side))
+    return None
+
+
+def upright(rgb: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
+    """`rgb` (H, W, 3) as players show it: the display matrix applied as `ffmpeg` and `ffplay` apply it.
+
+    The same decision as fftools' autorotate (quarter turns, transposes and flips, chosen by the
+    rotation angle and the signs of the matrix entries); an angle that is not a quarter turn is
+    left as stored (ffmpeg would rotate and pad with black).
+    """
+    if matrix is None:
+        return rgb
+    a, b, c, d = (v / 65536.0 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
+    if scale_x == 0 or scale_y == 0:
+        return rgb
+    theta = float(round(math.degrees(math.atan2(b / scale_y, a / scale_x))))  # = -av_display_rotation_get
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # into [0, 360)
+    if abs(theta - 90) < 1:
+        out = rgb.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(rgb, -1)  # transpose cclock_flip | clock
+    elif abs(theta - 270) < 1:
+        out = rgb[::-1, ::-1].transpose(1, 0, 2) if matrix[3] < 0 else np.rot90(rgb, 1)  # clock_flip | cclock
+    elif abs(theta - 180) < 1:
+        out = rgb[:, ::-1] if matrix[0] < 0 else rgb  # hflip
+        out = out[::-1] if matrix[4] < 0 else out  # vflip
+    elif abs(theta) < 1:
+        out = rgb[::-1] if matrix[4] < 0 else rgb  # vflip
+    else:
+        return rgb
+    return np.ascontiguousarray(out)
 
 
 def _count_frames(path: Path) -> int:
