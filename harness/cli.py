@@ -168,6 +168,8 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         reports[name] = report
+        for line in report.repairs:  # a damaged cache healed: always said, even when quiet
+            console.print(f"[yellow]repaired:[/] {line}")
         if not quiet or report.failures:
             for f in report.failures:
                 console.print(f"[yellow]failed:[/] {f.split}/{f.name}: {f.reason} ({f.detail})")

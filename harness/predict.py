@@ -43,13 +43,12 @@ from typing import IO
 import numpy as np
 
 from harness.config import RunConfig
-from harness.data.labels import IMAGE_EXTS, VIDEO_EXTS
+from harness.data.media import is_media
 from harness.data.media import MediaError
 from harness.errors import BadInput, NotFound
 
 FALLBACK_SCORE = 0.5
 SCORE_DECIMALS = 8  # the challenge asks for at least 6
-AUDIO_EXTS = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
 BATCH_SIZE = 16
 
 
@@ -102,8 +101,8 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            exts = VIDEO_EXTS | AUDIO_EXTS | IMAGE_EXTS
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts and not f.name.startswith(".")))
+            # The dataset's own rule for what a clip or face image is (harness.data.media).
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_media(f) and not f.name.startswith(".")))
         else:
             out.append(p)
     return out

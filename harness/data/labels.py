@@ -19,13 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from harness.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_clip, is_image
+from harness.data.media import is_clip, is_image
 from harness.errors import BadInput
 
 SPLITS = ("train", "val", "test")
-# Older names, kept for importers not yet switched to harness.data.media (harness.predict).
-VIDEO_EXTS = VIDEO_SUFFIXES
-IMAGE_EXTS = IMAGE_SUFFIXES
 LABEL_HEADER = ("video_name", "target")
 TEMPLATE_HEADER = ("video_name", "score")
 
