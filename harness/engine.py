@@ -23,7 +23,6 @@ from harness.config import Augment, TrainConfig
 from harness.data.dataset import DeviceResident, SplitArrays, batches
 from harness.errors import BadInput, ConfigError, JobFailed
 from harness.fileio import write_bytes
-from harness.modalities import head_outputs
 
 Stats = dict[str, tuple[Sequence[float], Sequence[float]]]  # input name -> (mean, std)
 

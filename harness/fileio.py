@@ -46,7 +46,8 @@ def fsync_dir(folder: Path) -> None:
 def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
     """Open a temporary beside `path` for writing; on success fsync it and rename it onto `path`.
 
-    On any error (or Ctrl-C) the temporary is removed and `path` is untouched.
+    On any error (or Ctrl-C) the temporary is removed and `path` is untouched; an OSError that names
+    no file (a full disk during write) is raised again naming `path`.
 
     Example:
         >>> with atomic_write(Path("/tmp/x.txt"), "w", encoding="utf-8") as f:
@@ -62,6 +63,10 @@ def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # the kernel's ENOSPC from write() names no file: name the destination
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -15,7 +15,8 @@ from harness.callbacks import EpochReport, FitResult, StopTraining
 from harness import engine
 from harness.config import LOSSES, OPTIMIZERS, Augment, TrainConfig
 from harness.data.dataset import SplitArrays
-from harness.engine import TrainingDiverged, fit, head_outputs, seed_everything
+from harness.engine import TrainingDiverged, fit, seed_everything
+from harness.modalities import head_outputs
 from harness.errors import ConfigError
 
 NO_AUG = Augment(time_mask=0, freq_mask=0, time_shift=0)

@@ -105,7 +105,7 @@ def _config(
     run: Any, cfg: RunConfig, predictor: Predictor, compliance: Any, *, weights_sha256: str, source_note: str,
     python: str,
 ) -> dict[str, Any]:
-    from harness.engine import head_outputs
+    from harness.modalities import head_outputs
 
     tags, metrics = run.data.tags, run.data.metrics
     return F.make_config(

@@ -21,10 +21,8 @@ existed is verified by parsing it fully (a shard's zip members carry their own C
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import zlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
@@ -85,22 +83,11 @@ def check_file(path: Path, recorded: Record, *, full: bool = False) -> tuple[str
     return None, found  # the same bytes under a new mtime (a copy): known by it from now on
 
 
-@contextlib.contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """An OSError raised while writing `path` names it (the kernel's ENOSPC from write() does not)."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
-
-
 def write_file(path: Path, data: bytes | memoryview) -> Record:
     """`path` holds exactly `data` (temporary, fsync, rename), or what it held before; returns its record.
 
     Raises OSError naming `path` (no space, read-only, permission); no temporary is left behind."""
-    with naming(path), atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(data)
     return Record.of(data).stamped(path)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AudioFeatures, VideoFeatures
-from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, naming, write_file
+from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, write_file
 from harness.data.labels import Dataset
 from harness.fileio import atomic_write, dict_csv_text
 
@@ -86,7 +86,7 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
         # An index unlike the one written (rather than one that the dataset changed) is damage too.
         if (problem := check_file(index_path, recorded[1])[0]) is not None:
             result.repaired = f"repacked {split}: {index_path.name} {problem}"
-    with naming(array_path), atomic_write(array_path, "wb") as f:
+    with atomic_write(array_path, "wb") as f:
         writer = ChecksummedWriter(f)
         writer.write(_header(shape))
         for row in _packed_rows(items, cfg.shape, fresh or {}):
