@@ -12,21 +12,22 @@ features tested (Bonferroni), below 0.05. With 8 clips of each class a perfect s
 among 25 features; with 6 of each it does not.
 
 The model is a logistic regression on standardised features (median-imputed) scored out of fold by
-stratified k-fold cross-validation (k = 5, fewer when a class has fewer clips; none below 2).
+stratified k-fold cross-validation (k = 5, fewer when a class has fewer clips; none below 2); see
+`harness.audit.model` for why it is numpy rather than sklearn.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from harness.audit.model import auc, out_of_fold, stratified_folds
 from harness.audit.probe import PROBE_COLUMNS, TEXT_COLUMNS
 
-# harness.metrics and sklearn (1.2 s to import) are imported inside the functions: the table's
-# worker processes import this package and never need them.
+# harness.metrics (which imports sklearn: 1.2 s) is imported inside the functions: the table's
+# worker processes import this package and never need it.
 
 NUMERIC = tuple(c for c in PROBE_COLUMNS if c not in TEXT_COLUMNS) + ("face_found_rate",)
 CATEGORICAL = ("container", "audio_codec", "video_codec")
@@ -84,26 +85,32 @@ def p_value(auc: float, n_pos: int, n_neg: int) -> float:
 
 
 def feature_aucs(names: list[str], matrix: np.ndarray, y: np.ndarray, split: str, *, positive: str = "fakes",
-                 n_boot: int = 1000, seed: int = 0) -> list[FeatureAUC]:
-    """Every feature's AUC for `y` (1 = `positive`) on the clips where it is known, best first."""
-    from sklearn.metrics import roc_auc_score
+                 n_boot: int = 1000, seed: int = 0, best: int | None = None) -> list[FeatureAUC]:
+    """Each feature's AUC for `y` (1 = `positive`) on the clips where it is known, best first;
+    only the `best` highest when given (the intervals, the costly part, are drawn for those alone).
 
+    A feature with one value has AUC 0.5 in every resample: its interval is [0.5, 0.5] without
+    drawing any (on the demo, half the features are constant)."""
     from harness.metrics import bootstrap_auc_interval, has_both_classes
 
-    found = []
+    scored = []
     for j, name in enumerate(names):
         known = np.isfinite(matrix[:, j])
         x, labels = matrix[known, j], y[known]
-        if not has_both_classes(labels):
-            continue
-        raw = float(roc_auc_score(labels, x))
-        low, high = bootstrap_auc_interval(labels, x, n_boot=n_boot, seed=seed)
+        if has_both_classes(labels):
+            raw = auc(labels, x)
+            scored.append((max(raw, 1 - raw), name, raw, x, labels))
+    scored.sort(key=lambda item: (-item[0], item[1]))
+    found = []
+    for _, name, raw, x, labels in scored[:best]:
+        constant = bool(x.min() == x.max())
+        low, high = (0.5, 0.5) if constant else bootstrap_auc_interval(labels, x, n_boot=n_boot, seed=seed)
         direction = "no difference" if raw == 0.5 else f"{'higher' if raw > 0.5 else 'lower'} in {positive}"
         if raw < 0.5:
             raw, low, high = 1 - raw, 1 - high, 1 - low
         n_pos = int(labels.sum())
         found.append(FeatureAUC(name, split, raw, low, high, len(labels), p_value(raw, n_pos, len(labels) - n_pos), direction))
-    return sorted(found, key=lambda f: (-f.auc, f.feature))
+    return found
 
 
 def is_finding(f: FeatureAUC, threshold: float, tests: int) -> bool:
@@ -111,8 +118,8 @@ def is_finding(f: FeatureAUC, threshold: float, tests: int) -> bool:
     return f.auc >= threshold and f.p * max(tests, 1) < ALPHA
 
 
-def model_auc(names: list[str], matrix: np.ndarray, y: np.ndarray, split: str, *, positive: str = "fakes",
-              seed: int = 0, n_boot: int = 1000) -> tuple[FeatureAUC, int] | None:
+def model_auc(names: list[str], matrix: np.ndarray, y: np.ndarray, split: str, *, seed: int = 0,
+              n_boot: int = 1000) -> tuple[FeatureAUC, int] | None:
     """The out-of-fold AUC of a logistic regression on every feature together, with its bootstrap
     interval, and the number of folds; None when a class has fewer than 2 clips or nothing varies.
 
@@ -123,23 +130,10 @@ def model_auc(names: list[str], matrix: np.ndarray, y: np.ndarray, split: str, *
     varied = [j for j in range(matrix.shape[1]) if len(np.unique(matrix[np.isfinite(matrix[:, j]), j])) > 1]
     if folds < 2 or not varied:
         return None
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from harness.metrics import bootstrap_auc_interval
 
-    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
-                          LogisticRegression(max_iter=1000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        scores = cross_val_predict(model, matrix[:, varied], y, cv=cv, method="predict_proba")[:, 1]
-    auc = float(roc_auc_score(y, scores))
+    scores = out_of_fold(matrix[:, varied], y, stratified_folds(y, folds, seed))
+    found = auc(y, scores)
     low, high = bootstrap_auc_interval(y, scores, n_boot=n_boot, seed=seed)
     direction = f"{len(varied)} features, {folds}-fold CV"
-    return FeatureAUC(MODEL_FEATURE, split, auc, low, high, len(y), p_value(auc, n_pos, len(y) - n_pos), direction), folds
+    return FeatureAUC(MODEL_FEATURE, split, found, low, high, len(y), p_value(found, n_pos, len(y) - n_pos), direction), folds
