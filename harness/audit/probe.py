@@ -1,10 +1,11 @@
 """One clip's metadata row and audio fingerprint: what a worker computes for the audit table.
 
-A clip is opened twice: once by PyAV for what the container declares (codecs, rates, sizes,
-durations: no decoding, about 1 ms), once by `harness.data.media.decode_audio`, the decode that
-`harness prepare` runs (mono, resampled to 16 kHz). The decoded audio gives the measured duration,
-the leading and trailing silence, the loudness and the fingerprint; the fingerprint's band energies
-come from `harness.data.features.mel_power`, the features' own spectrogram code.
+A clip is opened once: what the container declares (codecs, rates, sizes, durations) is read from
+the open container, then its first audio track is decoded as `harness prepare` decodes it
+(`harness.data.media`'s track opening and decoding; mono, resampled to 16 kHz). The decoded audio
+gives the measured duration, the leading and trailing silence, the loudness and the fingerprint;
+the fingerprint's band energies come from `harness.data.features.mel_power`, the features' own
+spectrogram code.
 
 Silence: a 10 ms frame is silent when its RMS level is more than `silence_db` (40 dB) below the
 clip's peak sample; the leading (trailing) silence is the run of silent frames at the start (end),
@@ -80,21 +81,16 @@ def probe_clip(path: Path | str, settings: TableSettings) -> tuple[dict[str, Any
     Never raises for a broken clip: what could not be read stays empty and `error` says why
     (the MediaError's reason and detail), so a broken clip still has its file size and digest.
     """
-    from harness.data.media import MediaError, decode_audio
+    from harness.data import media
 
     path = Path(path)
     row: dict[str, Any] = {"file_size": path.stat().st_size, "sha256": sha256(path), "error": ""}
     try:
-        row.update(container_info(path))
-    except MediaError as e:
+        audio = _read(path, settings, row)
+    except media.MediaError as e:
         row["error"] = f"{e.reason}: {e.detail}"
         return row, None
-    if not row.get("audio_codec"):
-        return row, None
-    try:
-        audio, _ = decode_audio(path, settings.sample_rate)
-    except MediaError as e:
-        row["error"] = f"{e.reason}: {e.detail}"
+    if audio is None:
         return row, None
     measures, active = audio_measures(audio, settings)
     row.update(measures)
@@ -104,34 +100,54 @@ def probe_clip(path: Path | str, settings: TableSettings) -> tuple[dict[str, Any
     return row, None if bits is None else np.packbits(bits)
 
 
-def container_info(path: Path) -> dict[str, Any]:
-    """What the container and its first audio and video tracks declare. Raises a MediaError."""
-    import av
+def _read(path: Path, settings: TableSettings, row: dict[str, Any]) -> np.ndarray | None:
+    """Fill `row` with what the container declares and return the first audio track, mono at the
+    settings' rate (None for a clip without audio). One open serves both: opening costs about
+    1.2 ms a demo clip (FFmpeg probes every stream), about as much as decoding its 3 s of audio.
 
-    from harness.data.media import EmptyFile, Undecodable
+    The decode is `harness.data.media.decode_audio`'s, step for step (its track opening with the
+    same error mapping, its decoding up to the first damaged packet, soxr MQ resampling); only the
+    open container is kept a moment longer to read its description. Raises a MediaError.
+    """
+    import soxr
 
-    if path.stat().st_size == 0:
-        raise EmptyFile(path, "0 bytes")
+    from harness.data import media
+
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            info: dict[str, Any] = {
-                "container": container.format.name.split(",")[0],
-                "duration_container": container.duration / 1e6 if container.duration else None,
-                "bitrate_container": container.bit_rate or None,
-            }
-            if container.streams.audio:
-                a = container.streams.audio[0]
-                info.update(audio_codec=a.codec_context.name, audio_sample_rate=a.codec_context.sample_rate or None,
-                            audio_channels=a.codec_context.channels or None, audio_bitrate=a.bit_rate or None,
-                            duration_audio_declared=_seconds(a))
-            if container.streams.video:
-                v = container.streams.video[0]
-                info.update(video_codec=v.codec_context.name, fps=float(v.average_rate) if v.average_rate else None,
-                            width=v.codec_context.width or None, height=v.codec_context.height or None,
-                            video_bitrate=v.bit_rate or None, duration_video=_seconds(v), video_frames=v.frames or None)
-            return info
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise Undecodable(path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
+        with media._first_track(path, "audio", media.NoAudio) as (container, stream):
+            row.update(describe(container))
+            samples = media._decode_until_damage(container, stream)
+            mono = samples.mono() if samples else None
+            rate = stream.codec_context.sample_rate or stream.rate
+    except media.NoAudio:  # no sound: the container and its picture still describe the clip
+        with media._first_track(path, "video", media.NoVideo) as (container, _):
+            row.update(describe(container))
+        return None
+    if mono is None:
+        raise media.Undecodable(path, "the audio track decoded to no samples")
+    if rate != settings.sample_rate:
+        mono = soxr.resample(mono, rate, settings.sample_rate, quality="MQ").astype(np.float32, copy=False)
+    return mono
+
+
+def describe(container: Any) -> dict[str, Any]:
+    """What an open PyAV container and its first audio and video tracks declare."""
+    info: dict[str, Any] = {
+        "container": container.format.name.split(",")[0],
+        "duration_container": container.duration / 1e6 if container.duration else None,
+        "bitrate_container": container.bit_rate or None,
+    }
+    if container.streams.audio:
+        a = container.streams.audio[0]
+        info.update(audio_codec=a.codec_context.name, audio_sample_rate=a.codec_context.sample_rate or None,
+                    audio_channels=a.codec_context.channels or None, audio_bitrate=a.bit_rate or None,
+                    duration_audio_declared=_seconds(a))
+    if container.streams.video:
+        v = container.streams.video[0]
+        info.update(video_codec=v.codec_context.name, fps=float(v.average_rate) if v.average_rate else None,
+                    width=v.codec_context.width or None, height=v.codec_context.height or None,
+                    video_bitrate=v.bit_rate or None, duration_video=_seconds(v), video_frames=v.frames or None)
+    return info
 
 
 def _seconds(stream: Any) -> float | None:
