@@ -95,3 +95,13 @@ def test_model_auc_combines_features_out_of_fold() -> None:
     model, folds = model_auc([str(i) for i in range(6)], matrix, y, "train", n_boot=200)
     assert folds == 5 and model.feature == MODEL_FEATURE and model.auc > single and model.auc > 0.8
     assert model_auc(["x"], np.ones((5, 1)), np.array([0, 1, 1, 1, 1]), "val") is None  # one real: no folds
+
+
+def test_a_constant_feature_gets_the_exact_interval_and_best_keeps_the_top() -> None:
+    y = np.repeat([0, 1], 10)
+    matrix = np.column_stack([np.full(20, 3.0), np.arange(20.0), np.r_[np.arange(10.0), np.arange(10.0)]])
+    found = feature_aucs(["flat", "rising", "same"], matrix, y, "train", n_boot=100)
+    flat = next(f for f in found if f.feature == "flat")
+    assert (flat.auc, flat.low, flat.high, flat.direction) == (0.5, 0.5, 0.5, "no difference")
+    assert found[0].feature == "rising" and found[0].direction == "higher in fakes"
+    assert [f.feature for f in feature_aucs(["flat", "rising", "same"], matrix, y, "train", best=1)] == ["rising"]

@@ -148,9 +148,10 @@ def _shift(table: Table, names: list[str], matrix: np.ndarray,
     rows = (split == "train") | (split == other)
     is_other = (split[rows] == other).astype(int)
     where = f"train~{other}"
-    top = feature_aucs(names, matrix[rows], is_other, where, positive=other, n_boot=settings.n_boot, seed=settings.seed)
-    model = model_auc(names, matrix[rows], is_other, where, positive=other, seed=settings.seed, n_boot=settings.n_boot)
-    return (model[0] if model else None), top[:TOP], ("train", other)
+    top = feature_aucs(names, matrix[rows], is_other, where, positive=other, n_boot=settings.n_boot, seed=settings.seed,
+                       best=TOP)
+    model = model_auc(names, matrix[rows], is_other, where, seed=settings.seed, n_boot=settings.n_boot)
+    return (model[0] if model else None), top, ("train", other)
 
 
 def findings(result: AuditResult) -> list[str]:
