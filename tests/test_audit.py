@@ -110,3 +110,41 @@ def test_an_unreadable_clip_is_reported_not_fatal(tmp_path: Path) -> None:
     assert [r["name"] for r in result.table.failures()] == ["c1.mp4"]
     assert to_json(result)["failures"] == [{"clip": "train/c1.mp4", "error": result.table.rows[1]["error"]}]
     assert result.table.rows[1]["error"].startswith("undecodable")
+
+
+def _texture(seed: int, count: int = 20, side: int = 64) -> np.ndarray:
+    """Frames of a smooth random picture (it survives re-encoding), drifting a pixel a frame."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    picture = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (side + count, side),
+                         interpolation=cv2.INTER_CUBIC)
+    return np.stack([picture[:, i : i + side] for i in range(count)])
+
+
+def test_prepared_face_crops_give_the_face_rate_and_a_visual_duplicate(tmp_path: Path) -> None:
+    from harness.config import VideoFeatures
+    from harness.data.cache import feature_dir, load_split, prepare_features
+    from tests.test_audit_support import reencode
+
+    root = tmp_path / "ds"
+    for i in range(4):
+        write_av(root / "trainset" / f"t{i}.mp4", speech_like(60 + i, 2.0), frames=_texture(i))
+    reencode(root / "trainset" / "t0.mp4", root / "valset" / "copy.mp4", codec="aac", bitrate=24000)
+    write_av(root / "valset" / "v1.mp4", speech_like(70, 2.0), frames=_texture(9))
+    write_labels(root / "train_label.txt", [(f"t{i}.mp4", i % 2) for i in range(4)])
+    write_labels(root / "val_label.txt", [("copy.mp4", 0), ("v1.mp4", 1)])
+    ds = load_dataset(root)
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(2) as pool:
+        before = audit_dataset(ds, cache_root=cache, pool=pool)
+        faces = VideoFeatures(frames=4, size=32)
+        prepare_features(ds, faces, cache_root=cache, pool=pool)
+        after = audit_dataset(ds, cache_root=cache, pool=pool)
+    assert before.face_folder is None and all(r["face_found_rate"] is None for r in before.table.rows)
+    assert after.face_folder == feature_dir(ds, faces, cache) and after.table.done == 0  # the table itself was cached
+    _, index = load_split(after.face_folder, "train")
+    assert [r["face_found_rate"] for r in after.table.rows[:4]] == [1 - int(r["fallback"]) / 4 for r in index]
+    kinds = {p.kind: p for p in after.duplicates if (p.a, p.b) == ("train/t0.mp4", "val/copy.mp4")}
+    assert set(kinds) == {"audio", "faces"} and kinds["faces"].similarity >= 0.92
+    assert [p for p in after.duplicates if p.b != "val/copy.mp4"] == []  # the other textures differ
