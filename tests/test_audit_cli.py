@@ -42,7 +42,8 @@ def test_audit_writes_its_report_records_a_run_and_strict_fails_on_findings(tmp_
         client = tracking.setup()
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags["harness.kind"] == "audit"
-        assert run.data.tags["audit.findings"] == str(len(data["findings"])) and "leading_silence" in run.data.tags["mlflow.note.content"]
+        assert run.data.tags["audit.findings"] == str(len(data["findings"]))
+        assert "leading_silence" in run.data.tags["mlflow.note.content"]
         assert run.data.metrics["adversarial_auc"] == pytest.approx(data["adversarial_auc"], abs=1e-4)
         assert run.data.metrics["duplicate_pairs_across_splits"] == 2 and run.data.params["threshold"] == "0.75"
         artifacts = {a.path for a in client.list_artifacts(run_id)}

@@ -49,7 +49,8 @@ def test_find_duplicates_lists_identical_once_and_across_splits_first() -> None:
 
 
 def test_groups_join_clusters_transitively_and_leave_others_alone() -> None:
-    pairs = [Pair("val/c", "test/e", AUDIO, 0.9), Pair("train/b", "test/e", IDENTICAL, 1.0), Pair("x/unknown", "train/a", AUDIO, 1)]
+    pairs = [Pair("val/c", "test/e", AUDIO, 0.9), Pair("train/b", "test/e", IDENTICAL, 1.0),
+             Pair("x/unknown", "train/a", AUDIO, 1)]  # a clip not among the keys is ignored
     found = groups(pairs, KEYS)
     assert found == {"train/a": 0, "train/b": 1, "val/c": 1, "val/d": 3, "test/e": 1}
     assert groups([], KEYS) == {k: i for i, k in enumerate(KEYS)}

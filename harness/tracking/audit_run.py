@@ -7,6 +7,7 @@ if logging breaks off, so no audit run is left RUNNING.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def record_audit(
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v and abs(v) != float("inf")],
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)],
             params=[Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()],
         )
         client.log_artifacts(run_id, str(out_dir))
