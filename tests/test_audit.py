@@ -148,3 +148,23 @@ def test_prepared_face_crops_give_the_face_rate_and_a_visual_duplicate(tmp_path:
     kinds = {p.kind: p for p in after.duplicates if (p.a, p.b) == ("train/t0.mp4", "val/copy.mp4")}
     assert set(kinds) == {"audio", "faces"} and kinds["faces"].similarity >= 0.92
     assert [p for p in after.duplicates if p.b != "val/copy.mp4"] == []  # the other textures differ
+
+
+def test_a_damaged_shard_or_a_stale_temporary_is_recomputed_or_removed(tmp_path: Path) -> None:
+    from harness.audit.probe import TableSettings
+    from harness.audit.table import build_table, table_dir
+
+    root = tmp_path / "ds"
+    for i in range(3):
+        write_av(root / "trainset" / f"c{i}.mp4", speech_like(80 + i, 1.0))
+    write_labels(root / "train_label.txt", [(f"c{i}.mp4", i % 2) for i in range(3)])
+    ds = load_dataset(root)
+    with ThreadPoolExecutor(1) as pool:
+        first = build_table(ds, TableSettings(), cache_root=tmp_path / "cache", pool=pool, workers=1)
+        shards = sorted((table_dir(ds, TableSettings(), tmp_path / "cache") / "shards" / "train").glob("*.npz"))
+        shards[0].write_bytes(shards[0].read_bytes()[:50])  # cut short, as a crash mid-write without rename could not
+        stale = shards[0].with_name(".x.npz.tmp-999999999")  # a writer that is gone
+        stale.write_bytes(b"half")
+        second = build_table(ds, TableSettings(), cache_root=tmp_path / "cache", pool=pool, workers=1)
+    assert second.done >= 1 and second.done + second.reused == 3 and second.rows == first.rows
+    assert not stale.exists()

@@ -10,8 +10,9 @@ key, `audit-…`, names the `TableSettings` and the probe's revision):
                                 the packed fingerprints (a zero row where a clip has none)
 
 The design is the feature cache's: the same worker pool (`make_pool`, one BLAS thread a process), the
-same task plan (`plan_tasks`, chunks shrinking at the end), shards written atomically under temporary
-names that carry the writer's pid, a second run reusing every shard it can read. The table itself is
+same task plan (`plan_tasks`, chunks shrinking at the end), shards written whole under temporary
+names that carry the writer's pid (`harness.fileio.temp_name`; leftovers removed by
+`remove_stale_temporaries`) and renamed into place, a second run reusing every shard it can read. The table itself is
 assembled in label-file order on every run (cheap: it is read from the shards).
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import asdict, dataclass
@@ -31,7 +34,7 @@ import numpy as np
 from harness.audit.probe import PROBE_COLUMNS, TableSettings, probe_clip
 from harness.data.cache import dataset_id, make_pool, plan_tasks
 from harness.data.labels import Dataset, Sample
-from harness.fileio import atomic_write, remove_stale_temporaries, write_text
+from harness.fileio import remove_stale_temporaries, temp_name, write_text
 
 SHARDS = "shards"
 # The table's columns, in the CSV's order.
@@ -88,11 +91,25 @@ def probe_chunk(settings: TableSettings, folder: str, jobs: list[tuple[str, str]
         meta.append({"id": stem, "row": row, "fp": bits is not None})
         if bits is not None:
             prints[i] = bits
+    _write_shard(Path(folder) / f"{jobs[0][1]}.npz", meta, prints)
+    return meta, prints
+
+
+def _write_shard(path: Path, meta: list[dict[str, Any]], prints: np.ndarray) -> None:
+    """Write under fileio's temporary name, then rename: a reader sees the whole shard or none.
+
+    Not fsynced, as the feature cache's shards are not: a shard can always be computed again, and
+    one damaged by a power cut fails to load and is (`_read_shards`). Waiting for the disk once per
+    8 clips measurably slowed the table on this shared machine, where other processes keep it busy.
+    """
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), fp=prints)
-    with atomic_write(Path(folder) / f"{jobs[0][1]}.npz") as f:
-        f.write(buf.getbuffer())
-    return meta, prints
+    tmp = temp_name(path)
+    try:
+        tmp.write_bytes(buf.getbuffer())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_shards(folder: Path) -> dict[str, tuple[dict, np.ndarray]]:
@@ -102,7 +119,7 @@ def _read_shards(folder: Path) -> dict[str, tuple[dict, np.ndarray]]:
         try:
             with np.load(shard) as z:
                 meta, prints = json.loads(z["meta"].tobytes()), z["fp"]
-        except (OSError, ValueError, KeyError):  # damaged or not ours: its clips are probed again
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # damaged or not ours: its clips are probed again
             continue
         entries.update((m["id"], (m, prints[i])) for i, m in enumerate(meta))
     return entries
