@@ -28,7 +28,7 @@ from harness.audit.analysis import AuditResult
 from harness.audit.plots import save_finding_plots
 from harness.audit.stats import MODEL_FEATURE, FeatureAUC
 from harness.audit.table import COLUMNS
-from harness.fileio import atomic_dir, csv_text, dict_csv_text, write_text
+from harness.fileio import atomic_dir, csv_text, dict_csv_text
 
 MAX_PAIRS_SHOWN = 10
 
@@ -61,10 +61,12 @@ def write_outputs(result: AuditResult, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out_dir) as stage:
-        write_text(stage / "audit.json", json.dumps(to_json(result), indent=2, allow_nan=False) + "\n")
-        write_text(stage / "table.csv", dict_csv_text(({k: _cell(r[k]) for k in COLUMNS} for r in result.table.rows), COLUMNS))
-        write_text(stage / "duplicates.csv", csv_text(("a", "b", "kind", "similarity"),
-                                                      ((p.a, p.b, p.kind, p.similarity) for p in result.duplicates)))
+        # Plain writes: nobody sees the staging folder until atomic_dir renames it into place.
+        (stage / "audit.json").write_text(json.dumps(to_json(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        rows = ({k: _cell(r[k]) for k in COLUMNS} for r in result.table.rows)
+        (stage / "table.csv").write_text(dict_csv_text(rows, COLUMNS), encoding="utf-8")
+        pairs = ((p.a, p.b, p.kind, p.similarity) for p in result.duplicates)
+        (stage / "duplicates.csv").write_text(csv_text(("a", "b", "kind", "similarity"), pairs), encoding="utf-8")
         shift = result.adversarial_top[:3] if result.shifted else []  # the three the finding names
         save_finding_plots(result.table.rows, result.shortcuts, shift, stage / "plots")
     return out_dir
