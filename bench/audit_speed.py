@@ -2,7 +2,9 @@
 
 The criterion (issue 12): the audit takes at most 1.5x the time of `harness prepare` on the same
 clips with a new cache. Two levels, each alternating prepare and audit --rounds times (this shared
-machine moves a 1-2 s figure by 10% or more), printing every round's time ratio and the median:
+machine moves a 1-2 s figure by 10% or more, and by far more while other jobs run), printing every
+round's wall-time ratio and their median, and the median ratio of CPU time (the command or this
+process plus its workers: steadier when the machine is shared, since waiting for a core is not counted):
 
   library   in one process with one warm worker pool, as bench/prepare_speed.py measures prepare:
             `prepare_features` (default audio settings) against `audit_dataset` + `write_outputs`
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,14 +40,25 @@ from harness.data.cache import make_pool, prepare_features  # noqa: E402
 from harness.data.labels import load_dataset  # noqa: E402
 
 
-def timed(call) -> float:  # noqa: ANN001
-    start = time.perf_counter()
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by this process and the processes `pids` (Linux /proc)."""
+    total = sum(os.times()[:2])
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def timed(call, pids: list[int]) -> tuple[float, float]:  # noqa: ANN001
+    """(wall seconds, CPU seconds of this process and the workers) of `call()`."""
+    cpu, start = _cpu_seconds(pids), time.perf_counter()
     call()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds(pids) - cpu
 
 
-def library_rounds(data: Path, tmp: Path, rounds: int, workers: int) -> list[tuple[float, float]]:
-    """(prepare seconds, audit seconds) per round, in one warm pool, each into a new cache."""
+def library_rounds(data: Path, tmp: Path, rounds: int, workers: int) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """((prepare wall, CPU), (audit wall, CPU)) seconds per round, in one warm pool, each into a new cache."""
     def prepare(cache: Path) -> None:
         report = prepare_features(load_dataset(data), AudioFeatures(), cache_root=cache, pool=pool)
         assert not report.failures, report.failures
@@ -56,28 +70,32 @@ def library_rounds(data: Path, tmp: Path, rounds: int, workers: int) -> list[tup
     with make_pool(workers) as pool:
         prepare(tmp / "warm-p")  # workers start and import what each job needs, before any timing
         audit(tmp / "warm-a", tmp / "warm-out")
+        pids = list(pool._processes)  # the workers' CPU time counts too
         for r in range(rounds):
-            p = timed(lambda r=r: prepare(tmp / f"lib-p{r}"))
-            a = timed(lambda r=r: audit(tmp / f"lib-a{r}", tmp / f"lib-out{r}"))
+            p = timed(lambda r=r: prepare(tmp / f"lib-p{r}"), pids)
+            a = timed(lambda r=r: audit(tmp / f"lib-a{r}", tmp / f"lib-out{r}"), pids)
             times.append((p, a))
     return times
 
 
-def command_rounds(data: Path, tmp: Path, rounds: int, workers: int) -> list[tuple[float, float, float]]:
-    """(prepare, audit --no-track, audit with its MLflow run) seconds per round, whole commands."""
+def command_rounds(data: Path, tmp: Path, rounds: int, workers: int) -> list[tuple[tuple[float, float], ...]]:
+    """(prepare, audit --no-track, audit with its MLflow run) per round, whole commands, each as
+    (wall seconds, CPU seconds of the command and its workers)."""
     script = Path(sys.executable).parent / "harness"
     command = [str(script)] if script.is_file() else [sys.executable, "-c", "from harness.cli import main; main()"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_HOME": str(tmp / "home"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}"}
 
-    def run(*args: str) -> float:
+    def run(*args: str) -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: the command and its workers
         start = time.perf_counter()
         done = subprocess.run([*command, *args, "--data", str(data), "--workers", str(workers)], env=env,
                               capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
-        return seconds
+        return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     run("audit", "--cache", str(tmp / "cmd-warm"), "--out", str(tmp / "cmd-out"))  # makes the MLflow store
     times = []
@@ -89,10 +107,13 @@ def command_rounds(data: Path, tmp: Path, rounds: int, workers: int) -> list[tup
     return times
 
 
-def line(label: str, prepare: list[float], audit: list[float]) -> str:
-    ratios = [a / p for p, a in zip(prepare, audit)]
-    return (f"{label}: prepare {np.median(prepare):.2f} s, audit {np.median(audit):.2f} s (medians); audit/prepare "
-            f"time ratio median {np.median(ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+def line(label: str, prepare: list[tuple[float, float]], audit: list[tuple[float, float]]) -> str:
+    """Medians of wall time, the per-round wall ratios and their median, and the CPU ratio's median."""
+    walls = [a[0] / p[0] for p, a in zip(prepare, audit)]
+    cpus = [a[1] / p[1] for p, a in zip(prepare, audit)]
+    return (f"{label}: prepare {np.median([p[0] for p in prepare]):.2f} s, audit {np.median([a[0] for a in audit]):.2f} s "
+            f"(medians); audit/prepare time ratio median {np.median(walls):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in walls)}); "
+            f"CPU-time ratio median {np.median(cpus):.2f}x")
 
 
 def main() -> int:
