@@ -17,15 +17,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.audit.analysis import AuditResult, AuditSettings, audit_dataset, summary
-from harness.audit.duplicates import Pair, find_duplicates, groups
+from harness.audit.analysis import AuditResult, AuditSettings, audit_dataset, summary, table_duplicates
+from harness.audit.duplicates import Pair, groups
+from harness.audit.faces import face_columns
 from harness.audit.probe import TableSettings
 from harness.audit.report import headline_metrics, render, to_json, write_outputs
+from harness.audit.table import build_table
 from harness.data.labels import Dataset
 
 __all__ = [
-    "AuditResult", "AuditSettings", "Pair", "TableSettings", "audit_dataset", "dataset_groups", "find_duplicates",
-    "groups", "headline_metrics", "render", "summary", "to_json", "write_outputs",
+    "AuditResult", "AuditSettings", "Pair", "TableSettings", "audit_dataset", "dataset_groups", "groups",
+    "headline_metrics", "render", "summary", "to_json", "write_outputs",
 ]
 
 
@@ -35,14 +37,7 @@ def dataset_groups(ds: Dataset, *, cache_root: Path, workers: int = 2, settings:
     Builds the audit table when it is not cached yet (the same cache `harness audit` uses), finds
     the duplicate pairs and joins them (`groups`). Clips without a near-duplicate are alone.
     """
-    from harness.audit.faces import face_columns
-    from harness.audit.table import build_table
-
     settings = settings or AuditSettings()
     table = build_table(ds, settings.table, cache_root=cache_root, workers=workers)
-    faces = face_columns(ds, table.keys, cache_root)
-    pairs = find_duplicates(
-        table.keys, [r["sha256"] for r in table.rows], table.fingerprints, table.has_fingerprint, faces.hashes,
-        faces.has_hash, audio_threshold=settings.audio_duplicate, faces_threshold=settings.faces_duplicate,
-    )
+    pairs = table_duplicates(table, face_columns(ds, table.keys, cache_root), settings)
     return groups(pairs, table.keys)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.audit.duplicates import Pair, find_duplicates
-from harness.audit.faces import face_columns
+from harness.audit.faces import FaceColumns, face_columns
 from harness.audit.probe import TableSettings
 from harness.audit.stats import FeatureAUC, feature_aucs, feature_matrix, is_finding, model_auc
 from harness.audit.table import Table, build_table
@@ -98,10 +98,7 @@ def audit_dataset(
     names, matrix = feature_matrix(table.rows)
 
     features, models, shortcuts = _shortcuts(table, names, matrix, settings)
-    duplicates = find_duplicates(
-        keys, [r["sha256"] for r in table.rows], table.fingerprints, table.has_fingerprint, faces.hashes,
-        faces.has_hash, audio_threshold=settings.audio_duplicate, faces_threshold=settings.faces_duplicate,
-    )
+    duplicates = table_duplicates(table, faces, settings)
     adversarial, top, between = _shift(table, names, matrix, settings)
     result = AuditResult(
         dataset=ds.root, dataset_id=dataset_id(ds), settings=settings, table=table, face_folder=faces.folder,
@@ -112,6 +109,14 @@ def audit_dataset(
     result.findings = findings(result)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def table_duplicates(table: Table, faces: FaceColumns, settings: AuditSettings) -> list[Pair]:
+    """The duplicate pairs among the table's clips (identical, audio, faces)."""
+    return find_duplicates(
+        table.keys, [r["sha256"] for r in table.rows], table.fingerprints, table.has_fingerprint, faces.hashes,
+        faces.has_hash, audio_threshold=settings.audio_duplicate, faces_threshold=settings.faces_duplicate,
+    )
 
 
 def _labelled_splits(table: Table) -> list[str]:
