@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 IDENTICAL, AUDIO, FACES = "identical", "audio", "faces"
-_BLOCK = 2048  # rows per block of the similarity product
+_BLOCK_CELLS = 1 << 25  # similarities per block of the product: 128 MB of float32 whatever N
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,9 @@ def similar_pairs(keys: Sequence[str], packed: np.ndarray, valid: np.ndarray, th
     bits = signs.shape[1]
     least = (2 * threshold - 1) * bits - 1e-3  # agree - disagree = dot product; agree share = (dot/bits + 1) / 2
     pairs = []
-    for start in range(0, len(index), _BLOCK):
-        dots = signs[start : start + _BLOCK] @ signs.T
+    block = max(1, _BLOCK_CELLS // len(index))
+    for start in range(0, len(index), block):
+        dots = signs[start : start + block] @ signs.T
         rows, cols = np.nonzero(dots >= least)
         for r, c in zip(rows.tolist(), cols.tolist()):
             i = start + r
