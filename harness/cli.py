@@ -439,6 +439,52 @@ def dashboard(
     tuning.serve_dashboard(storage=url, host="127.0.0.1", port=port)
 
 
+@app.command()
+def audit(
+    data: DataOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: audits/<dataset id> in the project.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there is any finding.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes.")] = 2,
+    threshold: Annotated[float, typer.Option(min=0.5, max=1.0, help="AUC at or above which a metadata feature is a "
+                                             "shortcut, and the train/test shift a finding.")] = 0.75,
+    cache: CacheOption = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Record the audit as an MLflow run (harness.kind=audit).")] = True,
+) -> None:
+    """Audit a dataset before trusting a score on it: metadata shortcuts, duplicates and leaks, train/test shift."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from harness.audit import AuditSettings, audit_dataset, headline_metrics, render, summary, write_outputs
+    from harness.config import flat
+    from harness.data.labels import load_dataset
+    from harness.errors import JobFailed
+    from harness.paths import cache_dir, project_root
+
+    console = Console(stderr=True)
+    ds = load_dataset(resolve_data(data))
+    for w in ds.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    settings = AuditSettings(threshold=threshold)
+    columns = (TextColumn("audit {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("clips", total=None)
+        result = audit_dataset(ds, settings, cache_root=cache or cache_dir(), workers=workers,
+                               on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    out_dir = write_outputs(result, out or project_root() / "audits" / result.dataset_id)
+    render(result, Console())
+    typer.echo(f"audit: {out_dir / 'audit.json'} (table.csv, duplicates.csv, plots/ beside it)")
+    if track:
+        from harness.tracking.audit_run import record_audit
+
+        run_id = record_audit(out_dir, experiment=experiment, dataset_path=str(ds.root), dataset_fingerprint=ds.fingerprint(),
+                              dataset_id=result.dataset_id, metrics=headline_metrics(result), params=flat(settings),
+                              findings=result.findings, run_name=f"audit {ds.root.name}")
+        typer.echo(f"run id: {run_id}")
+    if strict and result.findings:
+        raise JobFailed(f"--strict: {len(result.findings)} audit finding(s) ({summary(result)}); see {out_dir / 'audit.json'}")
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (timeout, docker stop, batch schedulers) takes Ctrl-C's path: workers and servers are
     # stopped and runs end KILLED by the same handlers.

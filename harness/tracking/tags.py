@@ -74,3 +74,10 @@ def why_not_finished(status: str, tags: dict[str, str]) -> str | None:
     if status == FAILED:
         return f"failed: {tags.get(ERROR, 'no error recorded')}"
     return f"has not finished (status {status})"
+
+
+# ---- audits (harness audit): KIND is AUDIT_KIND; DATA_PATH and DATA_FINGERPRINT name the dataset
+AUDIT_KIND = "audit"  # the value of KIND on an audit run
+AUDIT_DATASET_ID = "audit.dataset_id"  # the cache's dataset id (folder name + path hash)
+AUDIT_FINDINGS = "audit.findings"  # how many findings, as text ("0" when clean)
+AUDIT_DIR = "audit.dir"  # the folder holding audit.json, table.csv, duplicates.csv and plots/
