@@ -12,15 +12,11 @@ failed job (exit 1) that is still a ValueError for callers that catch that.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    log_loss,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
 
 from harness.errors import JobFailed
 
+# sklearn.metrics is imported inside the functions that use it: it costs about 1.2 s, and commands
+# that only import this module for its types (audit, submit's checks) should not pay it.
 LOGLOSS_EPS = 1e-7
 # Resamples are processed in chunks of at most this many (resample, sample) cells, so memory
 # stays near 8 bytes x this x a few arrays (~100 MB) whatever the number of samples.
@@ -61,6 +57,8 @@ def tpr_at_fpr(y_true: np.ndarray, y_score: np.ndarray, fpr: float) -> float:
     Where the curve is vertical at exactly `fpr`, np.interp takes the last (highest) TPR there,
     i.e. the best TPR reachable without exceeding `fpr`.
     """
+    from sklearn.metrics import roc_curve
+
     y_true, y_score = validate(y_true, y_score)
     if not has_both_classes(y_true):
         return float("nan")
@@ -70,6 +68,8 @@ def tpr_at_fpr(y_true: np.ndarray, y_score: np.ndarray, fpr: float) -> float:
 
 def equal_error_rate(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """The rate where FPR equals FNR, interpolated linearly along the ROC curve."""
+    from sklearn.metrics import roc_curve
+
     y_true, y_score = validate(y_true, y_score)
     if not has_both_classes(y_true):
         return float("nan")
@@ -81,6 +81,8 @@ def equal_error_rate(y_true: np.ndarray, y_score: np.ndarray) -> float:
 
 def best_f1(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float]:
     """`(F1, threshold)` at the threshold that maximises F1; (nan, nan) with one class."""
+    from sklearn.metrics import precision_recall_curve
+
     y_true, y_score = validate(y_true, y_score)
     if not has_both_classes(y_true):
         return float("nan"), float("nan")
@@ -95,6 +97,8 @@ def best_f1(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float]:
 
 def classification_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
     """All watched metrics in one dict; the ranking ones are nan when a class is missing."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
     y_true, y_score = validate(y_true, y_score)
     nan = float("nan")
     both = has_both_classes(y_true)

@@ -114,13 +114,13 @@ def _read(path: Path, settings: TableSettings, row: dict[str, Any]) -> np.ndarra
     from harness.data import media
 
     try:
-        with media._first_track(path, "audio", media.NoAudio) as (container, stream):
+        with media.first_track(path, "audio", media.NoAudio) as (container, stream):
             row.update(describe(container))
-            samples = media._decode_until_damage(container, stream)
+            samples = media.decode_until_damage(container, stream)
             mono = samples.mono() if samples else None
             rate = stream.codec_context.sample_rate or stream.rate
     except media.NoAudio:  # no sound: the container and its picture still describe the clip
-        with media._first_track(path, "video", media.NoVideo) as (container, _):
+        with media.first_track(path, "video", media.NoVideo) as (container, _):
             row.update(describe(container))
         return None
     if mono is None:

@@ -151,9 +151,9 @@ def decode_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]
     import soxr
 
     path = Path(path)
-    with _first_track(path, "audio", NoAudio) as (container, stream):
+    with first_track(path, "audio", NoAudio) as (container, stream):
         declared = _declared_seconds(stream, container)
-        samples = _decode_until_damage(container, stream)
+        samples = decode_until_damage(container, stream)
         if samples:
             mono = samples.mono()
         rate = stream.codec_context.sample_rate or stream.rate
@@ -167,7 +167,7 @@ def decode_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]
 
 
 @contextmanager
-def _first_track(path: Path, kind: str, missing: type[MediaError]) -> Iterator[tuple]:
+def first_track(path: Path, kind: str, missing: type[MediaError]) -> Iterator[tuple]:
     """The open container and its first `kind` ("audio" or "video") track; the demuxer skips every
     other stream. Raises EmptyFile, `missing` when there is no such track, and Undecodable for what
     FFmpeg (or the body of the `with`) reports as broken."""
@@ -191,7 +191,7 @@ def _first_track(path: Path, kind: str, missing: type[MediaError]) -> Iterator[t
         raise Undecodable(path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
 
 
-def _decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 - av objects
+def decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 - av objects
     """Every sample up to the first damaged packet.
 
     A file cut short (a broken download) still declares its full length and fails at the cut;
@@ -225,7 +225,7 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
 
     path = Path(path)
     picked: list[np.ndarray] = []
-    with _first_track(path, "video", NoVideo) as (container, stream):
+    with first_track(path, "video", NoVideo) as (container, stream):
         # Frames no other frame refers to (B-frames) need not be decoded: a pick then lands on
         # the next reference frame, a few milliseconds later. About halves decode time.
         stream.codec_context.skip_frame = "NONREF"

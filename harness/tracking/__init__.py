@@ -6,6 +6,9 @@
 - `recorder`: `RunRecorder`, one training run fed by the engine's callbacks.
 - `tags`: every tag key and the status contract.
 - `ui`: the MLflow UI server (`UiServer`), its URL and the port check.
+- `study_runs`: a study's run tree (parent, best so far, trial states, orphans), fed plain values.
+- `registry`: registered model versions, the `champion` alias and the `promoted.*` tags.
+- `audit_run`: the MLflow run of `harness audit` (`harness.kind=audit`).
 
 Importing this package imports mlflow (about a second): commands import it inside their bodies.
 """
