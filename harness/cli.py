@@ -193,6 +193,7 @@ def load_run_config(path: Path | None):  # noqa: ANN201 - RunConfig
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: DataOption = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with [features], [video] and [train] tables.")] = None,
     modality: Annotated[Optional[str], typer.Option(help="audio | video | fusion | image (face-image datasets).")] = None,
@@ -211,8 +212,16 @@ def train(
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
     cache: CacheOption = None,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train one model over N processes on this machine with "
+                                                 "DDP (torchrun's launcher; gloo on CPU, one GPU each with NCCL). "
+                                                 "--batch-size is per process. Collective timeout: "
+                                                 "$HARNESS_COLLECTIVE_TIMEOUT seconds (300).")] = None,
 ) -> None:
-    """Train one timm model on the feature cache and record the run in MLflow."""
+    """Train one timm model on the feature cache and record the run in MLflow.
+
+    Several machines: start `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
+    --rdzv-endpoint HOST:PORT -m harness train ...` on each; one run is recorded.
+    """
     from harness.config import replace
 
     base = load_run_config(config)
@@ -227,7 +236,36 @@ def train(
         raise fail(str(e)) from None
     data_dir = resolve_data(data)
     _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
+    if nproc is not None:
+        _train_ranks(ctx, nproc, cfg, data_dir)
+        return
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
+
+
+def _train_ranks(ctx: typer.Context, nproc: int, cfg, data_dir: Path) -> None:  # noqa: ANN001
+    """`train --nproc N`: the same command as N ranks through torchrun's launcher (features are
+    prepared already); the run ends FAILED with the first failing rank's reason."""
+    from harness.distributed import launch_ranks, launched
+    from harness.errors import BadInput, ConfigError, JobFailed
+    from harness.run import close_after_ranks
+
+    if launched():
+        raise ConfigError("--nproc: this process is already a rank of a torchrun launch; drop --nproc")
+    if cfg.train.device.startswith("cuda") or cfg.train.device == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus and nproc > gpus:
+            raise ConfigError(f"--nproc {nproc}: this machine has {gpus} GPU(s), one per process")
+    from harness.distributed.launch import given_options
+
+    options = given_options(ctx, drop=("nproc", "data"))
+    outcome = launch_ranks(nproc, ["-m", "harness", "train", "--data", str(data_dir.resolve()), *options])
+    reason = close_after_ranks(outcome)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    if reason is not None:
+        raise (BadInput if outcome.exit_code == 2 else JobFailed)(reason)
 
 
 def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> str:  # noqa: ANN001

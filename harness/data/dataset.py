@@ -75,20 +75,44 @@ def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only
                        rows=None if len(keep) == len(index) else keep)
 
 
-def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None) -> list[np.ndarray]:
-    """Sample indices per batch. The last batch may be short, except when shuffling for training,
-    where a batch of one would upset batch norm and is dropped."""
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of a split under DDP: every `count`-th sample from `index`, as torch's
+    DistributedSampler deals them. The default is the whole split (one process)."""
+
+    index: int = 0
+    count: int = 1
+
+    def take(self, order: np.ndarray, *, pad: bool) -> np.ndarray:
+        """This share of `order`. `pad` (training) repeats the first samples so that every share has
+        the same length, hence every rank the same number of steps: DDP's collectives need that.
+        Without it (validation) the shares differ by at most one and cover each sample once."""
+        if self.count == 1:
+            return order
+        if pad and len(order) % self.count:
+            extra = self.count - len(order) % self.count
+            order = np.concatenate([order, np.resize(order, extra)])
+        return order[self.index :: self.count]
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None,
+                  shard: Shard = Shard()) -> list[np.ndarray]:
+    """Sample indices per batch, of `shard`'s share of the split (shuffled first: a new deal each
+    epoch). The last batch may be short, except when shuffling for training, where a batch of one
+    would upset batch norm and is dropped."""
     order = generator.permutation(n) if shuffle and generator is not None else np.arange(n)
-    if shuffle and n % batch_size == 1 and n > 1:
+    order = shard.take(order, pad=shuffle)
+    if shuffle and len(order) % batch_size == 1 and len(order) > 1:
         order = order[:-1]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def batches(
-    data: SplitArrays, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None
+    data: SplitArrays, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None,
+    shard: Shard = Shard(),
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(uint8 inputs by name, float labels) per batch, from host memory."""
-    for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator):
+    """(uint8 inputs by name, float labels) per batch of `shard`'s share, from host memory."""
+    for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator, shard=shard):
         yield data.take(idx), torch.from_numpy(data.labels[idx]).float()
 
 
@@ -107,8 +131,9 @@ class DeviceResident:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, *, generator: np.random.Generator) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
+    def batches(self, batch_size: int, *, generator: np.random.Generator,
+                shard: Shard = Shard()) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator, shard=shard):
             i = torch.from_numpy(idx).to(self.device, non_blocking=True)
             yield {name: t[i] for name, t in self.inputs.items()}, self.labels[i]
 
