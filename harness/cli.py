@@ -234,30 +234,38 @@ def train(
         ))
     except ValueError as e:
         raise fail(str(e)) from None
+    if nproc is not None:
+        _check_nproc(nproc, cfg.train.device)
     data_dir = resolve_data(data)
     _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     if nproc is not None:
-        _train_ranks(ctx, nproc, cfg, data_dir)
+        _train_ranks(ctx, nproc, data_dir)
         return
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
 
 
-def _train_ranks(ctx: typer.Context, nproc: int, cfg, data_dir: Path) -> None:  # noqa: ANN001
-    """`train --nproc N`: the same command as N ranks through torchrun's launcher (features are
-    prepared already); the run ends FAILED with the first failing rank's reason."""
-    from harness.distributed import launch_ranks, launched
-    from harness.errors import BadInput, ConfigError, JobFailed
-    from harness.run import close_after_ranks
+def _check_nproc(nproc: int, device: str) -> None:
+    """Before any work: not inside a launch already, and one GPU per process."""
+    from harness.distributed import launched
+    from harness.errors import ConfigError
 
     if launched():
         raise ConfigError("--nproc: this process is already a rank of a torchrun launch; drop --nproc")
-    if cfg.train.device.startswith("cuda") or cfg.train.device == "auto":
+    if device.startswith("cuda") or device == "auto":
         import torch
 
         gpus = torch.cuda.device_count()
         if gpus and nproc > gpus:
             raise ConfigError(f"--nproc {nproc}: this machine has {gpus} GPU(s), one per process")
+
+
+def _train_ranks(ctx: typer.Context, nproc: int, data_dir: Path) -> None:
+    """`train --nproc N`: the same command as N ranks through torchrun's launcher (features are
+    prepared already); the run ends FAILED with the first failing rank's reason."""
+    from harness.distributed import launch_ranks
     from harness.distributed.launch import given_options
+    from harness.errors import BadInput, JobFailed
+    from harness.run import close_after_ranks
 
     options = given_options(ctx, drop=("nproc", "data"))
     outcome = launch_ranks(nproc, ["-m", "harness", "train", "--data", str(data_dir.resolve()), *options])
@@ -477,6 +485,29 @@ def ui(
         raise
     if code != 0:
         raise fail(f"mlflow server exited with status {code} (is port {port} in use?)", EXIT_FAILED)
+
+
+@app.command()
+def server(
+    backend_store: Annotated[Optional[str], typer.Option("--backend-store", help="Database URL: postgresql://USER:PASSWORD@HOST/DB "
+                                                         "(a team) or sqlite:///FILE. Default: SQLite at mlruns/server/mlflow.db.")] = None,
+    artifacts: Annotated[Optional[str], typer.Option(help="Where checkpoints and plots land, uploaded through the server: a "
+                                                     "folder or s3://... Default: mlruns/server/artifacts.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind: 0.0.0.0 lets other machines in.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """Start a shared MLflow tracking server (database backend, proxied artifacts) and print the
+    MLFLOW_TRACKING_URI to export on every machine (Ctrl-C stops it)."""
+    from harness.errors import JobFailed
+    from harness.tracking.server import run_server
+
+    def ready(url: str) -> None:
+        typer.echo(f"MLflow tracking server: {url}  (Ctrl-C to stop). On every machine, run:")
+        typer.echo(f"export MLFLOW_TRACKING_URI={url}")
+
+    code = run_server(backend_store=backend_store, artifacts=artifacts, host=host, port=port, on_ready=ready)
+    if code != 0:
+        raise JobFailed(f"mlflow server exited with status {code}")
 
 
 @app.command()

@@ -26,7 +26,7 @@ from harness.errors import JobFailed
 from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
 from harness.config import Augment, TrainConfig
-from harness.data.dataset import DeviceResident, Shard, SplitArrays, batches
+from harness.data.dataset import DeviceResident, Shard, SplitArrays, batches, prefetched
 from harness.distributed import group as distributed
 from harness.modalities import head_outputs
 
@@ -343,8 +343,9 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
     # Every rank must deal the same permutation, so the deal is seeded by (seed, epoch) alone, as
     # DistributedSampler.set_epoch does; one process keeps its single generator.
     order = np.random.default_rng([cfg.seed, epoch]) if world.active else loop.rng
+    # From the host, the next batch is read while the model steps (a split larger than RAM streams from disk).
     source = loop.resident.batches(cfg.batch_size, generator=order, shard=world.shard) if loop.resident else \
-        batches(train, cfg.batch_size, shuffle=True, generator=order, shard=world.shard)
+        prefetched(batches(train, cfg.batch_size, shuffle=True, generator=order, shard=world.shard))
     for batch, y in source:
         if _jpeg(cfg, train):
             crops = batch["video"].numpy()  # the batch's own copy: re-encoded in place, frame by frame

@@ -6,14 +6,19 @@ device: a quarter of the bytes to copy, and normalisation runs where the model r
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from harness.data.cache import load_split
+
+_Item = TypeVar("_Item")
 
 
 @dataclass
@@ -114,6 +119,54 @@ def batches(
     """(uint8 inputs by name, float labels) per batch of `shard`'s share, from host memory."""
     for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator, shard=shard):
         yield data.take(idx), torch.from_numpy(data.labels[idx]).float()
+
+
+def prefetched(source: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
+    """`source`'s items, produced `depth` ahead by a background thread: reading the next batch's rows
+    from the memmap (page faults, a copy; numpy releases the GIL) overlaps the model's step, so a
+    split streamed from disk keeps up with the model. An exception in `source` is raised here; when
+    the consumer stops early (early stopping, Ctrl-C) the thread stops at its next item."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            items.put(_Raised(e))
+
+    thread = threading.Thread(target=produce, name="harness-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+@dataclass
+class _Raised:
+    error: BaseException
 
 
 class DeviceResident:
