@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from prepare_speed import copied_real_dataset  # noqa: E402
+
 from harness.config import AudioFeatures, VideoFeatures  # noqa: E402
 from harness.data.cache import feature_dir, make_pool, prepare_features  # noqa: E402
 from harness.data.labels import load_dataset  # noqa: E402
-from prepare_speed import copied_real_dataset  # noqa: E402
 
 CORES = 16
 SIZES = (100_000, 1_000_000)

@@ -33,6 +33,7 @@ from harness.modalities import head_outputs
 Stats = dict[str, tuple[Sequence[float], Sequence[float]]]  # input name -> (mean, std)
 
 LOSSES = ("bce", "ce", "focal")
+READAHEAD = 4  # batches of a memmapped split asked of the kernel ahead of their turn
 OPTIMIZERS = ("adamw", "sgd", "radam")
 
 
@@ -343,9 +344,10 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
     # Every rank must deal the same permutation, so the deal is seeded by (seed, epoch) alone, as
     # DistributedSampler.set_epoch does; one process keeps its single generator.
     order = np.random.default_rng([cfg.seed, epoch]) if world.active else loop.rng
-    # From the host, the next batch is read while the model steps (a split larger than RAM streams from disk).
+    # From the host, the next batch is read while the model steps, and the kernel reads the rows of the
+    # few after it meanwhile: a split larger than RAM streams from disk (bench/scale_stream.py).
     source = loop.resident.batches(cfg.batch_size, generator=order, shard=world.shard) if loop.resident else \
-        prefetched(batches(train, cfg.batch_size, shuffle=True, generator=order, shard=world.shard))
+        prefetched(batches(train, cfg.batch_size, shuffle=True, generator=order, shard=world.shard, readahead=READAHEAD))
     for batch, y in source:
         if _jpeg(cfg, train):
             crops = batch["video"].numpy()  # the batch's own copy: re-encoded in place, frame by frame

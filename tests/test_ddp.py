@@ -375,3 +375,17 @@ def test_a_hung_rank_times_out_and_fails_the_run(ddp_home) -> None:
     # Rank 0 failed first, with its own error: the collective that timed out.
     assert run.info.status == "FAILED" and "timed out" in run.data.tags["error"].lower(), run.data.tags["error"]
     assert "rank 0 exited with status 1" in stderr.splitlines()[-1] or "timed out" in stderr.splitlines()[-1].lower()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_launcher_kills_the_run_and_keeps_its_checkpoint(ddp_home) -> None:
+    home, data = ddp_home
+    env = _env(home, "ctrl-c.db")
+    parent, ranks = _start_long_run(home, data, env)
+    parent.send_signal(signal.SIGINT)
+    _, stderr = parent.communicate(timeout=120)
+    assert parent.returncode == 130, stderr[-3000:]
+    assert not any(_alive(pid) for pid in ranks.values())
+    (run, _, checkpoint), = _runs(env)
+    assert run.info.status == "KILLED" and run.data.tags.get("stopped_by") == "interrupted"
+    assert "checkpoint/best.safetensors" in checkpoint  # rank 0 ended it as one process would

@@ -6,6 +6,7 @@ device: a quarter of the bytes to copy, and normalisation runs where the model r
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,33 @@ class SplitArrays:
     def take(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing."""
         return {name: torch.from_numpy(array) for name, array in self.arrays(idx).items()}
+
+    def will_need(self, idx: np.ndarray) -> None:
+        """Ask the kernel to start reading samples `idx` from disk now (posix_fadvise WILLNEED, one
+        call per row; it returns before the reads finish). A batch read row by row waits for each
+        row in turn (about 6 ms a cold 32 KB row on this machine's disk); rows asked for a few
+        batches ahead arrive together, in parallel. Arrays in memory are skipped."""
+        rows = np.sort(idx if self.rows is None else self.rows[idx])
+        for array in self.inputs.values():
+            if not _whole_file(array):
+                continue
+            step = array.strides[0]
+            fd = os.open(array.filename, os.O_RDONLY)
+            try:
+                for row in rows.tolist():
+                    os.posix_fadvise(fd, array.offset + row * step, step, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+
+def _whole_file(array: np.ndarray) -> bool:
+    """A memmap of a whole .npy file (not a view into one), whose rows lie at offset + i * stride."""
+    if not isinstance(array, np.memmap) or not array.filename or not array.flags.c_contiguous:
+        return False
+    try:
+        return array.offset + array.nbytes == os.path.getsize(array.filename)
+    except OSError:
+        return False
 
 
 def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only: bool = True) -> SplitArrays:
@@ -114,10 +142,16 @@ def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.rando
 
 def batches(
     data: SplitArrays, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None,
-    shard: Shard = Shard(),
+    shard: Shard = Shard(), readahead: int = 0,
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(uint8 inputs by name, float labels) per batch of `shard`'s share, from host memory."""
-    for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator, shard=shard):
+    """(uint8 inputs by name, float labels) per batch of `shard`'s share, from host memory.
+    `readahead`: batches whose rows the kernel is asked to read ahead of time (memmaps on disk)."""
+    plan = batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator, shard=shard)
+    for idx in plan[:readahead]:
+        data.will_need(idx)
+    for i, idx in enumerate(plan):
+        if readahead and i + readahead < len(plan):
+            data.will_need(plan[i + readahead])
         yield data.take(idx), torch.from_numpy(data.labels[idx]).float()
 
 
