@@ -95,6 +95,10 @@ def human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=10, help="copies of the 10 real clips (default 10: 100 clips)")
@@ -132,8 +136,8 @@ def main() -> int:
         disk_jpeg = n * (audio_folder + video_folder * jpeg_size / video_row)
         print(f"  {n:>9,} clips: disk {human(disk)} (faces as JPEG q{args.quality}: {human(disk_jpeg)}); "
               f"RAM to hold the packed arrays: audio {human(n * audio_row)}, faces raw {human(n * video_row)}, "
-              f"faces JPEG {human(n * jpeg_size)}; prepare audio {n * audio_s / CORES / 3600:.1f} h, "
-              f"faces {n * video_s / CORES / 3600:.1f} h")
+              f"faces JPEG {human(n * jpeg_size)}; prepare audio {duration(n * audio_s / CORES)}, "
+              f"faces {duration(n * video_s / CORES)}")
     return 0
 
 
