@@ -188,6 +188,7 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: DataOption = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with [features], [video] and [train] tables.")] = None,
     modality: Annotated[Optional[str], typer.Option(help="audio | video | fusion | image (face-image datasets).")] = None,
@@ -206,11 +207,19 @@ def train(
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
     cache: CacheOption = None,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train one model over N processes on this machine with "
+                                                 "DDP (torchrun's launcher; gloo on CPU, one GPU each with NCCL). "
+                                                 "--batch-size is per process. Collective timeout: "
+                                                 "$HARNESS_COLLECTIVE_TIMEOUT seconds (300).")] = None,
 ) -> None:
     """Train one timm model on the feature cache and record the run in MLflow.
 
     Refused (exit 2) before any feature work or MLflow run: a bad setting, an unknown backbone name,
-    a dataset that does not load or does not fit the modality."""
+    a dataset that does not load or does not fit the modality.
+
+    Several machines: start `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
+    --rdzv-endpoint HOST:PORT -m harness train ...` on each; one run is recorded.
+    """
     from harness.config import RunConfig, read_config_file, replace
 
     base = read_config_file(config) if config is not None else RunConfig()
@@ -220,12 +229,49 @@ def train(
         pretrained=pretrained, weights=str(weights) if weights else None, seed=seed, device=device,
         max_params=max_params,
     ))
+    if nproc is not None:
+        _check_nproc(nproc, cfg.train.device)
     from harness.run import check_names  # imports torch and timm: after the cheap checks
 
     check_names(cfg)
     data_dir = resolve_data(data)
     _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
+    if nproc is not None:
+        _train_ranks(ctx, nproc, data_dir)
+        return
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
+
+
+def _check_nproc(nproc: int, device: str) -> None:
+    """Before any work: not inside a launch already, and one GPU per process."""
+    from harness.distributed import launched
+    from harness.errors import ConfigError
+
+    if launched():
+        raise ConfigError("--nproc: this process is already a rank of a torchrun launch; drop --nproc")
+    if device.startswith("cuda") or device == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus and nproc > gpus:
+            raise ConfigError(f"--nproc {nproc}: this machine has {gpus} GPU(s), one per process")
+
+
+def _train_ranks(ctx: typer.Context, nproc: int, data_dir: Path) -> None:
+    """`train --nproc N`: the same command as N ranks through torchrun's launcher (features are
+    prepared already); the run ends FAILED with the first failing rank's reason."""
+    from harness.distributed import launch_ranks
+    from harness.distributed.launch import given_options
+    from harness.errors import BadInput, JobFailed
+    from harness.run import close_after_ranks
+
+    options = given_options(ctx, drop=("nproc", "data"))
+    outcome = launch_ranks(nproc, ["-m", "harness", "train", "--data", str(data_dir.resolve()), *options])
+    reason = close_after_ranks(outcome)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    if reason is not None:
+        raise (BadInput if outcome.exit_code == 2 else JobFailed)(reason)
 
 
 def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> str:  # noqa: ANN001
@@ -417,6 +463,29 @@ def ui(
 
             webbrowser.open(url)
         code = server.process.wait()
+    if code != 0:
+        raise JobFailed(f"mlflow server exited with status {code}")
+
+
+@app.command()
+def server(
+    backend_store: Annotated[Optional[str], typer.Option("--backend-store", help="Database URL: postgresql://USER:PASSWORD@HOST/DB "
+                                                         "(a team) or sqlite:///FILE. Default: SQLite at mlruns/server/mlflow.db.")] = None,
+    artifacts: Annotated[Optional[str], typer.Option(help="Where checkpoints and plots land, uploaded through the server: a "
+                                                     "folder or s3://... Default: mlruns/server/artifacts.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind: 0.0.0.0 lets other machines in.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """Start a shared MLflow tracking server (database backend, proxied artifacts) and print the
+    MLFLOW_TRACKING_URI to export on every machine (Ctrl-C stops it)."""
+    from harness.errors import JobFailed
+    from harness.tracking.server import run_server
+
+    def ready(url: str) -> None:
+        typer.echo(f"MLflow tracking server: {url}  (Ctrl-C to stop). On every machine, run:")
+        typer.echo(f"export MLFLOW_TRACKING_URI={url}")
+
+    code = run_server(backend_store=backend_store, artifacts=artifacts, host=host, port=port, on_ready=ready)
     if code != 0:
         raise JobFailed(f"mlflow server exited with status {code}")
 

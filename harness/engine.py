@@ -2,6 +2,11 @@
 
 It reports through `harness.callbacks.Callback` and knows nothing of MLflow or Optuna. On CUDA it
 uses AMP (bf16 where supported, else fp16 with a gradient scaler) and channels_last; on CPU, fp32.
+
+Inside a process group (`harness.distributed`) the same loop is DDP: each rank trains on its shard
+of the split (a new deal each epoch), validation scores are gathered so metrics are computed once
+over the whole split, rank 0 alone saves checkpoints (of the unwrapped module) and runs the
+callbacks, and its decision to stop (early stopping, a pruner) is broadcast so every rank agrees.
 """
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ import torch.nn.functional as F
 from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.callbacks import Callback, EpochReport, FitResult, StopTraining
 from harness.config import Augment, TrainConfig
-from harness.data.dataset import DeviceResident, SplitArrays, batches
+from harness.data.dataset import DeviceResident, Shard, SplitArrays, batches, prefetched
+from harness.distributed import group as distributed
 from harness.errors import BadInput, ConfigError, JobFailed
 from harness.fileio import write_bytes
 
 Stats = dict[str, tuple[Sequence[float], Sequence[float]]]  # input name -> (mean, std)
+
+READAHEAD = 4  # batches of a memmapped split asked of the kernel ahead of their turn
 
 
 class TrainingDiverged(JobFailed):
@@ -186,10 +194,12 @@ def call_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, inputs: Inputs, data: SplitArrays, *, batch_size: int, device: torch.device, precision: Precision) -> np.ndarray:
+def predict(model: torch.nn.Module, inputs: Inputs, data: SplitArrays, *, batch_size: int, device: torch.device,
+            precision: Precision, shard: Shard = Shard()) -> np.ndarray:
+    """Probability of fake for `shard`'s share of `data` (all of it by default), in order."""
     model.eval()
     scores = []
-    for batch, _ in batches(data, batch_size, shuffle=False):
+    for batch, _ in batches(data, batch_size, shuffle=False, shard=shard):
         with precision.autocast(device):
             scores.append(fake_probability(call_model(model, inputs(batch, device))).cpu())
     return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
@@ -211,7 +221,9 @@ class _Loop:
     """The state one training run carries from step to step."""
 
     cfg: TrainConfig
-    model: torch.nn.Module
+    model: torch.nn.Module  # what trains: the module, or its DDP wrapper in a process group
+    module: torch.nn.Module  # the module itself: validated, checkpointed
+    world: distributed.World
     inputs: Inputs
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -239,23 +251,30 @@ def fit(
     if len(train) == 0 or len(val) == 0:
         raise BadInput(f"need clips to train and validate on (train={len(train)}, val={len(val)})")
     seed_everything(cfg.seed)
+    world = distributed.current()
     device = pick_device(cfg.device)
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)  # one GPU per rank
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = max(1, len(train) // cfg.batch_size + (len(train) % cfg.batch_size > 1))
+    per_rank = -(-len(train) // world.size)  # each rank's padded share (Shard.take)
+    steps_per_epoch = max(1, per_rank // cfg.batch_size + (per_rank % cfg.batch_size > 1))
     loop = _Loop(
-        cfg=cfg, model=model, inputs=Inputs(stats).to(device), optimizer=optimizer,
+        cfg=cfg, model=_wrap(model, device) if world.active else model, module=model, world=world,
+        inputs=Inputs(stats).to(device), optimizer=optimizer,
         scheduler=warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch),
-        precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed),
-        aug_gen=torch.Generator(device=device).manual_seed(cfg.seed),
+        # Augmentation draws differ per rank (rank 0 keeps the single-process seed); the deal of
+        # samples to ranks has its own generator (`_train_one_epoch`).
+        precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed + world.rank),
+        aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + world.rank),
         # JPEG re-encoding runs on the host (OpenCV), so a split that needs it is batched from the host.
         resident=DeviceResident(train, device) if DeviceResident.fits(train, device) and not _jpeg(cfg, train) else None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"device": str(device), "precision": str(loop.precision.autocast_dtype or "fp32"), "train_clips": len(train),
-            "val_clips": len(val), **(info or {})}
+            "val_clips": len(val), **({"ranks": world.size} if world.active else {}), **(info or {})}
     for cb in callbacks:
         cb.on_start(info)
     result = FitResult(best_epoch=0, best_metrics={}, checkpoint=None, val_names=val.names, val_labels=val.labels,
@@ -273,19 +292,35 @@ def fit(
     return result
 
 
+def _wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP over the process group: gradients are averaged across ranks in backward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: Path, callbacks: Sequence[Callback], result: FitResult) -> None:
     # sklearn costs seconds to import: only training needs it, not the prediction path (the bundle's API).
     from harness.metrics import classification_metrics
 
-    cfg = loop.cfg
+    cfg, world = loop.cfg, loop.world
     best_auc, stale = -1.0, 0
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        train_loss, seen = _train_one_epoch(loop, train)
+        train_loss, seen = _train_one_epoch(loop, train, epoch)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train loss became {train_loss} in epoch {epoch} (try a lower --lr)")
-        scores = predict(loop.model, loop.inputs, val, batch_size=cfg.batch_size * 2, device=loop.device, precision=loop.precision)
+        # The module, not its DDP wrapper: ranks score different numbers of batches, and a wrapper's
+        # forward would wait for the others.
+        scores = predict(loop.module, loop.inputs, val, batch_size=cfg.batch_size * 2, device=loop.device,
+                         precision=loop.precision, shard=world.shard)
+        scores = distributed.gather_shards(scores, len(val), world)
+        if not world.is_main:  # rank 0 judges the epoch; the others learn whether to go on
+            result.stopped_by = distributed.agree(None, world)
+            if result.stopped_by:
+                return
+            continue
         metrics = {f"val_{k}": v for k, v in classification_metrics(val.labels, scores).items()}
         metrics.update(train_loss=train_loss, lr=loop.optimizer.param_groups[0]["lr"],
                        epoch_seconds=time.perf_counter() - start, samples_per_s=seen / train_seconds)
@@ -293,7 +328,7 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
         improved = auc > best_auc
         if improved:
             best_auc, stale = auc, 0
-            save_checkpoint(loop.model, checkpoint)
+            save_checkpoint(loop.module, checkpoint)
             result.best_epoch, result.best_metrics, result.val_scores, result.checkpoint = epoch, metrics, scores, checkpoint
         else:
             stale += 1
@@ -304,9 +339,9 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
                 cb.on_epoch(report)
         except StopTraining as stop:
             result.stopped_by = stop.reason
-            return
-        if cfg.patience and stale >= cfg.patience:
+        if result.stopped_by is None and cfg.patience and stale >= cfg.patience:
             result.stopped_by = "early stopping"
+        if distributed.agree(result.stopped_by, world):
             return
 
 
@@ -314,13 +349,19 @@ def _jpeg(cfg: TrainConfig, data: SplitArrays) -> bool:
     return cfg.augment.jpeg > 0 and "video" in data.inputs
 
 
-def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
-    cfg, model, device = loop.cfg, loop.model, loop.device
+def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float, int]:
+    """Mean train loss and samples seen, over all ranks."""
+    cfg, model, device, world = loop.cfg, loop.model, loop.device, loop.world
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
-    source = loop.resident.batches(cfg.batch_size, generator=loop.rng) if loop.resident else \
-        batches(train, cfg.batch_size, shuffle=True, generator=loop.rng)
+    # Every rank must deal the same permutation, so the deal is seeded by (seed, epoch) alone, as
+    # DistributedSampler.set_epoch does; one process keeps its single generator.
+    order = np.random.default_rng([cfg.seed, epoch]) if world.active else loop.rng
+    # From the host, the next batch is read while the model steps, and the kernel reads the rows of the
+    # few after it meanwhile: a split larger than RAM streams from disk (bench/scale_stream.py).
+    source = loop.resident.batches(cfg.batch_size, generator=order, shard=world.shard) if loop.resident else \
+        prefetched(batches(train, cfg.batch_size, shuffle=True, generator=order, shard=world.shard, readahead=READAHEAD))
     for batch, y in source:
         if _jpeg(cfg, train):
             crops = batch["video"].numpy()  # the batch's own copy: re-encoded in place, frame by frame
@@ -348,4 +389,5 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
         loop.scheduler.step()
         total += loss.detach() * len(y)  # stays on the device: no sync per step
         seen += len(y)
-    return float(total) / max(1, seen), seen
+    total_loss, seen_all = distributed.sum_over_ranks([float(total), float(seen)], world)
+    return total_loss / max(1, seen_all), int(seen_all)

@@ -8,6 +8,11 @@ What is refused before a run exists (no MLflow run, no features): a bad setting 
 it when built), a dataset that does not load or does not fit the modality, and a backbone name timm
 does not know (`check_names`: a typo, not a result worth recording). A model that resolves but breaks
 a competition rule is recorded as a FAILED run, so a study shows which of its picks were refused.
+
+Under a launcher (torchrun, `harness train --nproc N`) every rank runs `train_run`; rank 0 alone
+creates and records the one MLflow run (param `world_size`), and the others learn its id.
+`close_after_ranks` is the launching side's half: it ends the run FAILED with the first rank's
+failure ("rank 1 exited with signal 9 (SIGKILL)"), also when rank 0 died before it could.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from harness.config import RunConfig, check_track
 from harness.data.cache import feature_dir, prepare_features
 from harness.data.dataset import load_arrays
 from harness.data.labels import Dataset, DatasetError, load_dataset
+from harness.distributed import LaunchOutcome, World, agree, announce_run, process_group
 from harness.engine import fit, seed_everything
 
 PRUNED_PREFIX = "pruned"
@@ -103,24 +109,43 @@ def train_run(
     tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Train one model and record it. Errors are recorded on the run, then raised; what is refused
-    before the run exists is listed in the module docstring. `run_name` None: a readable one."""
-    from harness import tracking
-    from harness.modalities import build_model, input_stats
+    before the run exists is listed in the module docstring. `run_name` None: a readable one.
 
+    Inside a launcher's process group this is one rank of a DDP run: only rank 0 records (and runs
+    `callbacks`), the others return the same run id."""
     ds = load_dataset(data_dir)  # a bad dataset fails before any run is created
     check_track(ds.track, cfg.modality, where=ds.root)
     check_names(cfg)
-    client = tracking.setup()
+    with process_group(cfg.train.device) as world:
+        return _train_and_record(cfg, ds, world, experiment=experiment, cache_root=cache_root, run_name=run_name,
+                                 parent_run_id=parent_run_id, callbacks=callbacks, tags=tags)
+
+
+def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: str, cache_root: Path,
+                      run_name: str | None, parent_run_id: str | None, callbacks: Sequence[Callback],
+                      tags: dict[str, str] | None) -> RunResult:
+    from harness import tracking
+    from harness.modalities import build_model, input_stats
+
     T = tracking.tags
-    recorder = tracking.RunRecorder(
-        client,
-        experiment_id=tracking.get_or_create_experiment(client, experiment),
-        run_name=run_name or readable_run_name(cfg),
-        config=cfg,
-        parent_run_id=parent_run_id,
-        tags={T.DATA_PATH: str(ds.root), **(tags or {}),
-              T.DATA_FINGERPRINT: data_fingerprint(ds, cfg)},
-    )
+    recorder = None
+    if world.is_main:
+        client = tracking.setup()
+        recorder = tracking.RunRecorder(
+            client,
+            experiment_id=tracking.get_or_create_experiment(client, experiment),
+            run_name=run_name or readable_run_name(cfg),
+            config=cfg,
+            parent_run_id=parent_run_id,
+            tags={T.DATA_PATH: str(ds.root), **(tags or {}),
+                  T.DATA_FINGERPRINT: data_fingerprint(ds, cfg)},
+        )
+        client.log_param(recorder.run_id, "world_size", str(world.size))
+        announce_run(recorder.run_id)
+    run_id = agree(recorder.run_id if recorder else "", world)
+    run_label = recorder.run_name if recorder else ""
+    if recorder is None:
+        callbacks = ()  # rank 0 reports, prunes and prints; its decisions reach this rank through fit
     try:
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
@@ -138,15 +163,54 @@ def train_run(
             info["faces"] = "x".join(map(str, cfg.features_for("video").shape))
         with tempfile.TemporaryDirectory(prefix="harness-run-") as work:
             result = fit(t, model, train=train, val=val, stats=input_stats(cfg, model),
-                         out_dir=Path(work), callbacks=[recorder, *callbacks], info=info)
+                         out_dir=Path(work), callbacks=[*([recorder] if recorder else []), *callbacks], info=info)
     except KeyboardInterrupt:
-        recorder.finish("KILLED")
+        if recorder:
+            recorder.finish(T.KILLED)
         raise
     except Exception as e:
-        recorder.finish("FAILED", error=f"{type(e).__name__}: {e}")
+        if recorder:
+            recorder.finish(T.FAILED, error=f"{type(e).__name__}: {e}")
         raise
     if result.stopped_by and result.stopped_by.startswith(PRUNED_PREFIX):
-        recorder.finish("KILLED", extra_tags={T.PRUNED_AT_EPOCH: str(result.history[-1].epoch)})
-        return RunResult(recorder.run_id, "KILLED", result, recorder.run_name)
-    recorder.finish("FINISHED")
-    return RunResult(recorder.run_id, "FINISHED", result, recorder.run_name)
+        if recorder:
+            recorder.finish(T.KILLED, extra_tags={T.PRUNED_AT_EPOCH: str(result.history[-1].epoch)})
+        return RunResult(run_id, T.KILLED, result, run_label)
+    if recorder:
+        recorder.finish(T.FINISHED)
+    return RunResult(run_id, T.FINISHED, result, run_label)
+
+
+def close_after_ranks(outcome: LaunchOutcome) -> str | None:
+    """The launching side of a DDP run: make rank 0's run say how the ranks ended, and return that
+    in one line (None when all went well).
+
+    Interrupted: a run still RUNNING (rank 0 killed first) ends KILLED. A rank's failure: the run
+    ends FAILED with the first failing rank and how it ended ("rank 1 exited with signal 9
+    (SIGKILL)"), then rank 0's own error if it recorded one; when rank 0 was itself the first to
+    fail with an error, its recorded error stands. A FINISHED run stays FINISHED.
+    """
+    if outcome.ok:
+        return None
+    reason = outcome.reason or "a rank failed"
+    if outcome.run_id is None:
+        return reason
+    from harness import tracking
+    from harness.tracking import tags as T
+
+    client = tracking.setup()
+    run = tracking.get_run(client, outcome.run_id)
+    own = run.data.tags.get(T.ERROR, "")
+    if run.info.status == T.FINISHED:
+        return reason
+    if outcome.interrupted:
+        if run.info.status == T.RUNNING:
+            client.set_terminated(outcome.run_id, status=T.KILLED)
+        return reason
+    first = outcome.failures[0]
+    if first.rank == 0 and 0 < first.exitcode != 130 and run.info.status == T.FAILED and own:
+        return own
+    error = " ".join((reason + (f"; rank 0: {own}" if own else "")).split())[:500]
+    client.set_tag(outcome.run_id, T.ERROR, error)
+    client.set_terminated(outcome.run_id, status=T.FAILED)
+    return error

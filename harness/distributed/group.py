@@ -1,0 +1,161 @@
+"""The process group one DDP run lives in: who this process is, and the few collectives training needs.
+
+A process belongs to a distributed run when torch's elastic launcher started it (`torchrun`, or
+`harness train --nproc N`, which runs the same launcher): the launcher sets RANK, WORLD_SIZE,
+LOCAL_RANK and the rendezvous store, and `process_group` joins it (gloo on CPU, NCCL on GPU). A
+process started any other way is a world of one and every helper here is the identity, so the
+single-process path runs exactly the code it ran before DDP existed.
+
+Every collective has a timeout (`HARNESS_COLLECTIVE_TIMEOUT` seconds, default 300): when a peer
+hangs or dies in a way its launcher does not see (another node), the survivors raise instead of
+waiting for ever, and their launcher ends the run.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from harness.data.dataset import Shard
+from harness.errors import ConfigError
+
+TIMEOUT_ENV = "HARNESS_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+# Set by the `--nproc` launcher: rank 0 writes the MLflow run id there as soon as the run exists, so
+# the launching process can close the run when rank 0 dies before it could.
+RUN_ID_FILE_ENV = "HARNESS_RUN_ID_FILE"
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run. `active`: a process group is up (even of size 1, so that
+    `--nproc 1` measures DDP's own cost); `rank` 0 is the one that records and decides."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    active: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.size)
+
+
+def launched() -> bool:
+    """True in a process that torch's elastic launcher started (torchrun, `harness train --nproc`)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def collective_timeout() -> timedelta:
+    """The collectives' timeout: `HARNESS_COLLECTIVE_TIMEOUT` seconds, else 300."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: give the collective timeout in seconds (> 0)")
+    return timedelta(seconds=seconds)
+
+
+def current() -> World:
+    """The world of the process group this process is in (a world of one when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                 active=True)
+
+
+def _uses_cuda(device: str) -> bool:
+    return device == "cuda" or device.startswith("cuda:") or (device == "auto" and torch.cuda.is_available())
+
+
+@contextmanager
+def process_group(device: str) -> Iterator[World]:
+    """Join the launcher's process group for the length of the block (NCCL when `device` resolves to
+    CUDA, else gloo) and leave it afterwards; outside a launcher, or when a group is already up (the
+    caller owns it), yield the current world and do nothing else.
+
+    Raises ConfigError for a bad `HARNESS_COLLECTIVE_TIMEOUT`.
+    """
+    if not launched() or dist.is_initialized():
+        yield current()
+        return
+    timeout = collective_timeout()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if _uses_cuda(device):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        torch.cuda.set_device(local_rank)  # before NCCL starts: one GPU per rank
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+    try:
+        yield current()
+    finally:
+        dist.destroy_process_group()
+
+
+def _device() -> torch.device:
+    """Where collective tensors must live: the rank's GPU under NCCL, else the host."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree(value: Any, world: World) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank: its decisions (stop, the run id) bind all."""
+    if not world.active or world.size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=_device())
+    return box[0]
+
+
+def sum_over_ranks(values: list[float], world: World) -> list[float]:
+    """Each value summed over the ranks (float64): the epoch's loss and sample counts."""
+    if not world.active or world.size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def gather_shards(local: np.ndarray, n: int, world: World) -> np.ndarray:
+    """The whole split's values, from each rank's `Shard.take(..., pad=False)` share of `n` samples:
+    every rank gets all `n`, in the split's order, so metrics are computed once over the whole split."""
+    if not world.active or world.size == 1:
+        return local
+    width = -(-n // world.size)  # the largest share; shorter ones are padded to it for all_gather
+    padded = torch.zeros(width, dtype=torch.float64, device=_device())
+    padded[: len(local)] = torch.from_numpy(np.asarray(local, dtype=np.float64)).to(padded.device)
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(parts, padded)
+    out = np.empty(n, dtype=np.float64)
+    for rank, part in enumerate(parts):
+        share = out[rank::world.size]
+        share[:] = part[: len(share)].cpu().numpy()
+    return out
+
+
+def announce_run(run_id: str) -> None:
+    """Rank 0: tell the `--nproc` launcher (when there is one) which MLflow run this is."""
+    target = os.environ.get(RUN_ID_FILE_ENV)
+    if target:
+        from harness.fileio import write_text
+
+        write_text(Path(target), run_id)

@@ -1,0 +1,159 @@
+"""`harness server`: the command line it builds, and train -> submit -> predict through a throwaway
+server on SQLite and (where tests/pg.py can start one) PostgreSQL, checked from outside: the
+checkpoint lies in the server's artifact folder, and stopping the command stops the whole server."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write_clip, write_labels
+from tests.pg import postgres_or_skip
+
+
+def test_the_server_command_line(tmp_path: Path) -> None:
+    from harness.tracking.server import server_command
+
+    command = server_command(backend_store="postgresql://u:p@db/mlflow", artifacts=str(tmp_path), host="127.0.0.1", port=5123)
+    joined = " ".join(command)
+    assert "--backend-store-uri postgresql://u:p@db/mlflow" in joined and "--workers 4" in joined
+    assert f"--serve-artifacts --artifacts-destination {tmp_path}" in joined and "--port 5123" in joined
+    assert "--allowed-hosts" not in joined  # loopback: MLflow's defaults are right
+    sqlite = server_command(backend_store="sqlite:///x.db", artifacts="a", host="0.0.0.0", port=5000)
+    assert sqlite[sqlite.index("--workers") + 1] == "1"  # one writer for one SQLite file
+    allowed = sqlite[sqlite.index("--allowed-hosts") + 1].split(",")
+    assert socket.gethostname() in allowed and "10.*" in allowed  # other machines reach it by name
+
+
+def test_a_file_store_is_refused() -> None:
+    from harness.errors import ConfigError
+    from harness.tracking.server import server_command
+
+    with pytest.raises(ConfigError, match="--backend-store ./mlruns: give a database URL"):
+        server_command(backend_store="./mlruns", artifacts="a", host="127.0.0.1", port=5000)
+
+
+def test_the_url_to_export() -> None:
+    from harness.tracking.server import public_url
+
+    assert public_url("127.0.0.1", 5001) == "http://127.0.0.1:5001"
+    assert public_url("0.0.0.0", 5001) == f"http://{socket.getfqdn()}:5001"
+    assert public_url("::1", 80) == "http://[::1]:80"
+
+
+# ---------------------------------------------------------------------------------- end to end (slow)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _server_pgid(parent: int) -> int:
+    """The process group of the `mlflow server` that `harness server` (pid `parent`) started."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                return int(fields[2])
+    raise AssertionError("harness server started no process")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("server") / "ds"
+    for split, n in (("train", 6), ("val", 4), ("test", 2)):
+        for i in range(n):
+            write_clip(root / f"{split}set" / f"{split}{i}.mp4", seconds=1.0, freq=300 + 90 * i)
+    write_labels(root / "train_label.txt", [(f"train{i}.mp4", i % 2) for i in range(6)])
+    write_labels(root / "val_label.txt", [(f"val{i}.mp4", i % 2) for i in range(4)])
+    (root / "test_template.csv").write_text("video_name,score\ntest1.mp4,0\ntest0.mp4,0\n")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_train_submit_predict_through_a_server(dataset: Path, tmp_path: Path, backend: str) -> None:
+    with postgres_or_skip("mlflow") if backend == "postgresql" else _sqlite(tmp_path) as store:
+        _drive(dataset, tmp_path, store)
+
+
+class _sqlite:
+    def __init__(self, tmp_path: Path) -> None:
+        self.url = f"sqlite:///{tmp_path / 'server.db'}"
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _drive(dataset: Path, tmp_path: Path, store: str) -> None:
+    home, artifacts, port = tmp_path / "home", tmp_path / "served-artifacts", _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(HARNESS_HOME=str(home), HARNESS_CACHE=str(home / "cache"), PYTHONPATH=str(ROOT))
+    harness = [sys.executable, "-m", "harness"]
+    log = (tmp_path / "server.log").open("w")  # a file, not a pipe nobody reads that could fill and stall the server
+    server = subprocess.Popen([*harness, "server", "--backend-store", store, "--artifacts", str(artifacts),
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        export = _read_export_line(server, tmp_path / "server.log")
+        assert export == f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"
+        client_env = {**env, "MLFLOW_TRACKING_URI": export.split("=", 1)[1]}
+
+        def harness_run(*args: str) -> str:
+            done = subprocess.run([*harness, *args], check=False, env=client_env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, f"{args[0]}: {done.stderr[-3000:]}"
+            return done.stdout
+
+        out = harness_run("train", "--data", str(dataset), "--device", "cpu", "--backbone", "test_byobnet.r160_in1k",
+                          "--no-pretrained", "--epochs", "1", "--batch-size", "4", "--experiment", "served")
+        run_id = out.split("run id:")[1].split()[0]
+        # Proxied artifacts: the checkpoint went through the server into its destination folder.
+        assert [p for p in artifacts.rglob("best.safetensors") if run_id in p.parts]
+        assert not (home / "mlruns").exists()  # nothing fell back to a local store
+        submitted = harness_run("submit", "--run-id", run_id, "--data", str(dataset), "--out", str(tmp_path / "out"))
+        assert "registered: harness-ds version 1, alias champion" in submitted
+        scores = harness_run("predict", "--run-id", run_id, str(dataset / "testset" / "test0.mp4")).strip().split(",")
+        assert 0.0 <= float(scores[1]) <= 1.0
+        pgid = _server_pgid(server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        finally:
+            server.kill()
+    log.close()
+    assert server.returncode == 130, (tmp_path / "server.log").read_text()[-3000:]
+    deadline = time.monotonic() + 20
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(pgid)  # launcher and workers: the whole tree is gone
+
+
+def _read_export_line(server: subprocess.Popen, log: Path) -> str:
+    """The line to export; the server prints it once it answers (readline waits for it)."""
+    for line in server.stdout:
+        if line.startswith("export "):
+            return line.strip()
+    server.wait(timeout=30)
+    raise AssertionError(f"harness server exited {server.returncode}: {log.read_text()[-3000:]}")
