@@ -55,10 +55,10 @@ def test_session_status_and_best_so_far(runs):
     runs.record_progress(parent, states=states, epochs_trained=9, target=5,
                          best=BestTrial(0, "run0", {"val_auc": 0.8, "val_eer": float("nan")}, {"lr": 0.01}))
     data = runs.client.get_run(parent).data
-    assert data.metrics["best_trial_val_auc"] == 0.8 and "best_trial_val_eer" not in data.metrics  # NaN left out
-    assert (data.metrics["trials_finished"], data.metrics["trials_failed"], data.metrics["epochs_trained"]) == (2, 1, 9)
+    assert data.metrics["best_trial/val_auc"] == 0.8 and "best_trial/val_eer" not in data.metrics  # NaN left out
+    assert (data.metrics["trials/finished"], data.metrics["trials/failed"], data.metrics["trials/epochs_trained"]) == (2, 1, 9)
     assert (data.tags["best.run_id"], data.tags["best.trial_number"], data.tags["best.lr"]) == ("run0", "0", "0.01")
-    assert data.tags["harness.trials_target"] == "5" and "best_val_auc" not in data.metrics
+    assert data.tags["harness.trials_target"] == "5" and "summary/best_val_auc" not in data.metrics
     runs.end_session(parent, stopped_early=True)
     assert runs.client.get_run(parent).info.status == "KILLED"
     runs.start_session(parent, target=6)

@@ -25,6 +25,7 @@ from harness.callbacks import EpochReport, FitResult
 from harness.config import RunConfig, flat, to_dict
 from harness.metrics import bootstrap_auc_interval, has_both_classes, validate
 from harness.plots import save_evaluation_plots
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import close_dead_runs, git_state, package_versions, process_tags
 
@@ -78,12 +79,12 @@ class RunRecorder:
         return self._log_seconds
 
     def on_start(self, info: dict[str, Any]) -> None:
-        """Settings as params; `info` numbers (parameter counts, MACs, sizes) as `info.<k>` metrics
+        """Settings as params; `info` numbers (parameter counts, MACs, sizes) as `model/<k>` metrics
         so the runs table sorts and filters them numerically; other `info` values as tags."""
         params = [Param(k, _param_value(v)) for k, v in flat(self.config).items()]
         numbers = {k: v for k, v in info.items() if _is_number(v)}
         now = _now_ms()
-        metrics = [Metric(f"info.{k}", float(v), now, 0) for k, v in numbers.items()]
+        metrics = [Metric(M.model_metric(k), float(v), now, 0) for k, v in numbers.items()]
         tags = [RunTag(_info_tag(k), _tag_value(v)) for k, v in info.items() if k not in numbers]
         # One call unless the settings outgrow mlflow's per-batch limit on params.
         self._timed(
@@ -95,9 +96,10 @@ class RunRecorder:
             self._timed(self.client.log_batch, self.run_id, params=chunk)
 
     def on_epoch(self, report: EpochReport) -> None:
-        """All of an epoch's metrics in one call, at step = epoch, with one timestamp."""
+        """All of an epoch's metrics in one call, at step = epoch, with one timestamp, named by
+        `metric_names.epoch_metric` (`epoch/val_auc`, `train/lr`)."""
         now = _now_ms()
-        metrics = [Metric(k, float(v), now, report.epoch) for k, v in report.metrics.items()]
+        metrics = [Metric(M.epoch_metric(k), float(v), now, report.epoch) for k, v in report.metrics.items()]
         self._timed(self.client.log_batch, self.run_id, metrics=metrics)
 
     def on_end(self, result: FitResult) -> None:
@@ -119,10 +121,10 @@ class RunRecorder:
 
     def _log_final_metrics(self, result: FitResult, labels: Any, scores: Any) -> None:
         now = _now_ms()
-        values = {"best_epoch": float(result.best_epoch)}
-        values.update({f"best_{k}": float(v) for k, v in result.best_metrics.items()})
+        values = {M.BEST_EPOCH: float(result.best_epoch)}
+        values.update({M.summary_metric(f"best_{k}"): float(v) for k, v in result.best_metrics.items()})
         if has_both_classes(labels):
-            values["val_auc_ci_low"], values["val_auc_ci_high"] = bootstrap_auc_interval(labels, scores)
+            values[M.VAL_AUC_CI_LOW], values[M.VAL_AUC_CI_HIGH] = bootstrap_auc_interval(labels, scores)
         tags = [RunTag(T.STOPPED_BY, result.stopped_by)] if result.stopped_by else []
         metrics = [Metric(k, v, now, 0) for k, v in values.items()]
         self._timed(self.client.log_batch, self.run_id, metrics=metrics, tags=tags)

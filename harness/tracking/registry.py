@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import BadInput
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import RUN_ALIASES, get_run, resolve_run_id
 
@@ -57,10 +58,11 @@ def register_model(client: MlflowClient, run: Any, name: str) -> str:
         except MlflowException as e:  # another process created it first
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+    auc = M.run_value(run.data.metrics, M.BEST_VAL_AUC)
     version = client.create_model_version(
         name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id,
         tags={T.VERSION_BACKBONE: run.data.params.get("train.backbone", ""),
-              T.VERSION_VAL_AUC: str(run.data.metrics.get("best_val_auc", ""))},
+              T.VERSION_VAL_AUC: "" if auc is None else str(auc)},
     )
     client.set_registered_model_alias(name, T.CHAMPION, version.version)
     return str(version.version)

@@ -5,8 +5,8 @@ Fed plain values (strings, numbers, dicts) by `harness.tuning`; nothing here kno
 - The parent is found again by the run id the study remembers, else by its tags `harness.study` +
   `harness.study_storage`, else created (with the spec's params, its space hash and `spec.toml`).
   Callers hold the study lock, so two machines never make two parents.
-- It carries the best trial so far: metrics `best_trial_<objective>` (not `best_val_auc`, so
-  `--run-id best` never picks the parent), tags `best.*` (MLflow params cannot change once logged),
+- It carries the best trial so far: metrics `best_trial/<objective>` (not `summary/best_val_auc`, so
+  `--run-id best` never picks the parent; names in `metric_names`), tags `best.*` (MLflow params cannot change once logged),
   trial counts at step = finished trials; and after each session the study's figures and trials.csv
   under `study/`.
 - Trial runs (created by `harness.run.train_run` with `trial_tags`) keep the tag `optuna.state` in
@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.fileio import write_bytes, write_text
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import close_orphans, get_or_create_experiment, setup
 
@@ -134,12 +135,12 @@ class StudyRuns:
         counts = Counter(states.values())
         step = counts["COMPLETE"] + counts["PRUNED"]
         values: dict[str, float] = {
-            "trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"],
-            "trials_finished": step, "epochs_trained": epochs_trained,
+            M.TRIALS + "complete": counts["COMPLETE"], M.TRIALS + "pruned": counts["PRUNED"],
+            M.TRIALS + "failed": counts["FAIL"], M.TRIALS + "finished": step, M.TRIALS + "epochs_trained": epochs_trained,
         }
         tags = {T.TRIALS_TARGET: str(target)}
         if best is not None:
-            values.update({f"best_trial_{o}": v for o, v in best.values.items() if math.isfinite(v)})
+            values.update({f"{M.BEST_TRIAL}{o}": v for o, v in best.values.items() if math.isfinite(v)})
             tags.update({T.BEST_TRIAL_NUMBER: str(best.number), T.BEST_RUN_ID: best.run_id or ""})
             tags.update({f"{T.BEST_PARAM_PREFIX}{k}": str(v)[:_MAX_VALUE] for k, v in best.params.items()})
         now = int(time.time() * 1000)
