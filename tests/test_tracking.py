@@ -116,8 +116,9 @@ def test_recorder_logs_params_metrics_tags_and_artifacts(store, finished):
     assert auc == pytest.approx(result.best_metrics["val_auc"])
     low, high = metrics["summary/val_auc_ci_low"], metrics["summary/val_auc_ci_high"]
     assert 0 <= low < auc < high <= 1
-    # the old flat names are gone: every value lives in one section (epoch/, model/, summary/, train/)
-    assert all(k.split("/")[0] in {"epoch", "model", "summary", "train"} for k in metrics), sorted(metrics)
+    # the old flat names are gone: every value lives in one section (system/: MLflow's system metrics)
+    assert {k.split("/")[0] for k in metrics if "/" in k} == {"epoch", "model", "summary", "train", "system"}
+    assert all("/" in k for k in metrics), sorted(metrics)
 
     history = client.get_metric_history(rec.run_id, "epoch/train_loss")
     assert [m.step for m in history] == list(range(1, N_EPOCHS + 1))

@@ -5,6 +5,8 @@ with `pruned_at_epoch`); FAILED with an `error` tag. Each run records the machin
 own it (`harness.host`, `harness.pid`); creating a recorder first closes this machine's top-level
 runs whose process is gone (`store.close_dead_runs`, once per process and store), so a run left
 RUNNING by a `kill -9` ends KILLED with `orphaned=true` as soon as any later command records a run.
+From creation to `finish`, MLflow's system-metrics monitor samples CPU, memory and GPU
+(`harness.tracking.system_metrics`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from harness.plots import save_evaluation_plots
 from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import close_dead_runs, git_state, package_versions, process_tags
+from harness.tracking.system_metrics import SystemMetrics
 
 _T = TypeVar("_T")
 _ERROR_CHARS = 500
@@ -66,6 +69,8 @@ class RunRecorder:
         run = self._timed(client.create_run, experiment_id, tags=run_tags, run_name=run_name)
         self.run_id: str = run.info.run_id
         self.run_name: str = run.info.run_name  # mlflow makes one up when run_name is None
+        # CPU, memory (and GPU) from now until the run ends: the "System metrics" tab.
+        self.system_metrics = SystemMetrics(self.run_id, client.tracking_uri).start()
 
     def _timed(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         start = time.perf_counter()
@@ -138,6 +143,7 @@ class RunRecorder:
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
         if self._finished:
             return
+        self.system_metrics.stop()  # before the run ends: its last sample lands in the run
         tags = dict(extra_tags or {})
         if error is not None:
             tags[T.ERROR] = " ".join(error.split())[:_ERROR_CHARS]  # one line for the runs table
