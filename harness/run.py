@@ -122,6 +122,7 @@ def train_run(
               T.DATA_FINGERPRINT: data_fingerprint(ds, cfg)},
     )
     try:
+        recorder.log_dataset(ds)  # the runs table's Dataset column: name, digest, split sizes
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
         train, val = load_arrays(features, "train"), load_arrays(features, "val")

@@ -5,6 +5,7 @@ and only the default-location test creates a second.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -491,3 +493,36 @@ def test_best_and_last_resolve_across_old_and_new_metric_names(store):
     assert M.summary(client.get_run(old).data.metrics) == {"best_epoch": 3.0, "best_val_auc": 0.91, "val_auc_ci_low": 0.8}
     assert M.summary(client.get_run(new).data.metrics) == {"best_epoch": 2.0, "best_val_auc": 0.87}
     assert M.run_value(client.get_run(old).data.metrics, M.BEST_VAL_AUC) == 0.91
+
+
+def test_a_run_logs_its_splits_as_mlflow_datasets(store, shared_sample, tmp_path):
+    """The Dataset column: name, a digest of label file + clip list, source, split size and context;
+    one changed label changes that split's digest only."""
+    from harness.data.labels import load_dataset
+    from tests.conftest import copy_tree
+
+    client, experiment_id, _ = store
+
+    def logged(root: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="data", config=CONFIG) as rec:
+            digests = rec.log_dataset(load_dataset(root))
+        inputs = client.get_run(rec.run_id).inputs.dataset_inputs
+        by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in inputs}
+        return digests, by_context
+
+    digests, datasets = logged(shared_sample)
+    assert set(datasets) == {"training", "validation"}
+    train = datasets["training"]
+    assert (train.name, train.digest, train.source_type) == ("ffdv-phase1-sample", digests["train"], "local")
+    assert json.loads(train.source)["uri"] == str(shared_sample.resolve())
+    assert json.loads(train.profile)["num_rows"] == 5 and json.loads(datasets["validation"].profile)["num_rows"] == 5
+    assert "video_name" in train.schema and "target" in train.schema
+    assert digests["train"] != digests["val"]
+
+    copy = copy_tree(shared_sample, tmp_path / "ffdv-phase1-sample")
+    labels = copy / "trainset_label.txt"
+    rows = labels.read_text().splitlines()
+    name, target = rows[1].split(",")
+    labels.write_text("\n".join([rows[0], f"{name},{1 - int(target)}", *rows[2:]]) + "\n")
+    changed, _ = logged(copy)
+    assert changed["train"] != digests["train"] and changed["val"] == digests["val"]

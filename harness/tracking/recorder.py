@@ -25,6 +25,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from harness import paths
 from harness.callbacks import EpochReport, FitResult
 from harness.config import RunConfig, flat, to_dict
+from harness.data.labels import Dataset, find_label_file
 from harness.metrics import bootstrap_auc_interval, has_both_classes, validate
 from harness.plots import save_evaluation_plots
 from harness.tracking import metric_names as M
@@ -82,6 +83,17 @@ class RunRecorder:
     def log_seconds(self) -> float:
         """Wall time spent inside mlflow calls so far, to check logging stays a small cost."""
         return self._log_seconds
+
+    def log_dataset(self, ds: Dataset, splits: tuple[str, ...] = ("train", "val")) -> dict[str, str]:
+        """The splits this run reads as MLflow dataset inputs (`tracking.datasets`); split -> digest."""
+        from harness.tracking.datasets import log_datasets
+
+        present = [s for s in splits if ds.split(s)]
+        return self._timed(
+            log_datasets, self.client, self.run_id, name=ds.root.name, source=ds.root,
+            splits={s: [(c.name, c.label) for c in ds.split(s)] for s in present},
+            label_files={s: f for s in present if (f := find_label_file(ds.root, s)) is not None},
+        )
 
     def on_start(self, info: dict[str, Any]) -> None:
         """Settings as params; `info` numbers (parameter counts, MACs, sizes) as `model/<k>` metrics
