@@ -76,7 +76,8 @@ def free_port() -> int:
 def test_mlflow_models_serve_answers_invocations_with_the_same_scores(champion):
     run_id, _, clips = champion
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The server runs `uvicorn` from PATH: the interpreter's own bin folder first (a venv not activated).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
         [str(mlflow_cli), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
