@@ -147,6 +147,7 @@ def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: 
     if recorder is None:
         callbacks = ()  # rank 0 reports, prunes and prints; its decisions reach this rank through fit
     try:
+        recorder.log_dataset(ds)  # the runs table's Dataset column: name, digest, split sizes
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
         train, val = load_arrays(features, "train"), load_arrays(features, "val")

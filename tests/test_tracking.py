@@ -5,6 +5,7 @@ and only the default-location test creates a second.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,18 +112,21 @@ def test_recorder_logs_params_metrics_tags_and_artifacts(store, finished):
     assert tags["info.input_size"] == "(1, 128, 128)"
     assert tags["stopped_by"] == "early stopping"
     metrics = run.data.metrics
-    assert metrics["info.params"] == 11_200_000
-    assert metrics["best_epoch"] == N_EPOCHS
-    auc = metrics["best_val_auc"]
+    assert metrics["model/params"] == 11_200_000
+    assert metrics["summary/best_epoch"] == N_EPOCHS
+    auc = metrics["summary/best_val_auc"]
     assert auc == pytest.approx(result.best_metrics["val_auc"])
-    low, high = metrics["val_auc_ci_low"], metrics["val_auc_ci_high"]
+    low, high = metrics["summary/val_auc_ci_low"], metrics["summary/val_auc_ci_high"]
     assert 0 <= low < auc < high <= 1
+    # the old flat names are gone: every value lives in one section (system/: MLflow's system metrics)
+    assert {k.split("/")[0] for k in metrics if "/" in k} == {"epoch", "model", "summary", "train", "system"}
+    assert all("/" in k for k in metrics), sorted(metrics)
 
-    history = client.get_metric_history(rec.run_id, "train_loss")
+    history = client.get_metric_history(rec.run_id, "epoch/train_loss")
     assert [m.step for m in history] == list(range(1, N_EPOCHS + 1))
     assert [m.value for m in history] == pytest.approx([1.0, 0.5, 1 / 3])
     # One timestamp per epoch: all of an epoch's metrics share it.
-    lr = client.get_metric_history(rec.run_id, "lr")
+    lr = client.get_metric_history(rec.run_id, "train/lr")
     assert [m.timestamp for m in lr] == [m.timestamp for m in history]
 
     assert {
@@ -458,3 +463,66 @@ def test_harness_ui_is_ready_when_it_prints_and_sigterm_stops_the_whole_server(t
             time.sleep(0.2)
         assert _processes_in_session(server) == {}  # nothing left running
         tracking.check_port_free("127.0.0.1", port)  # and nothing holding the port
+
+
+def test_best_and_last_resolve_across_old_and_new_metric_names(store):
+    """An older run (flat `best_val_auc`) and a newer one (`summary/best_val_auc`) compete for
+    `best`; nothing is migrated; a study parent (`best_trial/val_auc`) never counts."""
+    from harness.tracking import metric_names as M
+
+    client, _, _ = store
+    experiment_id = tracking.get_or_create_experiment(client, "names")
+
+    def run(name: str, metrics: dict[str, float], status: str = "FINISHED") -> str:
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_terminated(run_id, status=status)
+        time.sleep(0.01)  # distinct start times
+        return run_id
+
+    old = run("old", {"best_val_auc": 0.91, "best_epoch": 3.0, "val_auc_ci_low": 0.8})
+    new = run("new", {M.BEST_VAL_AUC: 0.87, M.BEST_EPOCH: 2.0})
+    run("parent", {"best_trial/val_auc": 0.99})
+    run("failed", {M.BEST_VAL_AUC: 0.99}, status="FAILED")
+    assert tracking.resolve_run_id(client, "best", experiment="names") == old
+    assert tracking.resolve_run_id(client, "last", experiment="names") == new
+    newest = run("newest", {M.BEST_VAL_AUC: 0.95})
+    assert tracking.resolve_run_id(client, "best", experiment="names") == newest
+    # readers of either naming see the same flat summary (what the bundle and the card keep)
+    assert M.summary(client.get_run(old).data.metrics) == {"best_epoch": 3.0, "best_val_auc": 0.91, "val_auc_ci_low": 0.8}
+    assert M.summary(client.get_run(new).data.metrics) == {"best_epoch": 2.0, "best_val_auc": 0.87}
+    assert M.run_value(client.get_run(old).data.metrics, M.BEST_VAL_AUC) == 0.91
+
+
+def test_a_run_logs_its_splits_as_mlflow_datasets(store, shared_sample, tmp_path):
+    """The Dataset column: name, a digest of label file + clip list, source, split size and context;
+    one changed label changes that split's digest only."""
+    from harness.data.labels import load_dataset
+    from tests.conftest import copy_tree
+
+    client, experiment_id, _ = store
+
+    def logged(root: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="data", config=CONFIG) as rec:
+            digests = rec.log_dataset(load_dataset(root))
+        inputs = client.get_run(rec.run_id).inputs.dataset_inputs
+        by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in inputs}
+        return digests, by_context
+
+    digests, datasets = logged(shared_sample)
+    assert set(datasets) == {"training", "validation"}
+    train = datasets["training"]
+    assert (train.name, train.digest, train.source_type) == ("ffdv-phase1-sample", digests["train"], "local")
+    assert json.loads(train.source)["uri"] == str(shared_sample.resolve())
+    assert json.loads(train.profile)["num_rows"] == 5 and json.loads(datasets["validation"].profile)["num_rows"] == 5
+    assert "video_name" in train.schema and "target" in train.schema
+    assert digests["train"] != digests["val"]
+
+    copy = copy_tree(shared_sample, tmp_path / "ffdv-phase1-sample")
+    labels = copy / "trainset_label.txt"
+    rows = labels.read_text().splitlines()
+    name, target = rows[1].split(",")
+    labels.write_text("\n".join([rows[0], f"{name},{1 - int(target)}", *rows[2:]]) + "\n")
+    changed, _ = logged(copy)
+    assert changed["train"] != digests["train"] and changed["val"] == digests["val"]

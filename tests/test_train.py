@@ -62,8 +62,8 @@ def test_finished_run_is_fully_recorded(small_dataset: Path, tmp_path: Path, sto
     assert re.fullmatch(r"test_byobnet-audio-\d{4}-\d{4}", run.info.run_name) and result.run_name == run.info.run_name
     assert run.data.tags["harness.pid"].isdigit() and run.data.tags["harness.host"]
     assert run.data.params["train.backbone"] == "test_byobnet.r160_in1k"
-    assert [m.step for m in store.get_metric_history(result.run_id, "val_auc")] == [1, 2]
-    assert run.data.metrics["info.params"] > 0 and run.data.tags["device"] == "cpu"
+    assert [m.step for m in store.get_metric_history(result.run_id, "epoch/val_auc")] == [1, 2]
+    assert run.data.metrics["model/params"] > 0 and run.data.tags["device"] == "cpu"
     assert "data.fingerprint" in run.data.tags and "git.commit" in run.data.tags
     artifacts = {a.path for a in store.list_artifacts(result.run_id)} | {a.path for a in store.list_artifacts(result.run_id, "checkpoint")}
     assert {"plots", "val_predictions.csv", "checkpoint/config.json", "checkpoint/best.safetensors"} <= artifacts
@@ -154,7 +154,7 @@ def test_best_and_last_resolve_to_finished_runs(small_dataset: Path, tmp_path: P
     first = _run(small_dataset, tmp_path)
     second = _run(small_dataset, tmp_path, TrainConfig(**{**TINY.__dict__, "seed": 1}))
     assert resolve_run_id(store, "last", experiment="t") == second.run_id
-    aucs = {r.run_id: store.get_run(r.run_id).data.metrics["best_val_auc"] for r in (first, second)}
+    aucs = {r.run_id: store.get_run(r.run_id).data.metrics["summary/best_val_auc"] for r in (first, second)}
     best = resolve_run_id(store, "best", experiment="t")
     assert aucs[best] == max(aucs.values())
     if aucs[first.run_id] == aucs[second.run_id]:

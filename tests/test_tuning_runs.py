@@ -52,18 +52,57 @@ def test_session_status_and_best_so_far(runs):
     runs.start_session(parent, target=5)
     assert runs.client.get_run(parent).info.status == "RUNNING"
     states = {0: "COMPLETE", 1: "PRUNED", 2: "FAIL", 3: "RUNNING"}
+    run0 = trial_run(runs, parent, 0)
     runs.record_progress(parent, states=states, epochs_trained=9, target=5,
-                         best=BestTrial(0, "run0", {"val_auc": 0.8, "val_eer": float("nan")}, {"lr": 0.01}))
+                         best=BestTrial(0, run0, {"val_auc": 0.8, "val_eer": float("nan")}, {"lr": 0.01}))
     data = runs.client.get_run(parent).data
-    assert data.metrics["best_trial_val_auc"] == 0.8 and "best_trial_val_eer" not in data.metrics  # NaN left out
-    assert (data.metrics["trials_finished"], data.metrics["trials_failed"], data.metrics["epochs_trained"]) == (2, 1, 9)
-    assert (data.tags["best.run_id"], data.tags["best.trial_number"], data.tags["best.lr"]) == ("run0", "0", "0.01")
-    assert data.tags["harness.trials_target"] == "5" and "best_val_auc" not in data.metrics
+    assert data.metrics["best_trial/val_auc"] == 0.8 and "best_trial/val_eer" not in data.metrics  # NaN left out
+    assert (data.metrics["trials/finished"], data.metrics["trials/failed"], data.metrics["trials/epochs_trained"]) == (2, 1, 9)
+    assert (data.tags["best.run_id"], data.tags["best.trial_number"], data.tags["best.lr"]) == (run0, "0", "0.01")
+    assert data.tags["harness.trials_target"] == "5" and "summary/best_val_auc" not in data.metrics
     runs.end_session(parent, stopped_early=True)
     assert runs.client.get_run(parent).info.status == "KILLED"
     runs.start_session(parent, target=6)
     runs.end_session(parent, stopped_early=False)
     assert runs.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_parent_description_links_the_best_trial_and_the_best_tag_moves(runs):
+    from harness.tracking.study_runs import BestTrial
+
+    parent = parent_of(runs, "board")
+    first, second, third = (trial_run(runs, parent, n) for n in range(3))
+    t0 = BestTrial(0, first, {"val_auc": 0.71}, {"lr": 0.01, "backbone": "resnet"})
+    runs.record_progress(parent, states={0: "COMPLETE", 1: "RUNNING"}, epochs_trained=3, target=3, best=t0, leaders=[t0])
+    tags = lambda run_id: runs.client.get_run(run_id).data.tags  # noqa: E731
+    assert tags(first)["best"] == "true" and "best" not in tags(second)
+    t2 = BestTrial(2, third, {"val_auc": 0.93}, {"lr": 0.003, "backbone": "vit"})
+    runs.record_progress(parent, states={0: "COMPLETE", 1: "PRUNED", 2: "COMPLETE"}, epochs_trained=7, target=3,
+                         best=t2, leaders=[t2, t0])
+    assert tags(third)["best"] == "true" and "best" not in tags(first)  # moved, not copied
+    note = tags(parent)["mlflow.note.content"]
+    link = f"[trial 2](#/experiments/{runs.experiment_id}/runs/{third})"
+    assert f"Best: {link}, val_auc **0.9300**" in note
+    rows = [line for line in note.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| rank | trial | val_auc | params |"
+    assert rows[1] == f"| 1 | {link} | 0.9300 | lr=0.003, backbone=vit |"
+    assert rows[2].startswith(f"| 2 | [trial 0](#/experiments/{runs.experiment_id}/runs/{first}) | 0.7100 |")
+    assert "**3 of 3 trials finished**: 2 complete, 1 pruned, 0 failed." in note
+
+
+def test_a_pruned_trial_says_so_in_its_name_and_description(runs):
+    from harness.tracking import tags as T
+
+    parent = parent_of(runs, "pruned")
+    run_id = trial_run(runs, parent, 7)
+    runs.client.set_tag(run_id, T.PRUNED_AT_EPOCH, "3")  # as harness.run ends a pruned run
+    runs.client.set_terminated(run_id, status="KILLED")
+    runs.mark_trial(run_id, "PRUNED", pruner="median pruner")
+    runs.mark_trial(run_id, "PRUNED", pruner="median pruner")  # idempotent: the name is not extended twice
+    run = runs.client.get_run(run_id)
+    assert run.info.run_name == "trial-007 (pruned at epoch 3)"
+    assert run.data.tags["mlflow.note.content"].startswith("Pruned at epoch 3 by the median pruner")
+    assert (run.data.tags["pruned_by"], run.data.tags["optuna.state"], run.info.status) == ("median pruner", "PRUNED", "KILLED")
 
 
 def test_trial_states_follow_their_trials(runs):

@@ -70,7 +70,8 @@ def assert_tree_matches(client: MlflowClient, storage: str, spec: tuning.StudySp
         if not runs_of:
             continue
         run = runs_of[0]
-        assert run.info.run_name == f"trial-{t.number:03d}"
+        pruned = f" (pruned at epoch {run.data.tags.get('pruned_at_epoch')})" if t.state.name == "PRUNED" else ""
+        assert run.info.run_name == f"trial-{t.number:03d}{pruned}"  # a pruned run says so in its name
         assert run.data.tags["optuna.study"] == spec.name
         assert run.data.tags["optuna.state"] == t.state.name
         if run.data.tags.get("orphaned") == "true":
@@ -112,9 +113,9 @@ def test_two_workers_one_study_each_trial_once_failures_go_on_and_resume(home, t
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers took trials
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.study"] == "pair"
-    assert parent.data.metrics["trials_finished"] == 4
+    assert parent.data.metrics["trials/finished"] == 4
     best = result.best
-    assert parent.data.tags["best.run_id"] == best.run_id and parent.data.metrics["best_trial_val_auc"] == pytest.approx(best.value)
+    assert parent.data.tags["best.run_id"] == best.run_id and parent.data.metrics["best_trial/val_auc"] == pytest.approx(best.value)
     artifacts = {Path(a.path).name for a in client.list_artifacts(result.parent_run_id, "study")}
     assert {"trials.csv", "optimization_history.png", "parallel_coordinate.png", "spec.toml"} <= artifacts
 
@@ -225,7 +226,7 @@ def test_multi_objective_study(home, tmp_path: Path):
     result = tuning.run_study(spec, data_dir=data, storage=f"sqlite:///{tmp_path / 'pareto.db'}")
     assert result.finished == 2 and all(len(r.values) == 2 for r in result.ranked())
     parent = MlflowClient().get_run(result.parent_run_id)
-    assert {"best_trial_val_auc", "best_trial_val_tpr_fpr1e-3"} <= parent.data.metrics.keys()
+    assert {"best_trial/val_auc", "best_trial/val_tpr_fpr1e-3"} <= parent.data.metrics.keys()
 
 
 def test_tune_outside_a_terminal_prints_a_line_per_trial_as_it_ends(home, tmp_path: Path):

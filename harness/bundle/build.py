@@ -33,6 +33,7 @@ from harness.config import RunConfig, to_dict
 from harness.fileio import atomic_dir, atomic_write, sha256
 from harness.predict import SCORE_DECIMALS, Predictor
 from harness.tracking import tags as T
+from harness.tracking.metric_names import summary as summary_metrics
 
 UV_VERSION = "0.13.9"  # the uv image the bundle's Dockerfile copies uv from
 DEFAULT_CUDA_IMAGE = "nvidia/cuda:13.0.0-runtime-ubuntu24.04"
@@ -124,7 +125,7 @@ def _config(
             "output": "probability that the clip is fake", "tta": predictor.tta, "tta_shifts": predictor.shifts,
             "fallback_score": predictor.fallback, "score_decimals": SCORE_DECIMALS,
         },
-        metrics={k: v for k, v in sorted(metrics.items()) if k.startswith(("best_", "val_auc_ci"))},
+        metrics=summary_metrics(metrics),  # flat names (best_val_auc, ...) from a run of either naming
         data={"fingerprint": tags.get(T.DATA_FINGERPRINT), "path": tags.get(T.DATA_PATH)},
         code={"git_commit": tags.get(T.GIT_COMMIT, "unknown"), "git_dirty": tags.get(T.GIT_DIRTY, "unknown"),
               "source": source_note, "python": python,

@@ -26,7 +26,7 @@ from pathlib import Path
 from harness import paths, tracking
 from harness.bundle.build import build_bundle, write_archive
 from harness.bundle.card import now
-from harness.bundle.format import ARCHIVE, FOLDER, MANIFEST, MODEL_CARD
+from harness.bundle.format import ARCHIVE, FOLDER, MANIFEST, MODEL_CARD, REQUIREMENTS
 from harness.predict import Predictor
 from harness.submit import output
 from harness.submit.checks import check_compliance, check_dataset, check_promotable
@@ -118,7 +118,12 @@ def submit(
 
     if register:
         report.model_name = model_name or registry.default_model_name(test.dataset.root)
-        report.model_version = registry.register_model(client, run, report.model_name)
+        source = None
+        if report.bundle is not None:  # the champion as a real MLflow model (pyfunc from the bundle)
+            from harness.tracking.pyfunc import log_pyfunc_model
+
+            source = log_pyfunc_model(client, run_id, report.bundle, requirements=report.bundle / REQUIREMENTS)
+        report.model_version = registry.register_model(client, run, report.model_name, source=source)
         files = [report.csv, out / output.FALLBACKS]
         if report.bundle is not None:
             files += [report.bundle / MANIFEST, report.bundle / MODEL_CARD]

@@ -5,6 +5,8 @@ with `pruned_at_epoch`); FAILED with an `error` tag. Each run records the machin
 own it (`harness.host`, `harness.pid`); creating a recorder first closes this machine's top-level
 runs whose process is gone (`store.close_dead_runs`, once per process and store), so a run left
 RUNNING by a `kill -9` ends KILLED with `orphaned=true` as soon as any later command records a run.
+From creation to `finish`, MLflow's system-metrics monitor samples CPU, memory and GPU
+(`harness.tracking.system_metrics`).
 """
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from harness import paths
 from harness.callbacks import EpochReport, FitResult
 from harness.config import RunConfig, flat, to_dict
+from harness.data.labels import Dataset, find_label_file
 from harness.metrics import bootstrap_auc_interval, has_both_classes, validate
 from harness.plots import save_evaluation_plots
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import close_dead_runs, git_state, package_versions, process_tags
+from harness.tracking.system_metrics import SystemMetrics
 
 _T = TypeVar("_T")
 _ERROR_CHARS = 500
@@ -65,6 +70,8 @@ class RunRecorder:
         run = self._timed(client.create_run, experiment_id, tags=run_tags, run_name=run_name)
         self.run_id: str = run.info.run_id
         self.run_name: str = run.info.run_name  # mlflow makes one up when run_name is None
+        # CPU, memory (and GPU) from now until the run ends: the "System metrics" tab.
+        self.system_metrics = SystemMetrics(self.run_id, client.tracking_uri).start()
 
     def _timed(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         start = time.perf_counter()
@@ -77,13 +84,24 @@ class RunRecorder:
         """Wall time spent inside mlflow calls so far, to check logging stays a small cost."""
         return self._log_seconds
 
+    def log_dataset(self, ds: Dataset, splits: tuple[str, ...] = ("train", "val")) -> dict[str, str]:
+        """The splits this run reads as MLflow dataset inputs (`tracking.datasets`); split -> digest."""
+        from harness.tracking.datasets import log_datasets
+
+        present = [s for s in splits if ds.split(s)]
+        return self._timed(
+            log_datasets, self.client, self.run_id, name=ds.root.name, source=ds.root,
+            splits={s: [(c.name, c.label) for c in ds.split(s)] for s in present},
+            label_files={s: f for s in present if (f := find_label_file(ds.root, s)) is not None},
+        )
+
     def on_start(self, info: dict[str, Any]) -> None:
-        """Settings as params; `info` numbers (parameter counts, MACs, sizes) as `info.<k>` metrics
+        """Settings as params; `info` numbers (parameter counts, MACs, sizes) as `model/<k>` metrics
         so the runs table sorts and filters them numerically; other `info` values as tags."""
         params = [Param(k, _param_value(v)) for k, v in flat(self.config).items()]
         numbers = {k: v for k, v in info.items() if _is_number(v)}
         now = _now_ms()
-        metrics = [Metric(f"info.{k}", float(v), now, 0) for k, v in numbers.items()]
+        metrics = [Metric(M.model_metric(k), float(v), now, 0) for k, v in numbers.items()]
         tags = [RunTag(_info_tag(k), _tag_value(v)) for k, v in info.items() if k not in numbers]
         # One call unless the settings outgrow mlflow's per-batch limit on params.
         self._timed(
@@ -95,9 +113,10 @@ class RunRecorder:
             self._timed(self.client.log_batch, self.run_id, params=chunk)
 
     def on_epoch(self, report: EpochReport) -> None:
-        """All of an epoch's metrics in one call, at step = epoch, with one timestamp."""
+        """All of an epoch's metrics in one call, at step = epoch, with one timestamp, named by
+        `metric_names.epoch_metric` (`epoch/val_auc`, `train/lr`)."""
         now = _now_ms()
-        metrics = [Metric(k, float(v), now, report.epoch) for k, v in report.metrics.items()]
+        metrics = [Metric(M.epoch_metric(k), float(v), now, report.epoch) for k, v in report.metrics.items()]
         self._timed(self.client.log_batch, self.run_id, metrics=metrics)
 
     def on_end(self, result: FitResult) -> None:
@@ -119,10 +138,10 @@ class RunRecorder:
 
     def _log_final_metrics(self, result: FitResult, labels: Any, scores: Any) -> None:
         now = _now_ms()
-        values = {"best_epoch": float(result.best_epoch)}
-        values.update({f"best_{k}": float(v) for k, v in result.best_metrics.items()})
+        values = {M.BEST_EPOCH: float(result.best_epoch)}
+        values.update({M.summary_metric(f"best_{k}"): float(v) for k, v in result.best_metrics.items()})
         if has_both_classes(labels):
-            values["val_auc_ci_low"], values["val_auc_ci_high"] = bootstrap_auc_interval(labels, scores)
+            values[M.VAL_AUC_CI_LOW], values[M.VAL_AUC_CI_HIGH] = bootstrap_auc_interval(labels, scores)
         tags = [RunTag(T.STOPPED_BY, result.stopped_by)] if result.stopped_by else []
         metrics = [Metric(k, v, now, 0) for k, v in values.items()]
         self._timed(self.client.log_batch, self.run_id, metrics=metrics, tags=tags)
@@ -136,6 +155,7 @@ class RunRecorder:
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
         if self._finished:
             return
+        self.system_metrics.stop()  # before the run ends: its last sample lands in the run
         tags = dict(extra_tags or {})
         if error is not None:
             tags[T.ERROR] = " ".join(error.split())[:_ERROR_CHARS]  # one line for the runs table

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import BadInput
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import RUN_ALIASES, get_run, resolve_run_id
 
@@ -48,19 +49,21 @@ def default_model_name(data_dir: Path) -> str:
     return "harness-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", Path(data_dir).name).strip("-.") or "data")
 
 
-def register_model(client: MlflowClient, run: Any, name: str) -> str:
-    """A new version of registered model `name` from the run's checkpoint, aliased `champion`;
-    returns the version number as text."""
+def register_model(client: MlflowClient, run: Any, name: str, *, source: str | None = None) -> str:
+    """A new version of registered model `name`, aliased `champion`; returns the version number as
+    text. `source`: the logged pyfunc model (`tracking.pyfunc.log_pyfunc_model`); None: the run's
+    checkpoint folder (not an MLflow model: nothing in MLflow's tooling can load it)."""
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         try:
             client.create_registered_model(name, description=MODEL_DESCRIPTION)
         except MlflowException as e:  # another process created it first
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+    auc = M.run_value(run.data.metrics, M.BEST_VAL_AUC)
     version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id,
+        name, source=source or f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id,
         tags={T.VERSION_BACKBONE: run.data.params.get("train.backbone", ""),
-              T.VERSION_VAL_AUC: str(run.data.metrics.get("best_val_auc", ""))},
+              T.VERSION_VAL_AUC: "" if auc is None else str(auc)},
     )
     client.set_registered_model_alias(name, T.CHAMPION, version.version)
     return str(version.version)

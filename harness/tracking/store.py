@@ -34,6 +34,7 @@ from harness import paths
 from harness.config import RunConfig, from_dict
 from harness.errors import NotFound
 from harness.fileio import pid_alive, remove_stale_temporaries, temp_name
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 
 # Schemes of SQLAlchemy stores. For these mlflow would put artifacts under ./mlruns relative to
@@ -149,9 +150,13 @@ RUN_ALIASES = ("best", "last")
 
 
 def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str | None = None) -> str:
-    """A run id, or `best` (highest best_val_auc; ties to the newest) / `last` (newest) among the
+    """A run id, or `best` (highest best val AUC; ties to the newest) / `last` (newest) among the
     FINISHED runs that trained a model, in `experiment` or in every experiment of the store, so
-    scripts can say `harness submit --run-id best`."""
+    scripts can say `harness submit --run-id best`.
+
+    Runs of either metric naming count (`summary/best_val_auc`, or `best_val_auc` on older runs):
+    MLflow's filter has no OR, so one search per name, the winners compared here.
+    """
     if ref not in RUN_ALIASES:
         return ref
     if experiment is None:
@@ -159,13 +164,20 @@ def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str | None = N
     else:
         found = client.get_experiment_by_name(experiment)
         ids = [found.experiment_id] if found is not None else []
-    order = (["metrics.best_val_auc DESC"] if ref == "best" else []) + ["attributes.start_time DESC"]
-    finished = "attributes.status = 'FINISHED' and metrics.best_val_auc >= 0"
-    runs = client.search_runs(ids, filter_string=finished, order_by=order, max_results=1) if ids else []
-    if not runs:
+    candidates = []
+    for name in M.BEST_VAL_AUC_NAMES if ids else ():
+        order = ([f"metrics.`{name}` DESC"] if ref == "best" else []) + ["attributes.start_time DESC"]
+        finished = f"attributes.status = 'FINISHED' and metrics.`{name}` >= 0"
+        candidates += client.search_runs(ids, filter_string=finished, order_by=order, max_results=1)
+    if not candidates:
         where = f"experiment {experiment!r}" if experiment else "this store"
         raise NotFound(f"--run-id {ref}: no finished training run in {where} yet")
-    return runs[0].info.run_id
+
+    def rank(run: Any) -> tuple[float, int]:
+        auc = M.run_value(run.data.metrics, M.BEST_VAL_AUC) or 0.0
+        return (auc if ref == "best" else 0.0, run.info.start_time or 0)
+
+    return max(candidates, key=rank).info.run_id
 
 
 def get_run(client: MlflowClient, run_id: str) -> Any:

@@ -5,8 +5,8 @@ Fed plain values (strings, numbers, dicts) by `harness.tuning`; nothing here kno
 - The parent is found again by the run id the study remembers, else by its tags `harness.study` +
   `harness.study_storage`, else created (with the spec's params, its space hash and `spec.toml`).
   Callers hold the study lock, so two machines never make two parents.
-- It carries the best trial so far: metrics `best_trial_<objective>` (not `best_val_auc`, so
-  `--run-id best` never picks the parent), tags `best.*` (MLflow params cannot change once logged),
+- It carries the best trial so far: metrics `best_trial/<objective>` (not `summary/best_val_auc`, so
+  `--run-id best` never picks the parent; names in `metric_names`), tags `best.*` (MLflow params cannot change once logged),
   trial counts at step = finished trials; and after each session the study's figures and trials.csv
   under `study/`.
 - Trial runs (created by `harness.run.train_run` with `trial_tags`) keep the tag `optuna.state` in
@@ -23,7 +23,7 @@ import math
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.fileio import write_bytes, write_text
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
 from harness.tracking.store import close_orphans, get_or_create_experiment, setup
 
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
 _MAX_VALUE = 500  # characters kept of a param or tag value
+_LEADERS = 5  # rows of the leaderboard in the parent's description
 
 
 @dataclass(frozen=True)
@@ -122,29 +124,46 @@ class StudyRuns:
         self.client.set_terminated(parent_run_id, status=T.KILLED if stopped_early else T.FINISHED)
 
     def record_progress(self, parent_run_id: str, *, states: Mapping[int, str], epochs_trained: int, target: int,
-                        best: BestTrial | None) -> None:
-        """Trial counts and the best trial so far on the parent (metrics at step = finished trials).
+                        best: BestTrial | None, leaders: Sequence[BestTrial] = ()) -> None:
+        """Trial counts and the best trial so far on the parent (metrics at step = finished trials),
+        the parent's description (a link to the best trial's run page and a short leaderboard), and
+        the tag `best=true` on the best trial's run alone.
 
         Args:
             states: trial number -> state (COMPLETE, PRUNED, FAIL, RUNNING, WAITING).
             epochs_trained: over every trial, failed and pruned ones included.
             target: finished trials wanted.
             best: the best COMPLETE trial, if any.
+            leaders: the best few COMPLETE trials, best first (the description's leaderboard).
         """
         counts = Counter(states.values())
         step = counts["COMPLETE"] + counts["PRUNED"]
         values: dict[str, float] = {
-            "trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"],
-            "trials_finished": step, "epochs_trained": epochs_trained,
+            M.TRIALS + "complete": counts["COMPLETE"], M.TRIALS + "pruned": counts["PRUNED"],
+            M.TRIALS + "failed": counts["FAIL"], M.TRIALS + "finished": step, M.TRIALS + "epochs_trained": epochs_trained,
         }
         tags = {T.TRIALS_TARGET: str(target)}
         if best is not None:
-            values.update({f"best_trial_{o}": v for o, v in best.values.items() if math.isfinite(v)})
+            values.update({f"{M.BEST_TRIAL}{o}": v for o, v in best.values.items() if math.isfinite(v)})
             tags.update({T.BEST_TRIAL_NUMBER: str(best.number), T.BEST_RUN_ID: best.run_id or ""})
             tags.update({f"{T.BEST_PARAM_PREFIX}{k}": str(v)[:_MAX_VALUE] for k, v in best.params.items()})
+        parent = self.client.get_run(parent_run_id)
+        study = parent.data.tags.get(T.STUDY, "")
+        storage = parent.data.tags.get(T.STUDY_STORAGE, "")
+        tags[T.MLFLOW_NOTE] = study_description(study, storage, self.experiment_id, counts, target,
+                                                best, leaders or ([best] if best else []))
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         self.client.log_batch(parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        if best is not None and best.run_id:
+            self._move_best_tag(parent_run_id, best.run_id)
+
+    def _move_best_tag(self, parent_run_id: str, best_run_id: str) -> None:
+        query = f"tags.`{T.MLFLOW_PARENT}` = '{parent_run_id}' and tags.`{T.BEST_CHILD}` = 'true'"
+        for run in self.client.search_runs([self.experiment_id], filter_string=query, max_results=100):
+            if run.info.run_id != best_run_id:
+                self.client.delete_tag(run.info.run_id, T.BEST_CHILD)
+        self.client.set_tag(best_run_id, T.BEST_CHILD, "true")
 
     def log_study_artifacts(self, parent_run_id: str, *, pngs: Mapping[str, bytes], trials_csv: str,
                             skipped: Mapping[str, str]) -> None:
@@ -168,13 +187,34 @@ class StudyRuns:
         found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
         return found[0].info.run_id if found else None
 
-    def mark_trial(self, run_id: str, state: str, *, error: str | None = None) -> None:
+    def mark_trial(self, run_id: str, state: str, *, error: str | None = None, pruner: str | None = None) -> None:
         """Set a trial run's `optuna.state`. With `error` (a trial that trained but gave no usable
-        objective), record it and end the run FAILED as well."""
+        objective), record it and end the run FAILED as well. A PRUNED trial's run says so in its
+        name (`trial-007 (pruned at epoch 3)`) and description ("pruned at epoch 3 by the median
+        pruner"), so the runs table tells it from a failure at a glance.
+
+        Args:
+            pruner: the pruner's name in words ("median pruner"), for a PRUNED trial.
+        """
         if error is not None:
             self.client.set_tag(run_id, T.ERROR, " ".join(error.split())[:_MAX_VALUE])
             self.client.set_terminated(run_id, status=T.FAILED)
+        if state == "PRUNED":
+            self._say_pruned(run_id, pruner)
         self.client.set_tag(run_id, T.OPTUNA_STATE, state)
+
+    def _say_pruned(self, run_id: str, pruner: str | None) -> None:
+        run = self.client.get_run(run_id)
+        epoch = run.data.tags.get(T.PRUNED_AT_EPOCH, "?")
+        name = run.info.run_name or "trial"
+        by = f" by the {pruner}" if pruner else ""
+        tags = [RunTag(T.MLFLOW_NOTE, f"Pruned at epoch {epoch}{by}: its best value so far fell behind the "
+                                      "study's other trials at that epoch, so it stopped training. Not a failure.")]
+        if pruner:
+            tags.append(RunTag(T.PRUNED_BY, pruner))
+        if "(pruned" not in name:
+            tags.append(RunTag(T.MLFLOW_RUN_NAME, f"{name} (pruned at epoch {epoch})"))
+        self.client.log_batch(run_id, tags=tags)
 
     def close_orphaned_trials(self, parent_run_id: str, states: Mapping[int, str]) -> list[str]:
         """Close the runs of trials whose worker died, and bring every trial run's `optuna.state`
@@ -200,6 +240,38 @@ class StudyRuns:
             if run.info.status != T.RUNNING and state is not None and state not in ("RUNNING", "WAITING"):
                 self.client.set_tag(run.info.run_id, T.OPTUNA_STATE, state)
         return closed
+
+
+def study_description(study: str, storage: str, experiment_id: str, counts: Mapping[str, int], target: int,
+                      best: BestTrial | None, leaders: Sequence[BestTrial]) -> str:
+    """The parent run's description (markdown): a link to the best trial's run page and a short
+    leaderboard. Links are relative to the UI's hash router (`#/experiments/E/runs/R`), so they work
+    whatever host and port the UI is served on."""
+    lines = [f"Optuna study `{study}` in `{storage}`; one child run per trial.", ""]
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    lines.append(f"**{finished} of {target} trials finished**: {counts.get('COMPLETE', 0)} complete, "
+                 f"{counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed.")
+    if best is None:
+        return "\n".join(lines)
+    objectives = list(best.values)
+    shown = ", ".join(f"{o} **{v:.4f}**" for o, v in best.values.items())
+    lines += ["", f"Best: {_trial_link(best, experiment_id)}, {shown}", "",
+              "| rank | trial | " + " | ".join(objectives) + " | params |",
+              "|---|---|" + "---|" * len(objectives) + "---|"]
+    for rank, row in enumerate(leaders[:_LEADERS], 1):
+        params = ", ".join(f"{k}={_short(v)}" for k, v in row.params.items())
+        values = " | ".join(f"{row.values.get(o, float('nan')):.4f}" for o in objectives)
+        lines.append(f"| {rank} | {_trial_link(row, experiment_id)} | {values} | {params} |")
+    return "\n".join(lines)
+
+
+def _trial_link(trial: BestTrial, experiment_id: str) -> str:
+    label = f"trial {trial.number}"
+    return f"[{label}](#/experiments/{experiment_id}/runs/{trial.run_id})" if trial.run_id else label
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value).replace("|", "/")[:40]
 
 
 def _quote(text: str) -> str:

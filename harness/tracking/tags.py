@@ -50,6 +50,8 @@ OPTUNA_STATE = "optuna.state"  # RUNNING | COMPLETE | PRUNED | FAIL, agreeing wi
 OPTUNA_RETRY_OF = "optuna.retry_of"  # the number of the stale trial this trial re-runs
 BEST_PARAM_PREFIX = "best."  # parent run: best.<dimension> = the best trial's value of it
 STUDY_KIND = "study"  # the value of KIND on a study's parent run
+BEST_CHILD = "best"  # "true" on the study's best trial run only (moved when the best changes)
+PRUNED_BY = "pruned_by"  # KILLED by a pruner: which one ("median pruner")
 
 # ---- promotion (harness submit)
 PROMOTED = "promoted"

@@ -31,7 +31,8 @@ from harness.tuning.results import TrialRow, best_row, trial_rows
 from harness.tuning.space import suggest
 from harness.tuning.spec import StudySpec
 from harness.tuning.storage import Lock, fail_stale, locked, open_storage, study_lock
-from harness.tuning.strategies import NoPruning, PruningCallback
+from harness.tuning.objectives import sign
+from harness.tuning.strategies import PRUNERS, NoPruning, PruningCallback
 
 if TYPE_CHECKING:
     from harness.tracking.study_runs import StudyRuns
@@ -128,11 +129,22 @@ def record_progress(runs: StudyRuns, parent_run_id: str, spec: StudySpec, rows: 
     from harness.tracking.study_runs import BestTrial
 
     best = best_row(rows, spec.objectives)
+
+    def plain(row: TrialRow) -> BestTrial:
+        return BestTrial(row.number, row.run_id, dict(zip(spec.objectives, row.values or ())), dict(row.params))
+
+    complete = [r for r in rows if r.state == "COMPLETE" and r.values]
+    leaders = sorted(complete, key=lambda r: (-sign(spec.objectives[0]) * r.values[0], r.number))[:5]
     runs.record_progress(
         parent_run_id, states={r.number: r.state for r in rows}, epochs_trained=sum(r.epoch for r in rows),
-        target=target, best=None if best is None else BestTrial(
-            best.number, best.run_id, dict(zip(spec.objectives, best.values or ())), dict(best.params)),
+        target=target, best=None if best is None else plain(best), leaders=[plain(r) for r in leaders],
     )
+
+
+def pruner_name(pruner: object) -> str:
+    """The pruner in words, as a pruned run's description names it ("median pruner")."""
+    kind = next((k for k, v in PRUNERS.items() if isinstance(pruner, v)), type(pruner).__name__)
+    return f"{kind.replace('_', ' ')} pruner"
 
 
 class Objective:
@@ -171,7 +183,7 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epoch", len(result.fit.history) if result.fit else 0)
         if result.status == "KILLED":  # pruned: run.py ended the run KILLED with pruned_at_epoch
-            self.runs.mark_trial(result.run_id, "PRUNED")
+            self.runs.mark_trial(result.run_id, "PRUNED", pruner=pruner_name(spec.pruner))
             raise optuna.TrialPruned(result.fit.stopped_by if result.fit else "pruned")
         best = result.fit.best_metrics if result.fit else {}
         objective = [float(best.get(o, float("nan"))) for o in spec.objectives]
