@@ -205,12 +205,20 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
+    folds: Annotated[Optional[int], typer.Option(min=2, help="Grouped K-fold cross-validation on train+val pooled: one "
+                                                 "run per fold under a parent run with the CV metrics and oof.csv.")] = None,
+    group_by: Annotated[str, typer.Option(help="With --folds: auto (the audit's near-duplicate clusters), none, or a "
+                                          "video_name,group CSV file. A group never straddles folds.")] = "auto",
     cache: CacheOption = None,
 ) -> None:
     """Train one timm model on the feature cache and record the run in MLflow.
 
     Refused (exit 2) before any feature work or MLflow run: a bad setting, an unknown backbone name,
     a dataset that does not load or does not fit the modality."""
+    if folds is not None:
+        from harness.crossval import check_group_by
+
+        check_group_by(group_by)  # a typo in the file name fails before any feature work
     from harness.config import RunConfig, read_config_file, replace
 
     base = read_config_file(config) if config is not None else RunConfig()
@@ -225,7 +233,34 @@ def train(
     check_names(cfg)
     data_dir = resolve_data(data)
     _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
+    if folds is not None:
+        run_cross_validation(cfg, data_dir=data_dir, experiment=experiment, cache=cache, folds=folds, group_by=group_by)
+        return
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
+
+
+def run_cross_validation(cfg, *, data_dir: Path, experiment: str, cache: Path | None, folds: int, group_by: str) -> str:  # noqa: ANN001
+    """Cross-validate with an epoch table per fold; print the summary and return the parent run id."""
+    from harness.console import EpochTable
+    from harness.crossval import cross_validate
+    from harness.errors import JobFailed
+    from harness.paths import cache_dir
+
+    title = cfg.train.backbone if cfg.modality == "audio" else f"{cfg.modality}: {cfg.train.backbone}"
+    result = cross_validate(cfg, data_dir=data_dir, experiment=experiment, cache_root=cache or cache_dir(), folds=folds,
+                            group_by=group_by, callbacks_for=lambda fold: [EpochTable(title=f"fold {fold + 1}/{folds} {title}")])
+    typer.echo(f"cross-validation: {result.clips} clips in {result.groups} groups, {folds} folds (group by {group_by})")
+    m = result.metrics
+    if m:
+        typer.echo(f"val AUC over folds {m['cv_val_auc_mean']:.4f} +- {m['cv_val_auc_std']:.4f}; TPR@FPR=1e-3 "
+                   f"{m['cv_val_tpr_fpr1e-3_mean']:.4f} +- {m['cv_val_tpr_fpr1e-3_std']:.4f}")
+        typer.echo(f"out-of-fold AUC {m['oof_auc']:.4f} (95% bootstrap interval {m['oof_auc_ci_low']:.4f} to "
+                   f"{m['oof_auc_ci_high']:.4f}); oof.csv on the parent run")
+    typer.echo(f"parent run id: {result.run_id} (name {result.run_name}); fold runs: "
+               + ", ".join(r.run_id for r in result.folds))
+    if result.status != "FINISHED":
+        raise JobFailed(f"cross-validation stopped: fold {len(result.folds) - 1} ended {result.status}")
+    return result.run_id
 
 
 def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> str:  # noqa: ANN001

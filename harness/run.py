@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.callbacks import Callback, FitResult
 from harness.config import RunConfig, check_track
 from harness.data.cache import feature_dir, prepare_features
-from harness.data.dataset import load_arrays
+from harness.data.dataset import SplitArrays, load_arrays
 from harness.data.labels import Dataset, DatasetError, load_dataset
 from harness.engine import fit, seed_everything
 
 PRUNED_PREFIX = "pruned"
+# Feature folders (one per input) -> (train, val): how a run picks its samples (a CV fold passes its own).
+SplitChooser = Callable[[dict[str, Path]], tuple[SplitArrays, SplitArrays]]
 
 
 @dataclass
@@ -80,6 +82,11 @@ def features_for(ds: Dataset, cfg: RunConfig, cache_root: Path, *, workers: int 
     return folders
 
 
+def official_splits(features: dict[str, Path]) -> tuple[SplitArrays, SplitArrays]:
+    """The dataset's own train and val splits, usable clips only."""
+    return load_arrays(features, "train"), load_arrays(features, "val")
+
+
 def gate(cfg: RunConfig):  # noqa: ANN201 - ComplianceReport
     """The competition rules, checked before the first step. Raises ModelRuleError."""
     from harness.modalities import check_run
@@ -101,9 +108,11 @@ def train_run(
     parent_run_id: str | None = None,
     callbacks: Sequence[Callback] = (),
     tags: dict[str, str] | None = None,
+    splits: SplitChooser | None = None,
 ) -> RunResult:
     """Train one model and record it. Errors are recorded on the run, then raised; what is refused
-    before the run exists is listed in the module docstring. `run_name` None: a readable one."""
+    before the run exists is listed in the module docstring. `run_name` None: a readable one.
+    `splits` None: the official train and val splits; cross-validation passes a fold's."""
     from harness import tracking
     from harness.modalities import build_model, input_stats
 
@@ -124,7 +133,7 @@ def train_run(
     try:
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
-        train, val = load_arrays(features, "train"), load_arrays(features, "val")
+        train, val = (splits or official_splits)(features)
         if not len(train) or not len(val):
             raise DatasetError(f"no usable {'/'.join(cfg.inputs)} features to train on (train={len(train)}, "
                                f"val={len(val)}); see failures.csv in {', '.join(map(str, features.values()))}")
