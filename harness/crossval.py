@@ -8,7 +8,9 @@ recorder and checkpoint) under a parent run (`harness.tracking.cv_runs`). The pa
   epochs (std over folds, ddof 0 as sklearn's `cross_val_score(...).std()` users expect);
 - `oof_auc` with `oof_auc_ci_low` / `oof_auc_ci_high` (percentile bootstrap over clips) and
   `oof_tpr_fpr1e-3`: every clip scored once, by the fold model that never saw it;
-- `oof.csv` (`video_name,target,score,fold,split`) and `folds.csv` (each clip's group and fold).
+- `oof.csv` (`video_name,target,score,fold,split`) and `folds.csv` (each clip's group and fold);
+- the low-FPR analysis of the out-of-fold scores (`harness.analysis`): `oof_tpr_fpr1e-3_ci_low` /
+  `_ci_high` (and 1e-2), and `analysis/` with the most confidently wrong clips and their thumbnails.
 
 Groups (`group_by`): `auto` joins the audit's near-duplicates (identical files, re-encoded copies;
 computed through the audit's table cache when missing), `none` leaves every clip alone, a file maps
@@ -126,6 +128,7 @@ def cross_validate(
         Whatever a fold raises, after the parent is closed FAILED (KILLED on Ctrl-C).
     """
     from harness import tracking
+    from harness.analysis import split_thumbnails, write_low_fpr_analysis
     from harness.metrics import bootstrap_auc_interval, classification_metrics
 
     how = check_group_by(group_by)
@@ -169,6 +172,9 @@ def cross_validate(
         result.metrics["oof_auc_ci_low"], result.metrics["oof_auc_ci_high"] = bootstrap_auc_interval(labels, scores)
         with tempfile.TemporaryDirectory(prefix="harness-cv-") as tmp:
             write_oof(Path(tmp), plan, scores)
+            found = write_low_fpr_analysis(Path(tmp) / "analysis", plan.data.names, labels, scores, prefix="oof_",
+                                           thumbnails=split_thumbnails(plan.data), title=f"{parent.run_name} out-of-fold")
+            result.metrics.update({k: v for k, v in found.items() if "_ci_" in k})
             parent.finish(T.FINISHED, metrics=result.metrics, artifacts=Path(tmp))
     except BaseException as e:
         parent.finish(T.KILLED if isinstance(e, KeyboardInterrupt) else T.FAILED, error=f"{type(e).__name__}: {e}")

@@ -87,6 +87,20 @@ def official_splits(features: dict[str, Path]) -> tuple[SplitArrays, SplitArrays
     return load_arrays(features, "train"), load_arrays(features, "val")
 
 
+def low_fpr_analysis(val: SplitArrays, *, title: str) -> Callable[[FitResult, Path], dict[str, float]]:
+    """The recorder's end-of-run analysis: TPR at FPR 1e-3 and 1e-2 with intervals, the most
+    confidently wrong val clips with thumbnails of what the model saw (`harness.analysis`)."""
+    from harness.analysis import split_thumbnails, write_low_fpr_analysis
+
+    def analyse(result: FitResult, folder: Path) -> dict[str, float]:
+        found = write_low_fpr_analysis(folder, result.val_names, result.val_labels, result.val_scores,
+                                       thumbnails=split_thumbnails(val), title=title)
+        # The point values are the best epoch's `best_val_tpr_fpr1e-*` already: only the intervals are new.
+        return {k: v for k, v in found.items() if "_ci_" in k}
+
+    return analyse
+
+
 def gate(cfg: RunConfig):  # noqa: ANN201 - ComplianceReport
     """The competition rules, checked before the first step. Raises ModelRuleError."""
     from harness.modalities import check_run
@@ -145,6 +159,7 @@ def train_run(
                 "input_size": "x".join(map(str, report.input_size))}
         if cfg.modality != "audio":
             info["faces"] = "x".join(map(str, cfg.features_for("video").shape))
+        recorder.analyse = low_fpr_analysis(val, title=recorder.run_name)
         with tempfile.TemporaryDirectory(prefix="harness-run-") as work:
             result = fit(t, model, train=train, val=val, stats=input_stats(cfg, model),
                          out_dir=Path(work), callbacks=[recorder, *callbacks], info=info)

@@ -40,6 +40,13 @@ def test_train_folds_makes_a_parent_with_finished_folds_metrics_and_oof(tmp_path
         children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
         assert sorted(r.data.tags["cv.fold"] for r in children) == ["0", "1", "2"]
         assert all(r.info.status == "FINISHED" and "best_val_auc" in r.data.metrics for r in children)
+        # every run carries the low-FPR analysis: intervals as metrics, the confidently wrong clips as artifacts
+        child = children[0]
+        assert child.data.metrics["val_tpr_fpr1e-3_ci_low"] <= child.data.metrics["val_tpr_fpr1e-3_ci_high"]
+        assert {"analysis/confidently_wrong.csv", "analysis/confidently_wrong.png", "analysis/low_fpr.json"} <= \
+            {a.path for a in client.list_artifacts(child.info.run_id, "analysis")}
+        assert {"oof_tpr_fpr1e-3_ci_low", "oof_tpr_fpr1e-2_ci_high"} <= set(parent.data.metrics)
+        assert "analysis/confidently_wrong.png" in {a.path for a in client.list_artifacts(parent_id, "analysis")}
         m = parent.data.metrics
         aucs = [r.data.metrics["best_val_auc"] for r in children]
         assert m["cv_val_auc_mean"] == pytest.approx(np.mean(aucs)) and m["cv_val_auc_std"] == pytest.approx(np.std(aucs))
