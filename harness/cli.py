@@ -348,9 +348,14 @@ def submit(
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register, alias 'champion', tag the run.")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes for the test clips.")] = 2,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 1, nothing written) when the promotion gate "
+                                         "warns: val AUC interval at 0.999, audit findings, not better than the champion.")] = False,
     cache: CacheOption = None,
 ) -> None:
-    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'."""
+    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'.
+
+    First the promotion gate: the run's val AUC and TPR@1e-3 with intervals, how many runs it was
+    picked from, the dataset's audit findings, and a paired bootstrap against the current champion."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -364,8 +369,9 @@ def submit(
         task = progress.add_task("test", total=None)
         report = promote(
             run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
-            register=register, workers=workers, device=device,
+            register=register, workers=workers, device=device, strict=strict,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            on_gate=lambda gate: _print_gate(gate, console),
         )
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -377,6 +383,15 @@ def submit(
         typer.echo(f"bundle: {report.bundle} and {report.archive}")
     if report.model_version is not None:
         typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
+
+
+def _print_gate(gate, console) -> None:  # noqa: ANN001
+    """The promotion gate's report on stderr, before anything is scored."""
+    console.print("[bold]promotion gate:[/]")
+    for fact in gate.facts:
+        console.print(f"  {fact}", highlight=False)
+    for w in gate.warnings:
+        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
 
 
 StudyOption = Annotated[

@@ -95,3 +95,15 @@ def test_analysis_files_and_thumbnail_sheet(tmp_path: Path) -> None:
     crops = rng.integers(0, 255, size=(4, 3, 8, 8, 3), dtype=np.uint8)
     video = SplitArrays(inputs={"video": crops}, labels=np.array([0, 1, 0, 1]), names=list("abcd"))
     np.testing.assert_array_equal(split_thumbnails(video)([2])[0], crops[2, 1])
+
+
+def test_paired_bootstrap_matches_sklearn_on_every_resample() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    a, b = np.round(rng.random(200) + 0.3 * y, 2), np.round(rng.random(200) + 0.2 * y, 1)  # ties in both
+    found = paired_auc_difference(y, a, b, n_boot=100, seed=4)
+    diffs = [roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]) for i in _resamples(200, 100, 4) if 0 < y[i].sum() < 200]
+    assert (found.low, found.high) == pytest.approx(_percentiles(diffs, 0.05))
+    assert found.candidate_auc == pytest.approx(roc_auc_score(y, a)) and found.reference_auc == pytest.approx(roc_auc_score(y, b))
