@@ -371,10 +371,12 @@ def submit(
             run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
             register=register, workers=workers, device=device, strict=strict,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-            on_gate=lambda gate: _print_gate(gate, console),
+            on_gate=_print_gate,
         )
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+    for w in report.gate.warnings if report.gate is not None else []:
+        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
     for f in report.fallbacks:
         console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}")
     typer.echo(f"prediction: {report.csv} ({report.rows} rows, {len(report.fallbacks)} at the fallback score "
@@ -385,13 +387,13 @@ def submit(
         typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
 
 
-def _print_gate(gate, console) -> None:  # noqa: ANN001
-    """The promotion gate's report on stderr, before anything is scored."""
-    console.print("[bold]promotion gate:[/]")
+def _print_gate(gate) -> None:  # noqa: ANN001
+    """The promotion gate's facts on stdout, before anything is scored. Its warnings follow the
+    submission's other warnings on stderr once it succeeded (under --strict they are the error), so a
+    failing submit still prints one error line on stderr."""
+    typer.echo("promotion gate:")
     for fact in gate.facts:
-        console.print(f"  {fact}", highlight=False)
-    for w in gate.warnings:
-        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
+        typer.echo(f"  {fact}")
 
 
 StudyOption = Annotated[

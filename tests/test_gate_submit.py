@@ -36,7 +36,7 @@ def test_strict_refuses_on_audit_findings_and_the_card_carries_the_warnings(tmp_
         error = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(error) == 1 and f"--strict: run {first} not promoted" in error[0]
         assert "audit has" in error[0] and "duplicate" in error[0]  # the findings, named
-        assert "promotion gate:" in err and "val AUC" in err and "selected as the best of 1" in err
+        assert "promotion gate:" in out and "val AUC" in out and "selected as the best of 1" in out
         assert not (tmp_path / "strict").exists()
         assert (tmp_path / "home" / "audits").is_dir()  # the audit was run for the gate
 
