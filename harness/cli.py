@@ -206,6 +206,10 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
+    folds: Annotated[Optional[int], typer.Option(min=2, help="Grouped K-fold cross-validation on train+val pooled: one "
+                                                 "run per fold under a parent run with the CV metrics and oof.csv.")] = None,
+    group_by: Annotated[str, typer.Option(help="With --folds: auto (the audit's near-duplicate clusters), none, or a "
+                                          "video_name,group CSV file. A group never straddles folds.")] = "auto",
     cache: CacheOption = None,
     nproc: Annotated[Optional[int], typer.Option(min=1, help="Train one model over N processes on this machine with "
                                                  "DDP (torchrun's launcher; gloo on CPU, one GPU each with NCCL). "
@@ -220,6 +224,13 @@ def train(
     Several machines: start `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
     --rdzv-endpoint HOST:PORT -m harness train ...` on each; one run is recorded.
     """
+    if folds is not None:
+        from harness.crossval import check_group_by
+        from harness.errors import ConfigError
+
+        if nproc is not None:
+            raise ConfigError("--folds and --nproc together are not supported yet: cross-validate in one process per fold")
+        check_group_by(group_by)  # a typo in the file name fails before any feature work
     from harness.config import RunConfig, read_config_file, replace
 
     base = read_config_file(config) if config is not None else RunConfig()
@@ -236,6 +247,9 @@ def train(
     check_names(cfg)
     data_dir = resolve_data(data)
     _, cfg, _ = run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
+    if folds is not None:
+        run_cross_validation(cfg, data_dir=data_dir, experiment=experiment, cache=cache, folds=folds, group_by=group_by)
+        return
     if nproc is not None:
         _train_ranks(ctx, nproc, data_dir)
         return
@@ -272,6 +286,30 @@ def _train_ranks(ctx: typer.Context, nproc: int, data_dir: Path) -> None:
         raise KeyboardInterrupt
     if reason is not None:
         raise (BadInput if outcome.exit_code == 2 else JobFailed)(reason)
+
+
+def run_cross_validation(cfg, *, data_dir: Path, experiment: str, cache: Path | None, folds: int, group_by: str) -> str:  # noqa: ANN001
+    """Cross-validate with an epoch table per fold; print the summary and return the parent run id."""
+    from harness.console import EpochTable
+    from harness.crossval import cross_validate
+    from harness.errors import JobFailed
+    from harness.paths import cache_dir
+
+    title = cfg.train.backbone if cfg.modality == "audio" else f"{cfg.modality}: {cfg.train.backbone}"
+    result = cross_validate(cfg, data_dir=data_dir, experiment=experiment, cache_root=cache or cache_dir(), folds=folds,
+                            group_by=group_by, callbacks_for=lambda fold: [EpochTable(title=f"fold {fold + 1}/{folds} {title}")])
+    typer.echo(f"cross-validation: {result.clips} clips in {result.groups} groups, {folds} folds (group by {group_by})")
+    m = result.metrics
+    if m:
+        typer.echo(f"val AUC over folds {m['cv_val_auc_mean']:.4f} +- {m['cv_val_auc_std']:.4f}; TPR@FPR=1e-3 "
+                   f"{m['cv_val_tpr_fpr1e-3_mean']:.4f} +- {m['cv_val_tpr_fpr1e-3_std']:.4f}")
+        typer.echo(f"out-of-fold AUC {m['oof_auc']:.4f} (95% bootstrap interval {m['oof_auc_ci_low']:.4f} to "
+                   f"{m['oof_auc_ci_high']:.4f}); oof.csv on the parent run")
+    typer.echo(f"parent run id: {result.run_id} (name {result.run_name}); fold runs: "
+               + ", ".join(r.run_id for r in result.folds))
+    if result.status != "FINISHED":
+        raise JobFailed(f"cross-validation stopped: fold {len(result.folds) - 1} ended {result.status}")
+    return result.run_id
 
 
 def run_train(cfg, *, data_dir: Path, experiment: str, cache: Path | None) -> str:  # noqa: ANN001
@@ -359,9 +397,14 @@ def submit(
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register, alias 'champion', tag the run.")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes for the test clips.")] = 2,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 1, nothing written) when the promotion gate "
+                                         "warns: val AUC interval at 0.999, audit findings, not better than the champion.")] = False,
     cache: CacheOption = None,
 ) -> None:
-    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'."""
+    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'.
+
+    First the promotion gate: the run's val AUC and TPR@1e-3 with intervals, how many runs it was
+    picked from, the dataset's audit findings, and a paired bootstrap against the current champion."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -375,11 +418,14 @@ def submit(
         task = progress.add_task("test", total=None)
         report = promote(
             run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
-            register=register, workers=workers, device=device,
+            register=register, workers=workers, device=device, strict=strict,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            on_gate=_print_gate,
         )
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+    for w in report.gate.warnings if report.gate is not None else []:
+        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
     for f in report.fallbacks:
         console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}")
     typer.echo(f"prediction: {report.csv} ({report.rows} rows, {len(report.fallbacks)} at the fallback score "
@@ -388,6 +434,15 @@ def submit(
         typer.echo(f"bundle: {report.bundle} and {report.archive}")
     if report.model_version is not None:
         typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
+
+
+def _print_gate(gate) -> None:  # noqa: ANN001
+    """The promotion gate's facts on stdout, before anything is scored. Its warnings follow the
+    submission's other warnings on stderr once it succeeded (under --strict they are the error), so a
+    failing submit still prints one error line on stderr."""
+    typer.echo("promotion gate:")
+    for fact in gate.facts:
+        typer.echo(f"  {fact}")
 
 
 StudyOption = Annotated[

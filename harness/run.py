@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.callbacks import Callback, FitResult
 from harness.config import RunConfig, check_track
 from harness.data.cache import feature_dir, prepare_features
-from harness.data.dataset import load_arrays
+from harness.data.dataset import SplitArrays, load_arrays
 from harness.data.labels import Dataset, DatasetError, load_dataset
 from harness.distributed import LaunchOutcome, World, agree, announce_run, process_group
 from harness.engine import fit, seed_everything
 
 PRUNED_PREFIX = "pruned"
+# Feature folders (one per input) -> (train, val): how a run picks its samples (a CV fold passes its own).
+SplitChooser = Callable[[dict[str, Path]], tuple[SplitArrays, SplitArrays]]
 
 
 @dataclass
@@ -86,6 +88,25 @@ def features_for(ds: Dataset, cfg: RunConfig, cache_root: Path, *, workers: int 
     return folders
 
 
+def official_splits(features: dict[str, Path]) -> tuple[SplitArrays, SplitArrays]:
+    """The dataset's own train and val splits, usable clips only."""
+    return load_arrays(features, "train"), load_arrays(features, "val")
+
+
+def low_fpr_analysis(val: SplitArrays, *, title: str) -> Callable[[FitResult, Path], dict[str, float]]:
+    """The recorder's end-of-run analysis: TPR at FPR 1e-3 and 1e-2 with intervals, the most
+    confidently wrong val clips with thumbnails of what the model saw (`harness.analysis`)."""
+    from harness.analysis import split_thumbnails, write_low_fpr_analysis
+
+    def analyse(result: FitResult, folder: Path) -> dict[str, float]:
+        found = write_low_fpr_analysis(folder, result.val_names, result.val_labels, result.val_scores,
+                                       thumbnails=split_thumbnails(val), title=title)
+        # The point values are the best epoch's `best_val_tpr_fpr1e-*` already: only the intervals are new.
+        return {k: v for k, v in found.items() if "_ci_" in k}
+
+    return analyse
+
+
 def gate(cfg: RunConfig):  # noqa: ANN201 - ComplianceReport
     """The competition rules, checked before the first step. Raises ModelRuleError."""
     from harness.modalities import check_run
@@ -107,23 +128,25 @@ def train_run(
     parent_run_id: str | None = None,
     callbacks: Sequence[Callback] = (),
     tags: dict[str, str] | None = None,
+    splits: SplitChooser | None = None,
 ) -> RunResult:
     """Train one model and record it. Errors are recorded on the run, then raised; what is refused
     before the run exists is listed in the module docstring. `run_name` None: a readable one.
 
     Inside a launcher's process group this is one rank of a DDP run: only rank 0 records (and runs
-    `callbacks`), the others return the same run id."""
+    `callbacks`), the others return the same run id. `splits` None: the official train and val
+    splits; cross-validation passes a fold's."""
     ds = load_dataset(data_dir)  # a bad dataset fails before any run is created
     check_track(ds.track, cfg.modality, where=ds.root)
     check_names(cfg)
     with process_group(cfg.train.device) as world:
         return _train_and_record(cfg, ds, world, experiment=experiment, cache_root=cache_root, run_name=run_name,
-                                 parent_run_id=parent_run_id, callbacks=callbacks, tags=tags)
+                                 parent_run_id=parent_run_id, callbacks=callbacks, tags=tags, splits=splits)
 
 
 def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: str, cache_root: Path,
                       run_name: str | None, parent_run_id: str | None, callbacks: Sequence[Callback],
-                      tags: dict[str, str] | None) -> RunResult:
+                      tags: dict[str, str] | None, splits: SplitChooser | None = None) -> RunResult:
     from harness import tracking
     from harness.modalities import build_model, input_stats
 
@@ -147,10 +170,11 @@ def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: 
     if recorder is None:
         callbacks = ()  # rank 0 reports, prunes and prints; its decisions reach this rank through fit
     try:
-        recorder.log_dataset(ds)  # the runs table's Dataset column: name, digest, split sizes
+        if recorder:
+            recorder.log_dataset(ds)  # the runs table's Dataset column: name, digest, split sizes
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
-        train, val = load_arrays(features, "train"), load_arrays(features, "val")
+        train, val = (splits or official_splits)(features)
         if not len(train) or not len(val):
             raise DatasetError(f"no usable {'/'.join(cfg.inputs)} features to train on (train={len(train)}, "
                                f"val={len(val)}); see failures.csv in {', '.join(map(str, features.values()))}")
@@ -162,6 +186,8 @@ def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: 
                 "input_size": "x".join(map(str, report.input_size))}
         if cfg.modality != "audio":
             info["faces"] = "x".join(map(str, cfg.features_for("video").shape))
+        if recorder:
+            recorder.analyse = low_fpr_analysis(val, title=recorder.run_name)
         with tempfile.TemporaryDirectory(prefix="harness-run-") as work:
             result = fit(t, model, train=train, val=val, stats=input_stats(cfg, model),
                          out_dir=Path(work), callbacks=[*([recorder] if recorder else []), *callbacks], info=info)

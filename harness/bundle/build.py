@@ -42,7 +42,7 @@ LOAD_TIMEOUT_S = 600  # `import api; api.load()` in a fresh interpreter: torch +
 
 def build_bundle(
     dest: Path, *, run: Any, cfg: RunConfig, weights: Path, predictor: Predictor, compliance: Any,
-    fallbacks: int = 0, test_rows: int = 0,
+    fallbacks: int = 0, test_rows: int = 0, gate: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the bundle of `run` at `dest`, replacing what is there as one folder.
 
@@ -53,6 +53,7 @@ def build_bundle(
         predictor: the loaded model (its input statistics, TTA and fallback go into config.json).
         compliance: the run's `ComplianceReport` (resolved backbone, sizes, parameter counts).
         fallbacks, test_rows: this submission's fallback count, for the model card.
+        gate: the promotion gate's report (`harness.submit.gate.GateReport.to_dict`), for the model card.
 
     Returns:
         (dest, the manifest written as manifest.json).
@@ -92,7 +93,7 @@ def build_bundle(
         _write(stage / F.TRAIN_PY, templates.TRAIN_PY.format(**fill))
         _write(stage / F.REQUIREMENTS, requirements)
         _write(stage / F.MODEL_CARD, model_card(config, requirement_notes, image=image, fallbacks=fallbacks,
-                                                test_rows=test_rows))
+                                                test_rows=test_rows, gate=gate))
         manifest = {
             "run_id": run_id, "created": now(),
             "files": [{"path": p.relative_to(stage).as_posix(), "bytes": p.stat().st_size, "sha256": sha256(p)}

@@ -14,7 +14,8 @@ def now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: str, fallbacks: int, test_rows: int) -> str:
+def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: str, fallbacks: int, test_rows: int,
+               gate: dict[str, Any] | None = None) -> str:
     """MODEL_CARD.md of a bundle from its config.json (`harness.bundle.format` layout).
 
     Args:
@@ -22,6 +23,7 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         requirement_notes: notes from `pinned_requirements` (versions that differ, unpinned packages).
         image: the Docker image name the "How to run" section uses.
         fallbacks: test clips scored at the fallback in this submission, of `test_rows`.
+        gate: the promotion gate's report (`facts` and `warnings`, lines), shown as its own section.
     """
     metrics, model, scoring, code = config["metrics"], config["model"], config["scoring"], config["code"]
     run_config = config["run_config"]
@@ -52,6 +54,7 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         *(f"| {k} | {v} |" for k, v in rows),
         f"| best epoch | {int(metrics['best_epoch']) if 'best_epoch' in metrics else 'n/a'} |",
         "",
+        *gate_section(gate),
         "## Model",
         "",
         f"- backbone `{model['backbone']}`, pretrained on ImageNet-1k: {train['pretrained'] or train['weights'] is not None}; "
@@ -110,3 +113,17 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         "",
     ]
     return "\n".join(lines)
+
+
+def gate_section(gate: dict[str, Any] | None) -> list[str]:
+    """The card's "Promotion gate" lines: what the promotion was judged by, and every warning it raised."""
+    if gate is None:
+        return []
+    lines = ["## Promotion gate", "", *(f"- {fact}" for fact in gate.get("facts", [])), ""]
+    warnings = gate.get("warnings", [])
+    if warnings:
+        lines += ["**Warnings** (promoted without `--strict`, which would have refused it):", "",
+                  *(f"- WARNING: {w}" for w in warnings), ""]
+    else:
+        lines += ["No warnings.", ""]
+    return lines

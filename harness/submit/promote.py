@@ -4,7 +4,9 @@
 dataset that is refused:
 
 1. refuse (`checks`): a run that did not finish, has no checkpoint or breaks the compliance gates;
-   a dataset of the other track or without test clips;
+   a dataset of the other track or without test clips; then the promotion gate (`gate`): the run's
+   intervals, how many runs it was picked from, the dataset's audit findings, the paired comparison
+   with the champion; its warnings refuse the run under `strict`;
 2. score (`scoring`): every template row, in its order, from the feature cache; clips that cannot
    be used score the fallback and are listed;
 3. CSV (`prediction_csv`): prediction.csv validated against the template before it exists, and
@@ -30,6 +32,7 @@ from harness.bundle.format import ARCHIVE, FOLDER, MANIFEST, MODEL_CARD, REQUIRE
 from harness.predict import Predictor
 from harness.submit import output
 from harness.submit.checks import check_compliance, check_dataset, check_promotable
+from harness.submit.gate import GateReport, enforce, evaluate_gate
 from harness.submit.prediction_csv import write_fallbacks, write_prediction
 from harness.submit.scoring import Fallback, score_test_split
 from harness.tracking import registry
@@ -52,6 +55,7 @@ class SubmitReport:
     model_version: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    gate: GateReport | None = None
 
 
 def submit(
@@ -67,6 +71,8 @@ def submit(
     workers: int = 2,
     device: str = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
+    strict: bool = False,
+    on_gate: Callable[[GateReport], None] | None = None,
 ) -> SubmitReport:
     """Promote `run_id` (an id, `best` or `last`); see the module docstring.
 
@@ -80,11 +86,14 @@ def submit(
         register: register the model, move `champion`, tag the run.
         bundle: write bundle/ and bundle.tar.gz.
         workers, device, on_progress: feature extraction processes, scoring device, progress callback.
+        strict: refuse the run when the promotion gate warns (GateRefused, exit 1), before anything is written.
+        on_gate: called with the gate's report as soon as it is known (the CLI prints it).
 
     Raises:
         NotFound: an unknown run, or one without a checkpoint.
         BadInput: text that cannot be a run id.
         SubmitError: a refused run or dataset (ValidationError, exit 1: a CSV that fails its checks).
+        GateRefused: `strict` and the gate warned (exit 1), every reason named.
         DatasetError: a malformed dataset or template.
         OSError: an I/O error writing OUT (named); OUT is left as it was.
     """
@@ -96,6 +105,12 @@ def submit(
     cfg, weights = tracking.load_run_config(client, run_id)
     compliance = check_compliance(cfg, run_id)
     test = check_dataset(data_dir, cfg, run)
+    model_name = model_name or registry.default_model_name(test.dataset.root)
+    gate = evaluate_gate(client, run, ds=test.dataset, model_name=model_name, cache_root=cache_root, workers=workers)
+    if on_gate is not None:
+        on_gate(gate)
+    if strict:
+        enforce(gate, run_id)
 
     predictor = Predictor(cfg, weights, tta=tta, device=device, source=f"run {run_id}")
     scores, fallbacks = score_test_split(test.dataset, predictor, test.names, cache_root=cache_root,
@@ -107,17 +122,17 @@ def submit(
         write_fallbacks(stage / output.FALLBACKS, fallbacks, predictor.fallback)
         if bundle:
             build_bundle(stage / FOLDER, run=run, cfg=cfg, weights=weights, predictor=predictor,
-                         compliance=compliance, fallbacks=len(fallbacks), test_rows=len(test.names))
+                         compliance=compliance, fallbacks=len(fallbacks), test_rows=len(test.names), gate=gate.to_dict())
             write_archive(stage / FOLDER, stage / ARCHIVE)
         output.write_marker(stage, run_id, created=now(), rows=len(test.names), fallbacks=len(fallbacks))
     report = SubmitReport(run_id=run_id, out=out, csv=out / output.PREDICTION, rows=len(test.names),
                           fallbacks=fallbacks, fallback_score=predictor.fallback, tta=tta,
-                          warnings=test.warnings)
+                          warnings=test.warnings, gate=gate)
     if bundle:
         report.bundle, report.archive = out / FOLDER, out / ARCHIVE
 
     if register:
-        report.model_name = model_name or registry.default_model_name(test.dataset.root)
+        report.model_name = model_name
         source = None
         if report.bundle is not None:  # the champion as a real MLflow model (pyfunc from the bundle)
             from harness.tracking.pyfunc import log_pyfunc_model

@@ -9,6 +9,8 @@
 - `study_runs`: a study's run tree (parent, best so far, trial states, orphans), fed plain values.
 - `registry`: registered model versions, the `champion` alias and the `promoted.*` tags.
 - `audit_run`: the MLflow run of `harness audit` (`harness.kind=audit`).
+- `cv_runs`: the parent run of a grouped cross-validation (`harness.kind=cv`), one child per fold.
+- `promotion_facts`: what `submit`'s promotion gate reads (selection count, val predictions, champion).
 
 Importing this package imports mlflow (about a second): commands import it inside their bodies.
 """

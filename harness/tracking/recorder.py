@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -54,9 +55,13 @@ class RunRecorder:
         config: RunConfig,
         tags: dict[str, str] | None = None,
         parent_run_id: str | None = None,
+        analyse: Callable[[FitResult, Path], dict[str, float]] | None = None,
     ) -> None:
+        """`analyse(result, folder)`: run by `on_end`, writes more artifacts into `folder` (logged
+        under `analysis/`) and returns more final metrics (the low-FPR analysis, `harness.analysis`)."""
         self.client = client
         self.config = config
+        self.analyse = analyse
         self._log_seconds = 0.0
         self._finished = False
         if client.tracking_uri not in _HEALED_STORES:
@@ -131,6 +136,11 @@ class RunRecorder:
             checkpoint.mkdir()
             (checkpoint / "config.json").write_text(json.dumps(to_dict(self.config), indent=2))
             (checkpoint / "params.json").write_text(json.dumps(result.info, indent=2, default=str))
+            if self.analyse is not None:
+                extra = self.analyse(result, out / "analysis")
+                now = _now_ms()
+                metrics = [Metric(k, float(v), now, 0) for k, v in extra.items() if math.isfinite(v)]
+                self._timed(self.client.log_batch, self.run_id, metrics=metrics)
             self._timed(self.client.log_artifacts, self.run_id, str(out))
         if result.checkpoint is not None:
             # Logged from where it lies: a copy in the temporary folder would double its disk use.

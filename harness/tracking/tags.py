@@ -83,3 +83,11 @@ AUDIT_KIND = "audit"  # the value of KIND on an audit run
 AUDIT_DATASET_ID = "audit.dataset_id"  # the cache's dataset id (folder name + path hash)
 AUDIT_FINDINGS = "audit.findings"  # how many findings, as text ("0" when clean)
 AUDIT_DIR = "audit.dir"  # the folder holding audit.json, table.csv, duplicates.csv and plots/
+
+
+# ---- grouped cross-validation (harness train --folds K): a parent run, KIND=CV_KIND, one child per fold
+CV_KIND = "cv"  # the value of KIND on a cross-validation parent run
+CV_FOLDS = "cv.folds"  # K, on the parent and on every fold's run
+CV_FOLD = "cv.fold"  # the fold a child run validated on (0..K-1)
+CV_GROUP_BY = "cv.group_by"  # auto | none | the group file
+CV_GROUPS = "cv.groups"  # how many groups the pooled clips formed
