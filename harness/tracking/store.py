@@ -241,9 +241,9 @@ def close_dead_runs(client: MlflowClient) -> list[str]:
     """Close, as KILLED with `orphaned=true`, every RUNNING run of this store whose recorded host is
     this machine and whose recorded process is gone (kill -9, a crash, a power cut); return their ids.
 
-    Runs without the tags (older runs, study parents), runs of other machines and runs under a
-    parent run (study trials: the study's own closer knows their trial's state and records it, see
-    `close_orphans`) are left alone. A pid that is alive again but belongs to a process started after
+    Runs without the tags (older runs, study parents), runs of other machines and study trials (the
+    study's own closer knows their trial's state and records it, see `close_orphans`) are left
+    alone; other children (the folds of a cross-validation) are closed like any run. A pid that is alive again but belongs to a process started after
     the run counts as gone (the kernel reuses pids). One search per page of RUNNING runs of this
     host: milliseconds on SQLite.
     """
@@ -256,7 +256,7 @@ def close_dead_runs(client: MlflowClient) -> list[str]:
         page = client.search_runs(experiment_ids, filter_string=query, page_token=token)
         for run in page:
             pid = run.data.tags.get(T.PID, "")
-            if T.MLFLOW_PARENT in run.data.tags:
+            if T.OPTUNA_TRIAL_NUMBER in run.data.tags:
                 continue
             if pid.isdigit() and _process_gone(int(pid), run.info.start_time):
                 client.set_tag(run.info.run_id, T.ORPHANED, "true")
