@@ -327,10 +327,13 @@ def test_close_dead_runs_closes_only_this_hosts_gone_processes(store):
     elsewhere = running({"harness.host": host + "-other", "harness.pid": dead})
     untagged = running({})  # older runs and study parents carry no owner: left alone
     # a study's trial: its study closes it, recording the trial's state too
-    trial = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged})
+    trial = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged,
+                     "optuna.trial_number": "3"})
+    # a cross-validation fold has a parent too, but no study to close it: closed like any run
+    fold = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged})
 
-    assert set(tracking.close_dead_runs(client)) == {gone, reused}
-    for run_id in (gone, reused):
+    assert set(tracking.close_dead_runs(client)) == {gone, reused, fold}
+    for run_id in (gone, reused, fold):
         run = client.get_run(run_id)
         assert (run.info.status, run.data.tags["orphaned"]) == ("KILLED", "true")
     for run_id in (alive, elsewhere, trial, untagged):
