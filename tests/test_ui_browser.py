@@ -1,0 +1,338 @@
+"""The MLflow UI as a new user meets it, in a real browser (headless Chromium driven by Playwright).
+
+A small store is built the way a user builds one: `harness tune` runs a 3-trial study of a tiny
+model on a generated data set, `harness submit --run-id best` registers the champion as a pyfunc
+model. Then `harness ui` starts as a subprocess and the URL it prints is opened: the study's runs
+are in the "Model training" view, a trial's "Model metrics" tab starts with the per-epoch curves
+(`epoch/val_auc` among them), the parent run's description links to the best trial, and the
+champion version in the registry shows its signature. Stopping `harness ui` leaves no process.
+
+Skipped, with the reason, where Playwright or a Chromium binary is missing (`.ci/run` installs
+both where it can). Playwright's own browser download is not needed: the system Chromium is used
+(`HARNESS_CHROMIUM`, default /usr/bin/chromium). Screenshots of the four key pages are written
+to `HARNESS_UI_SHOTS` when set (for a person to look at), else to the test's temporary folder.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import isolated_home
+from tests.tuning_helpers import CLI, write_spec
+
+pytestmark = pytest.mark.slow  # trains a study, starts a server and a browser: about 2 minutes
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = Path(os.environ.get("HARNESS_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set HARNESS_CHROMIUM)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = "browser"
+# Flags that keep a headless Chromium quiet and offline on a CI box; Playwright adds --headless and a
+# fresh --user-data-dir of its own (it refuses one in `args`).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+UI_TIMEOUT_MS = 90_000  # a React app on a shared 2-core VM: generous, each wait ends as soon as the text shows
+SECTION_HEADER = "experiment-view-compare-runs-section-header"  # MLflow's test ids for chart sections and cards
+CHART_CARD = "experiment-view-compare-runs-card"
+
+
+@dataclass(frozen=True)
+class Store:
+    home: Path
+    experiment_id: str
+    parent_run_id: str
+    trial_names: dict[str, str]  # run id -> run name (a pruned one says so in its name)
+    best_run_id: str  # the study's best trial (tag best=true on it)
+    model_name: str
+    champion_version: str
+    champion_run_id: str
+
+
+@dataclass
+class Ui:
+    process: subprocess.Popen
+    url: str
+    seconds_to_url: float
+    processes: list[tuple[int, int, str]]  # (pid, RSS KiB, command) of `harness ui` and its descendants
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("HARNESS_UI_SHOTS") or tmp_path_factory.mktemp("ui-shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def harness(home: Path, *args: str, timeout: float = 600) -> str:
+    """`harness ARGS` in a subprocess as a user runs it (this checkout first on the path); its stdout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*CLI, *args], cwd=home, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"harness {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A 3-trial study (median pruner from the 2nd trial on, so a trial may be pruned) and its champion."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.data.demo import make_demo_dataset
+
+    home = tmp_path_factory.mktemp("ui-home")
+    with isolated_home(home) as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # one torch thread: much the fastest on a busy machine
+        data = make_demo_dataset(home / "data", clips=24, seconds=1.5)
+        spec = write_spec(home, STUDY, trials=3, epochs=3, pruner='kind = "median"\nn_startup_trials = 1\nn_warmup_steps = 0')
+        harness(home, "tune", "--study", str(spec), "--data", str(data))
+        harness(home, "submit", "--run-id", "best", "--data", str(data), "--workers", "1")
+
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name(f"tune-{STUDY}")
+        runs = client.search_runs([experiment.experiment_id], max_results=100)
+        parent = next(r for r in runs if r.data.tags.get("harness.kind") == "study")
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(trials) == 3
+        best = [r.info.run_id for r in trials if r.data.tags.get("best") == "true"]
+        assert best == [parent.data.tags["best.run_id"]]
+        model_name = f"harness-{data.name}"
+        champion = client.get_model_version_by_alias(model_name, "champion")
+        yield Store(home=home, experiment_id=experiment.experiment_id, parent_run_id=parent.info.run_id,
+                    trial_names={r.info.run_id: r.info.run_name for r in trials}, best_run_id=best[0],
+                    model_name=model_name, champion_version=str(champion.version), champion_run_id=champion.run_id)
+
+
+def process_tree(root: int) -> list[tuple[int, int, str]]:
+    """(pid, RSS in KiB, command) of `root` and every descendant, from ps."""
+    table = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,ppid=,rss=,args="], capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for line in table.splitlines():
+        pid, ppid, rss, args = line.split(None, 3)
+        rows[int(pid)] = (int(ppid), int(rss), args)
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in rows:
+            tree.append((pid, rows[pid][1], rows[pid][2]))
+            frontier += [child for child, (ppid, _, _) in rows.items() if ppid == pid]
+    return tree
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    from harness.errors import BadInput
+    from harness.tracking import check_port_free
+
+    try:
+        check_port_free("127.0.0.1", port)
+    except BadInput:
+        return False
+    return True
+
+
+def stop(process: subprocess.Popen, pids: list[int]) -> None:
+    """SIGTERM `harness ui` (as a Ctrl-C or a service manager would); it stops its server's process
+    group itself. Whatever is still alive after 30 s is killed, so a failing test leaks nothing."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) no longer holds anything.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def ui(store: Store, shots: Path) -> Iterator[Ui]:
+    """`harness ui --port FREE` in a session of its own; the URL it prints, how long that took, and
+    the processes serving; stopped (whole tree) at the end of the module."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_HOME": str(store.home),
+           "HARNESS_CACHE": str(store.home / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{store.home / 'mlflow.db'}"}
+    log = (shots / "harness-ui.stderr").open("w")
+    started = time.monotonic()
+    process = subprocess.Popen([*CLI, "ui", "--port", str(port)], cwd=store.home, env=env, stdout=subprocess.PIPE,
+                               stderr=log, text=True, start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    pids: list[int] = []
+    try:
+        url = None
+        while url is None and time.monotonic() - started < 180:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert process.poll() is None, f"harness ui exited {process.returncode}: {(shots / 'harness-ui.stderr').read_text()}"
+                continue
+            if found := re.search(r"MLflow UI: (\S+)", line):
+                url = found.group(1)
+        seconds = time.monotonic() - started
+        assert url is not None, "harness ui printed no URL within 180 s"
+        tree = process_tree(process.pid)
+        pids = [pid for pid, _, _ in tree]
+        summary = "\n".join(f"{pid:>7} {rss / 1024:7.0f} MiB  {args[:160]}" for pid, rss, args in tree)
+        (shots / "harness-ui-processes.txt").write_text(
+            f"{url}\nprinted after {seconds:.1f} s; {len(tree)} processes, {sum(r for _, r, _ in tree) / 1024:.0f} MiB RSS\n{summary}\n")
+        yield Ui(process=process, url=url, seconds_to_url=seconds, processes=tree)
+    finally:
+        stop(process, pids or [pid for pid, _, _ in process_tree(process.pid)])
+        log.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser() -> Iterator:
+    """Headless Chromium for the module. Autouse, so set up first: a binary that is there but does
+    not start (a snap stub, a missing library) skips the module before a study is trained for it."""
+    with sync_api.sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except sync_api.Error as e:
+            pytest.skip(f"Chromium at {CHROMIUM} does not start: {str(e).strip().splitlines()[0]}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser profile per test (no workflow type remembered in localStorage), 1400x900."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def base_of(url: str) -> str:
+    return url.split("#", 1)[0]
+
+
+def open_study_runs(page, ui: Ui, store: Store) -> None:
+    """The printed URL, with the study's parent row expanded to show its trials."""
+    page.goto(ui.url)
+    parent_row = page.get_by_role("row").filter(has_text=f"study-{STUDY}")
+    parent_row.wait_for()
+    parent_row.get_by_role("button").click()  # the +/- in front of a parent run shows its children
+    for name in store.trial_names.values():
+        page.get_by_role("link", name=name, exact=True).wait_for()
+
+
+def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui):
+    with urllib.request.urlopen(f"{base_of(ui.url)}health", timeout=5) as answer:  # at once: no retry
+        assert answer.status == 200
+    # harness ui, mlflow server, one uvicorn worker; MLflow's 8 background job workers would make it 11.
+    commands = "\n".join(args for _, _, args in ui.processes)
+    assert len(ui.processes) <= 4, commands
+    assert "--workers 1" in commands
+
+
+def test_printed_url_lists_the_study_runs_in_the_model_training_view(page, ui: Ui, store: Store, shots: Path):
+    assert f"#/experiments/{store.experiment_id}/runs?" in ui.url and "workflowType=machine_learning" in ui.url
+    open_study_runs(page, ui, store)
+    assert "workflowType=machine_learning" in page.url  # the app kept the view it was asked for
+    # The "Model training" side navigation (Runs, Models, Model registry), not the GenAI one
+    # (Overview, Observability, Sessions, Evaluation ...).
+    nav = page.get_by_role("navigation").first
+    for link in ("Runs", "Models", "Model registry"):
+        assert nav.get_by_text(link, exact=True).is_visible(), link
+    assert page.get_by_text("Observability", exact=True).count() == 0
+    assert page.get_by_text("Sessions", exact=True).count() == 0
+    page.screenshot(path=shots / "1-study-runs.png")
+
+
+def test_a_trial_page_starts_with_the_per_epoch_curves(page, ui: Ui, store: Store, shots: Path):
+    """Clicked through as a user does: the runs page, a trial, its "Model metrics" tab. The first
+    chart section is `epoch` and holds the val_auc curve; summary values and model facts come after."""
+    name = store.trial_names[store.best_run_id]
+    open_study_runs(page, ui, store)
+    page.get_by_role("link", name=name, exact=True).click()
+    page.get_by_role("tab", name="Model metrics").click()
+    page.get_by_text(f"{name} (epoch/val_auc)").wait_for()  # the chart's legend: run name and metric
+    assert store.best_run_id in page.url
+    headers = page.get_by_test_id(SECTION_HEADER)
+    titles = [t.strip().splitlines()[0] for t in headers.all_inner_texts()]  # "epoch", "(9)", "Add chart"
+    assert titles[0] == "epoch", titles
+    assert {"summary", "model"} <= set(titles), titles
+    # The val_auc card lies inside the first section: below its header, above the second header.
+    card = page.get_by_test_id(CHART_CARD).filter(has_text=f"{name} (epoch/val_auc)")
+    assert card.count() == 1
+    top_of = lambda locator: locator.bounding_box()["y"]  # noqa: E731
+    assert top_of(headers.nth(0)) < top_of(card) < top_of(headers.nth(1))
+    assert card.get_by_text("val_auc", exact=True).is_visible()
+    page.screenshot(path=shots / "2-trial-metrics.png")
+
+
+def test_the_study_parent_run_links_to_its_best_trial(page, ui: Ui, store: Store, shots: Path):
+    open_study_runs(page, ui, store)
+    page.get_by_role("link", name=f"study-{STUDY}", exact=True).click()
+    page.get_by_text("About this run").wait_for()
+    description = page.get_by_text(re.compile(r"^Optuna study browser")).first
+    assert description.is_visible()
+    best = page.get_by_role("link", name=re.compile(r"^trial \d+$"))  # "Best: trial N" and the leaderboard's ranks
+    hrefs = {best.nth(i).get_attribute("href") for i in range(best.count())}
+    assert any(h and h.endswith(f"/runs/{store.best_run_id}") for h in hrefs), hrefs
+    assert len({h for h in hrefs if h}) == 3  # every trial has its leaderboard row
+    page.screenshot(path=shots / "3-parent-run.png")
+    # Next to the assistant panel the overview is one column: the description comes below the fold.
+    best.last.scroll_into_view_if_needed()  # the leaderboard's last row
+    page.screenshot(path=shots / "3-parent-run-description.png")
+
+
+def test_the_registry_champion_version_shows_its_signature(page, ui: Ui, store: Store, shots: Path):
+    page.goto(f"{base_of(ui.url)}#/models/{store.model_name}/versions/{store.champion_version}?workflowType=machine_learning")
+    page.get_by_text("champion", exact=False).first.wait_for()
+    assert page.get_by_role("link", name=store.trial_names[store.champion_run_id], exact=True).is_visible()  # Source run
+    page.get_by_text("Inputs (1)").click()
+    page.get_by_text("Outputs (1)").click()
+    schema = page.get_by_text("Schema", exact=True).locator("xpath=ancestor::*[.//*[contains(text(), 'Outputs')]][1]")
+    text = schema.inner_text()
+    assert re.search(r"Inputs \(1\)\s+path \(required\)\s+string", text), text
+    assert re.search(r"Outputs \(1\)\s+score \(required\)\s+double", text), text
+    page.screenshot(path=shots / "4-registry-version.png", full_page=True)
+
+
+def test_stopping_harness_ui_stops_every_process_and_frees_the_port(ui: Ui):
+    port = int(re.search(r":(\d+)/", ui.url).group(1))
+    pids = [pid for pid, _, _ in ui.processes]
+    stop(ui.process, [])  # no SIGKILL safety net here: what SIGTERM leaves behind is the failure
+    assert ui.process.returncode == 130  # SIGTERM is an interrupt
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (any(alive(p) for p in pids) or not port_free(port)):
+        time.sleep(0.2)
+    assert [p for p in pids if alive(p)] == []
+    assert port_free(port)
