@@ -492,6 +492,12 @@ def test_best_and_last_resolve_across_old_and_new_metric_names(store):
     assert tracking.resolve_run_id(client, "last", experiment="names") == new
     newest = run("newest", {M.BEST_VAL_AUC: 0.95})
     assert tracking.resolve_run_id(client, "best", experiment="names") == newest
+    # among runs tied on the metric, a study's own best trial (tagged best=true) wins over a newer one
+    client.set_tag(newest, "best", "true")
+    tied_newer = run("tied", {M.BEST_VAL_AUC: 0.95})
+    assert tracking.resolve_run_id(client, "best", experiment="names") == newest
+    client.set_tag(newest, "best", "false")
+    assert tracking.resolve_run_id(client, "best", experiment="names") == tied_newer
     # readers of either naming see the same flat summary (what the bundle and the card keep)
     assert M.summary(client.get_run(old).data.metrics) == {"best_epoch": 3.0, "best_val_auc": 0.91, "val_auc_ci_low": 0.8}
     assert M.summary(client.get_run(new).data.metrics) == {"best_epoch": 2.0, "best_val_auc": 0.87}

@@ -150,9 +150,9 @@ RUN_ALIASES = ("best", "last")
 
 
 def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str | None = None) -> str:
-    """A run id, or `best` (highest best val AUC; ties to the newest) / `last` (newest) among the
-    FINISHED runs that trained a model, in `experiment` or in every experiment of the store, so
-    scripts can say `harness submit --run-id best`.
+    """A run id, or `best` (highest best val AUC; among ties a study's own best trial, tagged
+    `best=true`, then the newest) / `last` (newest) among the FINISHED runs that trained a model, in
+    `experiment` or in every experiment of the store, so scripts can say `harness submit --run-id best`.
 
     Runs of either metric naming count (`summary/best_val_auc`, or `best_val_auc` on older runs):
     MLflow's filter has no OR, so one search per name, the winners compared here.
@@ -168,14 +168,17 @@ def resolve_run_id(client: MlflowClient, ref: str, *, experiment: str | None = N
     for name in M.BEST_VAL_AUC_NAMES if ids else ():
         order = ([f"metrics.`{name}` DESC"] if ref == "best" else []) + ["attributes.start_time DESC"]
         finished = f"attributes.status = 'FINISHED' and metrics.`{name}` >= 0"
-        candidates += client.search_runs(ids, filter_string=finished, order_by=order, max_results=1)
+        # A few, not one: among runs tied on the metric a study's best trial is preferred below.
+        candidates += client.search_runs(ids, filter_string=finished, order_by=order, max_results=20)
     if not candidates:
         where = f"experiment {experiment!r}" if experiment else "this store"
         raise NotFound(f"--run-id {ref}: no finished training run in {where} yet")
 
-    def rank(run: Any) -> tuple[float, int]:
+    def rank(run: Any) -> tuple[float, bool, int]:
+        if ref != "best":
+            return (0.0, False, run.info.start_time or 0)
         auc = M.run_value(run.data.metrics, M.BEST_VAL_AUC) or 0.0
-        return (auc if ref == "best" else 0.0, run.info.start_time or 0)
+        return (auc, run.data.tags.get(T.BEST_CHILD) == "true", run.info.start_time or 0)
 
     return max(candidates, key=rank).info.run_id
 
