@@ -513,6 +513,10 @@ def ui(
     with tracking.UiServer(host="127.0.0.1", port=port) as server:
         server.wait_ready()
         typer.echo(f"MLflow UI: {url}  (Ctrl-C to stop)")
+        # MLflow 3 keeps the view in the browser, defaulting to GenAI: links inside the UI drop the
+        # URL's choice until the user picks one with the switch (nothing server-side can set it).
+        typer.echo("tip: if a run page opens in the GenAI view, pick 'Model training' in the switch at the "
+                   "top left once; the browser remembers it", err=True)
         if open_browser:
             import webbrowser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -43,9 +44,13 @@ def log_pyfunc_model(client: MlflowClient, run_id: str, bundle: Path, *, require
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(bundle) / name, staged / name)
         saved = Path(tmp) / MODEL_ARTIFACTS
-        mlflow.pyfunc.save_model(
-            str(saved), python_model=pyfunc_model.__file__, artifacts={pyfunc_model.BUNDLE_ARTIFACT: str(staged)},
-            signature=signature, pip_requirements=str(requirements) if requirements else None,
-        )
+        with warnings.catch_warnings():
+            # MLflow suggests type hints and an input example; the explicit signature above says the
+            # same, and an example would mean shipping a clip inside the model.
+            warnings.filterwarnings("ignore", message=".*(type hint|input example|input_example).*")
+            mlflow.pyfunc.save_model(
+                str(saved), python_model=pyfunc_model.__file__, artifacts={pyfunc_model.BUNDLE_ARTIFACT: str(staged)},
+                signature=signature, pip_requirements=str(requirements) if requirements else None,
+            )
         client.log_artifacts(run_id, str(saved), MODEL_ARTIFACTS)
     return f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACTS}"

@@ -60,8 +60,13 @@ def register_model(client: MlflowClient, run: Any, name: str, *, source: str | N
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     auc = M.run_value(run.data.metrics, M.BEST_VAL_AUC)
+    how = (f"Load it: `mlflow.pyfunc.load_model(\"models:/{name}@{T.CHAMPION}\")`, then `.predict` a DataFrame "
+           "with a `path` column of clips; the scores are `harness predict`'s." if source else
+           "The run's checkpoint folder (load it with `harness predict --run-id`).")
+    description = (f"Run {run.info.run_name} ({run.info.run_id}), backbone {run.data.params.get('train.backbone', '?')}, "
+                   f"best val AUC {'?' if auc is None else f'{auc:.4f}'}. {how}")
     version = client.create_model_version(
-        name, source=source or f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id,
+        name, source=source or f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id, description=description,
         tags={T.VERSION_BACKBONE: run.data.params.get("train.backbone", ""),
               T.VERSION_VAL_AUC: "" if auc is None else str(auc)},
     )
