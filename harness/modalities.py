@@ -131,16 +131,16 @@ def check_run(cfg: RunConfig) -> ComplianceReport:
     pretrained = t.pretrained or t.weights is not None
     outputs = head_outputs(t.loss)
     if cfg.modality == "audio":
-        return check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
-                                max_params=t.max_params, num_classes=outputs)
+        return _per_clip(cfg, check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
+                                               max_params=t.max_params, num_classes=outputs))
     v = cfg.features_for("video")
     video = check_compliance(_video_name(cfg), pretrained=pretrained, in_chans=3, input_size=(v.size, v.size),
                              max_params=t.max_params, num_classes=outputs)
     video = replace(video, name=f"{video.name} x{v.frames} frames", macs=video.macs * v.frames)
     if cfg.modality != "fusion":
         return video
-    audio = check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
-                             max_params=t.max_params, num_classes=outputs)
+    audio = _per_clip(cfg, check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
+                                            max_params=t.max_params, num_classes=outputs))
     # Each count above includes its branch's head ((features + 1) * outputs); the joint head has
     # (features_a + features_v + 1) * outputs, i.e. the two heads together less one bias.
     joint = (audio.params - _headless(cfg, "audio")) + (video.params - _headless(cfg, "video")) - outputs
@@ -154,6 +154,14 @@ def check_run(cfg: RunConfig) -> ComplianceReport:
         pretrained=pretrained, params=params, thop_params=thop_params, macs=audio.macs + video.macs,
         input_size=audio.input_size, max_params=int(t.max_params), problems=problems,
     )
+
+
+def _per_clip(cfg: RunConfig, audio: ComplianceReport) -> ComplianceReport:
+    """The audio branch's report per clip: a windowed model runs once per evaluation window."""
+    if not cfg.features.windowed:
+        return audio
+    k = cfg.features.eval_windows
+    return replace(audio, name=f"{audio.name} x{k} windows", macs=audio.macs * k)
 
 
 def _headless(cfg: RunConfig, branch: str) -> int:

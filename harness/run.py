@@ -124,7 +124,7 @@ def train_run(
     try:
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
-        train, val = load_arrays(features, "train"), load_arrays(features, "val")
+        train, val = (load_arrays(features, split, features=cfg.features) for split in ("train", "val"))
         if not len(train) or not len(val):
             raise DatasetError(f"no usable {'/'.join(cfg.inputs)} features to train on (train={len(train)}, "
                                f"val={len(val)}); see failures.csv in {', '.join(map(str, features.values()))}")
@@ -148,5 +148,6 @@ def train_run(
     if result.stopped_by and result.stopped_by.startswith(PRUNED_PREFIX):
         recorder.finish("KILLED", extra_tags={T.PRUNED_AT_EPOCH: str(result.history[-1].epoch)})
         return RunResult(recorder.run_id, "KILLED", result, recorder.run_name)
-    recorder.finish("FINISHED")
+    chosen = {T.BEST_WEIGHTS: result.info["best_weights"]} if "best_weights" in result.info else None
+    recorder.finish("FINISHED", extra_tags=chosen)
     return RunResult(recorder.run_id, "FINISHED", result, recorder.run_name)

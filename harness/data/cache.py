@@ -47,7 +47,8 @@ from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import Manifest, write_file
 from harness.data.labels import Dataset, Sample
 from harness.data.packs import INDEX_FIELDS, Failure, load_split, pack_split
-from harness.data.shards import DamagedShard, ShardResult, extract, extract_chunk, init_worker, read_shards, shard_key
+from harness.data.shards import (DamagedShard, ShardResult, extract, extract_chunk, init_worker, item_array, read_shards,
+                                 shard_key)
 from harness.data.workers import spawn_pool, stop_pool, worker_pool
 from harness.fileio import dict_csv_text, remove_stale_temporaries
 
@@ -136,7 +137,7 @@ def prepare_features(
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         remove_stale_temporaries(out)
-        settings = json.dumps(asdict(cfg), indent=2).encode()
+        settings = json.dumps(cfg.cache_settings() if isinstance(cfg, AudioFeatures) else asdict(cfg), indent=2).encode()
         if not (out / "settings.json").exists() or (out / "settings.json").read_bytes() != settings:
             write_file(out / "settings.json", settings)
         manifest = Manifest.load(out)
@@ -259,7 +260,7 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
                 entries[folder].update((m["id"], (shard, m)) for m in result.meta)
                 manifest.add_shard(shard_key(shard.parent.name, shard), result.record, [m["id"] for m in result.meta])
                 if result.data is not None and len(fresh) < FRESH_ITEMS:
-                    fresh.update((m["id"], result.data[m["row"]]) for m in result.meta if "row" in m)
+                    fresh.update((m["id"], item_array(result.data, m)) for m in result.meta if "row" in m)
                 finished += len(chunk)
                 if on_progress:
                     on_progress(finished, total)

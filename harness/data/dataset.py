@@ -3,6 +3,11 @@
 A split's packed uint8 arrays are memmaps of the cache; each batch reads its rows with numpy fancy
 indexing (from the page cache after the first epoch). Batches stay uint8 until they reach the
 device: a quarter of the bytes to copy, and normalisation runs where the model runs.
+
+Windowed audio (`SplitArrays.window` > 0): the audio array holds whole log-mels end to end, time-major,
+and `spans` where each clip lies. A training batch (`arrays(idx, rng)`) reads one random window per
+clip, (B, H, window); an evaluation batch (no rng) reads `eval_windows` evenly spaced windows per clip,
+(B, K, H, window), as `harness.data.features.eval_windows` cuts them for `predict`.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.config import AudioFeatures
 from harness.data.cache import load_split
+from harness.data.features import window_rows, window_starts
 
 
 @dataclass
@@ -30,6 +37,9 @@ class SplitArrays:
     names: list[str]
     present: dict[str, np.ndarray] = field(default_factory=dict)
     rows: np.ndarray | None = None
+    spans: np.ndarray | None = None  # windowed audio: (start, frames) per index row of the audio array
+    window: int = 0  # frames per audio window; 0 = whole-clip images
+    eval_windows: int = 1
 
     def __len__(self) -> int:
         return len(self.names)
@@ -37,42 +47,73 @@ class SplitArrays:
     @property
     def nbytes(self) -> int:
         """Bytes of the samples' inputs (not of whole memmaps)."""
-        return sum(len(self) * a[0:1].nbytes for a in self.inputs.values())
+        per_clip = {name: a[0:1].nbytes * (self.window if name == "audio" and self.window else 1)
+                    for name, a in self.inputs.items()}
+        return len(self) * sum(per_clip.values())
 
-    def arrays(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples `idx` of each input (and `<input>_present` masks), read into memory."""
+    def arrays(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Samples `idx` of each input (and `<input>_present` masks), read into memory. Windowed audio:
+        one random window per clip drawn from `rng`, or without one the evaluation windows."""
         rows = idx if self.rows is None else self.rows[idx]
-        out = {name: np.ascontiguousarray(array[rows]) for name, array in self.inputs.items()}
+        out = {name: self._windows(array, rows, rng) if name == "audio" and self.window else np.ascontiguousarray(array[rows])
+               for name, array in self.inputs.items()}
         out.update({f"{name}_present": mask[idx] for name, mask in self.present.items()})
         return out
 
-    def take(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    def _windows(self, frames: np.ndarray, rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        assert self.spans is not None, "windowed audio needs spans"
+        offsets, lengths = self.spans[rows, 0], self.spans[rows, 1]
+        if rng is not None:  # training: one window per clip, anywhere in it (a short clip: any phase of its loop)
+            reach = np.where(lengths >= self.window, lengths - self.window + 1, lengths)
+            starts = (rng.random(len(rows)) * np.maximum(reach, 1)).astype(np.int64)
+        else:
+            starts = np.concatenate([window_starts(int(n), self.window, self.eval_windows) for n in lengths])
+            offsets, lengths = np.repeat(offsets, self.eval_windows), np.repeat(lengths, self.eval_windows)
+        empty = lengths == 0  # a clip without features (kept for submission): zeros, as in image mode
+        picked = frames[np.where(empty[:, None], 0, window_rows(offsets, lengths, starts, self.window))]
+        picked[empty] = 0
+        out = picked.transpose(0, 2, 1)  # (n, H, window)
+        if rng is None:
+            out = out.reshape(len(rows), self.eval_windows, *out.shape[1:])
+        return np.ascontiguousarray(out)
+
+    def take(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing."""
-        return {name: torch.from_numpy(array) for name, array in self.arrays(idx).items()}
+        return {name: torch.from_numpy(array) for name, array in self.arrays(idx, rng).items()}
 
 
-def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only: bool = True) -> SplitArrays:
+def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only: bool = True,
+                features: AudioFeatures | None = None) -> SplitArrays:
     """A split from the cache, from one feature folder per input (a bare Path: audio alone).
 
     `usable_only` drops clips without features (training needs real inputs); with several inputs a
     clip is kept when any of them is usable, and `present` says which. Submission keeps every clip
-    and scores those without features by the documented fallback instead."""
+    and scores those without features by the documented fallback instead. `features`: the audio
+    settings, which say how windows are cut when the audio cache holds whole log-mels."""
     if isinstance(feature_dirs, Path):
         feature_dirs = {"audio": feature_dirs}
-    arrays, oks, index = {}, {}, None
+    arrays, oks, index, spans = {}, {}, None, None
     for name, folder in feature_dirs.items():
         images, rows = load_split(folder, split)
         if index is not None and [r["name"] for r in rows] != [r["name"] for r in index]:
             raise ValueError(f"{folder}: the {split} index lists other clips than {next(iter(feature_dirs.values()))}")
         index = index or rows
         arrays[name], oks[name] = images, np.array([r["ok"] == "1" for r in rows], dtype=bool)
+        if name == "audio" and rows and "frames" in rows[0]:
+            spans = np.array([(int(r["start"]), int(r["frames"])) for r in rows], dtype=np.int64).reshape(-1, 2)
+    windowed = features is not None and features.windowed
+    if windowed != (spans is not None):
+        raise ValueError(f"{feature_dirs.get('audio')}: the cache holds {'whole log-mels' if spans is not None else 'images'}, "
+                         f"the settings ask for {'windows' if windowed else 'images'}")
     assert index is not None, "no feature folder given"
     usable = np.logical_or.reduce(list(oks.values()))
     keep = np.flatnonzero(usable) if usable_only else np.arange(len(index))
     labels = np.array([int(index[i]["label"]) if index[i]["label"] != "" else -1 for i in keep], dtype=np.int64)
     present = {name: ok[keep] for name, ok in oks.items() if len(feature_dirs) > 1 and not ok[keep].all()}
     return SplitArrays(inputs=arrays, labels=labels, names=[index[i]["name"] for i in keep], present=present,
-                       rows=None if len(keep) == len(index) else keep)
+                       rows=None if len(keep) == len(index) else keep, spans=spans,
+                       window=features.window_frames if windowed else 0,
+                       eval_windows=features.eval_windows if windowed else 1)
 
 
 def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None) -> list[np.ndarray]:
@@ -89,7 +130,8 @@ def batches(
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """(uint8 inputs by name, float labels) per batch, from host memory."""
     for idx in batch_indices(len(data), batch_size, shuffle=shuffle, generator=generator):
-        yield data.take(idx), torch.from_numpy(data.labels[idx]).float()
+        # Training (shuffled) draws random windows from the same generator; evaluation reads fixed ones.
+        yield data.take(idx, generator if shuffle else None), torch.from_numpy(data.labels[idx]).float()
 
 
 class DeviceResident:
@@ -114,7 +156,7 @@ class DeviceResident:
 
     @staticmethod
     def fits(data: SplitArrays, device: torch.device, share: float = 0.25) -> bool:
-        if device.type != "cuda":
+        if device.type != "cuda" or data.window:  # windows are cut on the host
             return False
         free, _ = torch.cuda.mem_get_info(device)
         return data.nbytes < share * free

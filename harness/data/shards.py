@@ -95,12 +95,34 @@ def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> Sh
         except MediaError as e:
             meta.append({"id": stem, "reason": e.reason, "detail": e.detail})
             continue
-        meta.append({"id": stem, "row": len(arrays), "fallback": fallback})
+        entry = {"id": stem, "row": len(arrays), "fallback": fallback}
+        if _variable(cfg):  # whole log-mels of different lengths, end to end along time
+            entry.update(start=sum(len(a) for a in arrays), frames=len(array))
+        meta.append(entry)
         arrays.append(array)
-    data = np.stack(arrays) if arrays else np.zeros((0, *cfg.shape), np.uint8)
+    data = _stacked(cfg, arrays)
     shard = Path(folder) / f"{jobs[0][1]}.npz"
     record = write_shard(shard, data, meta)
     return ShardResult(str(shard), record, meta, data if isinstance(cfg, AudioFeatures) else None)
+
+
+def _variable(cfg: Features) -> bool:
+    """Whether each clip's array has its own length (windowed log-mels, time-major)."""
+    return isinstance(cfg, AudioFeatures) and cfg.windowed
+
+
+def _stacked(cfg: Features, arrays: list[np.ndarray]) -> np.ndarray:
+    if _variable(cfg):
+        height = cfg.shape[0]
+        return np.concatenate(arrays) if arrays else np.zeros((0, height), np.uint8)
+    return np.stack(arrays) if arrays else np.zeros((0, *cfg.shape), np.uint8)
+
+
+def item_array(data: np.ndarray, meta: dict) -> np.ndarray:
+    """One clip's array from its shard's `data`, by its meta entry (a row, or a run of frames)."""
+    if "frames" in meta:
+        return data[meta["start"] : meta["start"] + meta["frames"]]
+    return data[meta["row"]]
 
 
 def write_shard(path: Path, data: np.ndarray, meta: list[dict[str, object]]) -> Record:
