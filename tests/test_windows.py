@@ -143,3 +143,16 @@ def test_a_second_prepare_reuses_the_windowed_cache(windowed_cache: tuple[Path, 
     other = dataclasses.replace(WINDOWED, window_seconds=3.0)  # another window: the same cache entry
     report = prepare_features(load_dataset(root), other, cache_root=root.parent / "cache", workers=1)
     assert report.reused == 8 and report.done == 0 and not report.repairs
+
+
+def test_studies_search_windowed_settings() -> None:
+    from harness.tuning import load_spec
+    from tests.conftest import ROOT
+
+    spec = load_spec(ROOT / "studies" / "ffdv-audio.toml", check_models=False)
+    assert {"window_seconds", "eval_windows", "aggregate", "trim_silence", "ema"} <= set(spec.searched)
+    # every window length and count reads one cache entry per trimming choice: two to prepare
+    assert len({f.key() for f in spec.feature_configs()}) == 2
+    cfg = spec.config_for({"window_seconds": 3.0, "eval_windows": 9, "aggregate": "max", "trim_silence": True, "ema": 0.999})
+    assert (cfg.features.window_seconds, cfg.features.eval_windows, cfg.train.aggregate) == (3.0, 9, "max")
+    assert cfg.features.trim_silence and cfg.train.ema_decay == 0.999
