@@ -399,7 +399,8 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays) -> tuple[float, int]:
     for batch, y in source:
         if _jpeg(cfg, train):
             crops = batch["video"].numpy()  # the batch's own copy: re-encoded in place, frame by frame
-            jpeg_uint8(crops.reshape(-1, *crops.shape[2:]), cfg.augment.jpeg * cfg.augment.strength, loop.rng)
+            jpeg_uint8(crops.reshape(-1, *crops.shape[2:]), min(1.0, cfg.augment.jpeg * cfg.augment.strength), loop.rng,
+                       cfg.augment.jpeg_quality)
         x = loop.inputs(batch, device, augment=cfg.augment, generator=loop.aug_gen)
         y = y.to(device, non_blocking=True)
         if cfg.augment.mixup > 0:
