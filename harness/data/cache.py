@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +249,7 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
     ours to terminate) the running ones are waited for, so that no shard is being written once the
     folder's lock is released."""
     finished, total = 0, sum(len(chunk) for _, chunk in jobs)
-    pending = {pool.submit(extract_chunk, cfg, folder, chunk): (folder, chunk) for folder, chunk in jobs}
+    pending = {pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk): (folder, chunk) for folder, chunk in jobs}
     try:
         while pending:
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -271,6 +271,14 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
             wait(pending)
         raise
     return finished
+
+
+def _for_split(cfg: Features, folder: str) -> Features:
+    """The settings a split's clips are extracted with: codec variants for training clips only
+    (validation and test never see them)."""
+    if isinstance(cfg, AudioFeatures) and cfg.codec_variants and Path(folder).name != "train":
+        return replace(cfg, codec_variants=0)
+    return cfg
 
 
 def _write_failures(out: Path, failures: list[Failure]) -> None:

@@ -39,6 +39,7 @@ class SplitArrays:
     rows: np.ndarray | None = None
     spans: np.ndarray | None = None  # windowed audio: (start, frames) per index row of the audio array
     window: int = 0  # frames per audio window; 0 = whole-clip images
+    variants: np.ndarray | None = None  # codec variants: (index rows, K) audio rows of each clip's copies, -1 = none
     eval_windows: int = 1
 
     def __len__(self) -> int:
@@ -55,10 +56,20 @@ class SplitArrays:
         """Samples `idx` of each input (and `<input>_present` masks), read into memory. Windowed audio:
         one random window per clip drawn from `rng`, or without one the evaluation windows."""
         rows = idx if self.rows is None else self.rows[idx]
-        out = {name: self._windows(array, rows, rng) if name == "audio" and self.window else np.ascontiguousarray(array[rows])
-               for name, array in self.inputs.items()}
+        out = {}
+        for name, array in self.inputs.items():
+            picked = self._variant_rows(rows, rng) if name == "audio" else rows
+            out[name] = self._windows(array, picked, rng) if name == "audio" and self.window else np.ascontiguousarray(array[picked])
         out.update({f"{name}_present": mask[idx] for name, mask in self.present.items()})
         return out
+
+    def _variant_rows(self, rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Training with codec variants: each clip read as itself or one of its copies, evenly."""
+        if self.variants is None or rng is None:
+            return rows
+        choice = rng.integers(0, self.variants.shape[1] + 1, len(rows))
+        copies = self.variants[rows, np.maximum(choice - 1, 0)]
+        return np.where((choice > 0) & (copies >= 0), copies, rows)
 
     def _windows(self, frames: np.ndarray, rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         assert self.spans is not None, "windowed audio needs spans"
@@ -92,15 +103,17 @@ def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only
     settings, which say how windows are cut when the audio cache holds whole log-mels."""
     if isinstance(feature_dirs, Path):
         feature_dirs = {"audio": feature_dirs}
-    arrays, oks, index, spans = {}, {}, None, None
+    arrays, oks, index, spans, variants = {}, {}, None, None, None
     for name, folder in feature_dirs.items():
         images, rows = load_split(folder, split)
+        if name == "audio" and rows and "frames" in rows[0]:
+            spans = np.array([(int(r["start"]), int(r["frames"])) for r in rows], dtype=np.int64).reshape(-1, 2)
+        if name == "audio" and rows and "source" in rows[0]:
+            rows, variants = _split_variants(rows)
         if index is not None and [r["name"] for r in rows] != [r["name"] for r in index]:
             raise ValueError(f"{folder}: the {split} index lists other clips than {next(iter(feature_dirs.values()))}")
         index = index or rows
         arrays[name], oks[name] = images, np.array([r["ok"] == "1" for r in rows], dtype=bool)
-        if name == "audio" and rows and "frames" in rows[0]:
-            spans = np.array([(int(r["start"]), int(r["frames"])) for r in rows], dtype=np.int64).reshape(-1, 2)
     windowed = features is not None and features.windowed
     if windowed != (spans is not None):
         raise ValueError(f"{feature_dirs.get('audio')}: the cache holds {'whole log-mels' if spans is not None else 'images'}, "
@@ -111,9 +124,22 @@ def load_arrays(feature_dirs: dict[str, Path] | Path, split: str, *, usable_only
     labels = np.array([int(index[i]["label"]) if index[i]["label"] != "" else -1 for i in keep], dtype=np.int64)
     present = {name: ok[keep] for name, ok in oks.items() if len(feature_dirs) > 1 and not ok[keep].all()}
     return SplitArrays(inputs=arrays, labels=labels, names=[index[i]["name"] for i in keep], present=present,
-                       rows=None if len(keep) == len(index) else keep, spans=spans,
+                       rows=None if len(keep) == len(index) else keep, spans=spans, variants=variants,
                        window=features.window_frames if windowed else 0,
                        eval_windows=features.eval_windows if windowed else 1)
+
+
+def _split_variants(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], np.ndarray]:
+    """The label-file rows of an index with codec variants, and each one's copies' rows (-1 = none)."""
+    sources = [r for r in rows if r["source"] == ""]
+    copies: dict[int, list[int]] = {}
+    for r in rows[len(sources):]:
+        copies.setdefault(int(r["source"]), []).append(int(r["row"]))
+    width = max((len(c) for c in copies.values()), default=0)
+    table = np.full((len(sources), max(width, 1)), -1, dtype=np.int64)
+    for source, found in copies.items():
+        table[source, : len(found)] = found
+    return sources, table
 
 
 def batch_indices(n: int, batch_size: int, *, shuffle: bool, generator: np.random.Generator | None = None) -> list[np.ndarray]:
@@ -156,7 +182,7 @@ class DeviceResident:
 
     @staticmethod
     def fits(data: SplitArrays, device: torch.device, share: float = 0.25) -> bool:
-        if device.type != "cuda" or data.window:  # windows are cut on the host
+        if device.type != "cuda" or data.window or data.variants is not None:  # windows and variants: picked on the host
             return False
         free, _ = torch.cuda.mem_get_info(device)
         return data.nbytes < share * free

@@ -224,6 +224,25 @@ def audio_features(path: Path | str, cfg: AudioFeatures) -> np.ndarray:
     return audio_array(path, audio, declared, cfg)
 
 
+def audio_features_with_variants(path: Path | str, cfg: AudioFeatures, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`audio_features` and the arrays of `cfg.codec_variants` re-encoded copies of the clip
+    (`harness.data.codecs`, drawn from `seed`), from one decode. A variant that fails (an encoder
+    error, or too short once trimmed) is left out; the source's failure raises as usual."""
+    from harness.data.codecs import codec_round_trip, draw_variant
+    from harness.data.media import MediaError
+
+    audio, declared = decode_audio(path, cfg.sample_rate)
+    source = audio_array(path, audio, declared, cfg)
+    rng = np.random.default_rng(seed)
+    variants = []
+    for _ in range(cfg.codec_variants):
+        try:
+            variants.append(audio_array(path, codec_round_trip(audio, cfg.sample_rate, draw_variant(rng)), 0.0, cfg))
+        except (MediaError, OSError, ValueError):  # av's errors are OSErrors and ValueErrors
+            continue
+    return source, variants
+
+
 def audio_array(path: Path | str, audio: np.ndarray, declared: float, cfg: AudioFeatures) -> np.ndarray:
     """`audio_features` from decoded samples: check, trim, and make the cached array."""
     check = dict(min_seconds=cfg.min_seconds, truncated_ratio=cfg.truncated_ratio, silence_dbfs=cfg.silence_dbfs)

@@ -8,6 +8,10 @@ Windowed log-mels (`AudioFeatures.window_seconds` set) have a length per clip: t
 (total frames, H), the clips' whole log-mels end to end along time (time-major, so that a window is
 a run of contiguous rows), and the index adds `start,frames` (a clip without features: 0 frames).
 
+A training split prepared with codec variants (`AudioFeatures.codec_variants`) has extra rows after
+its label-file rows, one per re-encoded copy of a usable clip, and the index adds `source`: the row
+of the clip each copy was made from (empty on the label-file rows).
+
 Both are derived from the shards and rewritten only when they would change; their sizes and CRC-32s
 are in the manifest. `pack_split` (inside `prepare`, under the folder's lock) repacks a split whose
 files do not match (say, an array cut short by a crash) and says so; `load_split` checks the sizes
@@ -27,13 +31,14 @@ import numpy as np
 from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, naming, write_file
 from harness.data.labels import Dataset
-from harness.data.shards import item_array
+from harness.data.shards import item_array, variant_id
 from harness.fileio import atomic_write, dict_csv_text
 
 Features = AudioFeatures | VideoFeatures
 # item: the entry's id, so a changed clip repacks; fallback: face frames centre-cropped ("" for audio)
 INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item", "fallback")
 SPAN_FIELDS = ("start", "frames")  # windowed log-mels: where each clip's frames lie in the array
+VARIANT_FIELDS = ("source",)  # a training split with codec variants: the source row of a variant row
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,21 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     if not samples:
         return result
 
-    index_text = dict_csv_text(rows, INDEX_FIELDS + SPAN_FIELDS if variable else INDEX_FIELDS)
+    variants = isinstance(cfg, AudioFeatures) and cfg.codec_variants > 0 and split == "train"
+    if variants:  # after every source row: the codec variants of the usable ones, each naming its source
+        for i, (s, stem) in enumerate(zip(samples, stems)):
+            for k in range(1, cfg.codec_variants + 1 if items[i] is not None else 1):
+                found = entries.get(variant_id(stem, k))
+                if found is None or "row" not in found[1]:
+                    continue
+                shard, meta = found
+                rows.append({"name": s.name, "label": rows[i]["label"], "row": len(rows), "ok": 1, "reason": "",
+                             "item": meta["id"], "fallback": "", "start": start, "frames": meta.get("frames", ""),
+                             "source": i})
+                start += meta.get("frames", 0)
+                items.append((meta["id"], shard, meta))
+    fields = INDEX_FIELDS + (SPAN_FIELDS if variable else ()) + (VARIANT_FIELDS if variants else ())
+    index_text = dict_csv_text(rows, fields)
     shape = (start, cfg.shape[0]) if variable else (len(items), *cfg.shape)
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
     written = index_path.read_text(encoding="utf-8", errors="replace") if index_path.exists() else None
