@@ -34,6 +34,7 @@ OPTIMIZERS = ("adamw", "sgd", "radam")
 DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N" for one GPU of several
 INTERPOLATIONS = ("area", "linear")
 AGGREGATES = ("mean", "max", "logit_mean")  # how a clip's window (or frame) scores become its score
+FRAME_AGGREGATES = ("features",) + AGGREGATES  # a face model's frames: "features" = one head on the mean feature
 DETECTORS = ("haar",)  # harness.data.faces registers one detector per name listed here
 
 
@@ -363,6 +364,9 @@ class TrainConfig(_Validated):
     video_backbone: str | None = None  # fusion's video branch; None = the same name as `backbone`
     aggregate: str = "mean"  # a clip's score from its windows' scores: mean | max | logit_mean
     ema_decay: float = 0.0  # an EMA of the weights, validated beside them every epoch; 0 = off
+    # A face model's clip score: the head on the frames' mean feature (`features`, as before), or the
+    # head on each frame and the frames' scores aggregated like windows (mean | max | logit_mean).
+    frame_aggregate: str = "features"
     augment: Augment = Augment()
 
     _SECTION = "train"
@@ -373,7 +377,7 @@ class TrainConfig(_Validated):
         "epochs": at_least(1), "warmup_epochs": at_least(0), "batch_size": at_least(2), "grad_clip": at_least(0),
         "patience": at_least(0), "drop_rate": between(0, 1, high_open=True), "seed": between(0, 2**32 - 1),
         "device": one_of(DEVICES, "device", pattern=(r"cuda:\d+", "cuda:N")), "max_params": more_than(0),
-        "video_backbone": optional(not_empty), "aggregate": one_of(AGGREGATES, "aggregate"),
+        "video_backbone": optional(not_empty), "aggregate": one_of(AGGREGATES, "aggregate"), "frame_aggregate": one_of(FRAME_AGGREGATES, "frame aggregate"),
         "ema_decay": between(0, 1, high_open=True),
     }
 

@@ -42,6 +42,7 @@ ALIASES = {
     "trim_silence": "features.trim_silence",
     "codec_variants": "features.codec_variants",
     "aggregate": "train.aggregate",
+    "frame_aggregate": "train.frame_aggregate",
     "ema": "train.ema_decay",
     "jpeg": "train.augment.jpeg",
     "jpeg_quality": "train.augment.jpeg_quality",
