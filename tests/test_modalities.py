@@ -151,9 +151,9 @@ def test_jpeg_augmentation_re_encodes_training_crops(tmp_path: Path, monkeypatch
     seen = []
     real = engine.jpeg_uint8
 
-    def spy(images, probability, rng):  # noqa: ANN001
+    def spy(images, probability, rng, lowest=30):  # noqa: ANN001
         before = images.copy()
-        real(images, probability, rng)
+        real(images, probability, rng, lowest)
         seen.append(float(np.abs(images.astype(int) - before).mean()))
 
     monkeypatch.setattr(engine, "jpeg_uint8", spy)
