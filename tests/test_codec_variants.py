@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from harness.config import AudioFeatures
 from harness.data.cache import feature_dir, prepare_features
@@ -60,5 +61,10 @@ def test_training_clips_get_variants_tied_to_their_source(tmp_path: Path, window
     assert len(drawn) >= 3 if window is None else len(drawn) > 3
     sources = [train.arrays(np.array([1]))["audio"].tobytes() for _ in range(3)]
     assert len(set(sources)) == 1
+    from harness.data.dataset import DeviceResident, batches  # the accelerator path draws the same copies
+
+    device = [b["audio"].numpy() for b, _ in DeviceResident(train, torch.device("cpu")).batches(2, generator=np.random.default_rng(5))]
+    host = [b["audio"].numpy() for b, _ in batches(train, 2, shuffle=True, generator=np.random.default_rng(5))]
+    assert all(np.array_equal(a, b) for a, b in zip(device, host, strict=True))
     again = prepare_features(ds, cfg, cache_root=tmp_path / "cache", workers=1)
     assert again.done == 0 and not again.repairs

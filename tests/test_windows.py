@@ -156,3 +156,19 @@ def test_studies_search_windowed_settings() -> None:
     cfg = spec.config_for({"window_seconds": 3.0, "eval_windows": 9, "aggregate": "max", "trim_silence": True, "ema": 0.999})
     assert (cfg.features.window_seconds, cfg.features.eval_windows, cfg.train.aggregate) == (3.0, 9, "max")
     assert cfg.features.trim_silence and cfg.train.ema_decay == 0.999
+
+
+def test_device_resident_windows_match_the_host_draws(windowed_cache: tuple[Path, Path]) -> None:
+    """The accelerator path (tried here on the CPU) cuts the same windows from the same draws."""
+    from harness.data.dataset import DeviceResident, batches
+
+    _, folder = windowed_cache
+    data = load_arrays(folder, "train", features=WINDOWED)
+    resident = DeviceResident(data, torch.device("cpu"))
+    on_device = [(b["audio"].numpy(), y.numpy()) for b, y in resident.batches(2, generator=np.random.default_rng(3))]
+    on_host = [(b["audio"].numpy(), y.numpy()) for b, y in batches(data, 2, shuffle=True, generator=np.random.default_rng(3))]
+    assert len(on_device) == len(on_host) == 2
+    for (a, ya), (b, yb) in zip(on_device, on_host):
+        assert a.shape == (2, 128, 150)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ya, yb)

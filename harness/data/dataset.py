@@ -72,6 +72,17 @@ class SplitArrays:
         return np.where((choice > 0) & (copies >= 0), copies, rows)
 
     def _windows(self, frames: np.ndarray, rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        index, empty = self.window_index(rows, rng)
+        picked = frames[index]
+        picked[empty] = 0  # a clip without features (kept for submission): zeros, as in image mode
+        out = picked.transpose(0, 2, 1)  # (n, H, window)
+        if rng is None:
+            out = out.reshape(len(rows), self.eval_windows, *out.shape[1:])
+        return np.ascontiguousarray(out)
+
+    def window_index(self, rows: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the packed audio array for the windows of audio rows `rows`: (n, window), one
+        random window each with `rng`, else `eval_windows` each (clip-major); and which are empty."""
         assert self.spans is not None, "windowed audio needs spans"
         offsets, lengths = self.spans[rows, 0], self.spans[rows, 1]
         if rng is not None:  # training: one window per clip, anywhere in it (a short clip: any phase of its loop)
@@ -80,13 +91,8 @@ class SplitArrays:
         else:
             starts = np.concatenate([window_starts(int(n), self.window, self.eval_windows) for n in lengths])
             offsets, lengths = np.repeat(offsets, self.eval_windows), np.repeat(lengths, self.eval_windows)
-        empty = lengths == 0  # a clip without features (kept for submission): zeros, as in image mode
-        picked = frames[np.where(empty[:, None], 0, window_rows(offsets, lengths, starts, self.window))]
-        picked[empty] = 0
-        out = picked.transpose(0, 2, 1)  # (n, H, window)
-        if rng is None:
-            out = out.reshape(len(rows), self.eval_windows, *out.shape[1:])
-        return np.ascontiguousarray(out)
+        empty = lengths == 0
+        return np.where(empty[:, None], 0, window_rows(offsets, lengths, starts, self.window)), empty
 
     def take(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing."""
@@ -164,13 +170,19 @@ class DeviceResident:
     """A split uploaded to the accelerator once, batched there: no host work or copy per step.
 
     Used when the uint8 split is small next to the device's free memory (it usually is: 32 KiB a clip).
+    Audio with windows or codec variants: the whole packed array goes up, and each step sends only
+    the row numbers of its windows (or copies), drawn on the host as `SplitArrays.arrays` draws them.
     """
 
     def __init__(self, data: SplitArrays, device: torch.device) -> None:
-        everything = data.arrays(np.arange(len(data)))
-        self.inputs = {name: torch.from_numpy(a).to(device) for name, a in everything.items()}
+        self.data, self.device = data, device
+        self.picked = bool(data.window) or data.variants is not None  # rows drawn per step
+        if self.picked:
+            self.inputs = {"audio": torch.from_numpy(np.array(data.inputs["audio"])).to(device)}  # a writable copy
+        else:
+            everything = data.arrays(np.arange(len(data)))
+            self.inputs = {name: torch.from_numpy(a).to(device) for name, a in everything.items()}
         self.labels = torch.from_numpy(data.labels).float().to(device)
-        self.device = device
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -178,11 +190,22 @@ class DeviceResident:
     def batches(self, batch_size: int, *, generator: np.random.Generator) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
             i = torch.from_numpy(idx).to(self.device, non_blocking=True)
-            yield {name: t[i] for name, t in self.inputs.items()}, self.labels[i]
+            if not self.picked:
+                yield {name: t[i] for name, t in self.inputs.items()}, self.labels[i]
+                continue
+            data = self.data
+            rows = data._variant_rows(idx if data.rows is None else data.rows[idx], generator)
+            if data.window:  # training clips all have frames: no empty windows to blank
+                index = torch.from_numpy(data.window_index(rows, generator)[0]).to(self.device, non_blocking=True)
+                audio = self.inputs["audio"][index].transpose(1, 2).contiguous()  # (B, H, window)
+            else:
+                audio = self.inputs["audio"][torch.from_numpy(rows).to(self.device, non_blocking=True)]
+            yield {"audio": audio}, self.labels[i]
 
     @staticmethod
     def fits(data: SplitArrays, device: torch.device, share: float = 0.25) -> bool:
-        if device.type != "cuda" or data.window or data.variants is not None:  # windows and variants: picked on the host
+        picked = bool(data.window) or data.variants is not None
+        if device.type != "cuda" or (picked and set(data.inputs) != {"audio"}):  # fusion with windows: host batches
             return False
         free, _ = torch.cuda.mem_get_info(device)
-        return data.nbytes < share * free
+        return (data.inputs["audio"].nbytes if picked else data.nbytes) < share * free
