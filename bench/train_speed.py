@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.config import RunConfig, TrainConfig  # noqa: E402
 from harness.data.dataset import SplitArrays  # noqa: E402
-from harness.engine import Normalise, fit, loss_fn, make_optimizer, pick_device, pick_precision, seed_everything  # noqa: E402
+from harness.engine import fit, loss_fn, make_optimizer, pick_device, pick_precision, seed_everything  # noqa: E402
 
 
 def generated(n: int, shape: tuple[int, int], seed: int) -> SplitArrays:

@@ -2,7 +2,8 @@
 
 They act on normalised float batches (B, C, H, W), so a masked region is set to 0, the data mean.
 Spectrograms: time and frequency masking (SpecAugment), circular time shift, mixup.
-Images: horizontal flip, brightness/contrast jitter, JPEG re-encoding, random resized crop.
+Images: horizontal flip, brightness/contrast jitter, JPEG re-encoding (quality from `jpeg_quality` to 90),
+downscale-upscale, random resized crop.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def spec_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> t
 def image_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
     s = cfg.strength
+    if cfg.downscale * s > 0:
+        x = _downscale(x, min(1.0, cfg.downscale * s), generator)
     if cfg.resized_crop * s > 0:
         x = _resized_crop(x, 1.0 - min(cfg.resized_crop * s, 0.9), generator)
     if cfg.hflip:
@@ -53,6 +56,17 @@ def image_augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> 
         bias = (_rand(b, 1, 1, 1, generator=generator) * 2 - 1) * cfg.colour * s
         x = x * gain + bias
     return x
+
+
+def _downscale(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """A share `probability` of the samples shrunk to 1/2-1/1 of their side (area) and scaled back up
+    (bilinear): the softness of a low-resolution source or a re-scaled upload."""
+    b, _, h, w = x.shape
+    scale = 0.5 + 0.5 * float(_rand(1, generator=generator))  # one size per batch: one resize call
+    small = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    pick = _rand(b, generator=generator) < probability
+    return torch.where(pick[:, None, None, None], back, x)
 
 
 def _resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) -> torch.Tensor:
@@ -71,13 +85,14 @@ def _resized_crop(x: torch.Tensor, min_area: float, generator: torch.Generator) 
     return F.grid_sample(x, grid, align_corners=False)
 
 
-def jpeg_uint8(images, probability: float, rng) -> None:  # noqa: ANN001 - numpy arrays
-    """Re-encode some uint8 HWC images in place at a random JPEG quality (a CPU step, before the device)."""
+def jpeg_uint8(images, probability: float, rng, lowest: int = 30) -> None:  # noqa: ANN001 - numpy arrays
+    """Re-encode some uint8 HWC images in place at a random JPEG quality from `lowest` to 90 (a CPU
+    step, before the device)."""
     import cv2
 
     for i in range(len(images)):
         if rng.random() < probability:
-            quality = int(rng.integers(30, 91))
+            quality = int(rng.integers(lowest, 91))
             ok, buf = cv2.imencode(".jpg", images[i], [cv2.IMWRITE_JPEG_QUALITY, quality])
             if ok:
                 images[i] = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).reshape(images[i].shape)

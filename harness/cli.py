@@ -126,6 +126,9 @@ def prepare(
     face_size: Annotated[Optional[int], typer.Option(min=16, help="Face crop side (pixels).")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Margin around the face box, fraction of its side.")] = None,
     detector: Annotated[Optional[str], typer.Option(help="Face detector (see harness.data.faces.DETECTORS).")] = None,
+    window_seconds: Annotated[Optional[float], typer.Option(help="Cache whole log-mels at the native hop for windows of this many seconds (default: one whole-clip image).")] = None,
+    trim_silence: Annotated[Optional[bool], typer.Option("--trim-silence/--no-trim-silence", help="Cut leading and trailing silence first.")] = None,
+    codec_variants: Annotated[Optional[int], typer.Option(min=0, help="Re-encoded copies (AAC/MP3/Opus) of each training clip's audio.")] = None,
 ) -> None:
     """Validate a dataset and extract features once into the cache (resumable, parallel)."""
     from harness.config import AudioFeatures, RunConfig, VideoFeatures, replace
@@ -133,7 +136,8 @@ def prepare(
     cfg = RunConfig(
         modality=modality,
         features=replace(AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft,
-                         hop_length=hop_length, fmax=fmax, width=width, height=height),
+                         hop_length=hop_length, fmax=fmax, width=width, height=height, window_seconds=window_seconds,
+                         trim_silence=trim_silence, codec_variants=codec_variants),
         video=replace(VideoFeatures(), frames=frames, size=face_size, margin=margin, detector=detector),
     )
     run_prepare(resolve_data(data), cfg, cache=cache, workers=workers)
@@ -205,6 +209,12 @@ def train(
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     max_params: Annotated[Optional[float], typer.Option(help="Parameter cap (thop count).")] = None,
+    window_seconds: Annotated[Optional[float], typer.Option(help="Train on random windows of this many seconds; score evenly spaced ones (default: whole-clip image).")] = None,
+    eval_windows: Annotated[Optional[int], typer.Option(min=1, help="Windows scored per clip (default 5).")] = None,
+    aggregate: Annotated[Optional[str], typer.Option(help="A clip's score from its windows': mean | max | logit_mean.")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights, validated beside them (0 = off; e.g. 0.999).")] = None,
+    trim_silence: Annotated[Optional[bool], typer.Option("--trim-silence/--no-trim-silence", help="Cut leading and trailing silence first.")] = None,
+    codec_variants: Annotated[Optional[int], typer.Option(min=0, help="Re-encoded copies of each training clip drawn from in training.")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
     folds: Annotated[Optional[int], typer.Option(min=2, help="Grouped K-fold cross-validation on train+val pooled: one "
                                                  "run per fold under a parent run with the CV metrics and oof.csv.")] = None,
@@ -238,8 +248,13 @@ def train(
         base.train, backbone=backbone, video_backbone=video_backbone, lr=lr, loss=loss,
         label_smoothing=label_smoothing, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         pretrained=pretrained, weights=str(weights) if weights else None, seed=seed, device=device,
-        max_params=max_params,
-    ))
+        max_params=max_params, aggregate=aggregate, ema_decay=ema,
+    ), features=replace(base.features, window_seconds=window_seconds, eval_windows=eval_windows,
+                        trim_silence=trim_silence, codec_variants=codec_variants))
+    if folds is not None:
+        from harness.crossval import check_settings
+
+        check_settings(cfg)
     if nproc is not None:
         _check_nproc(nproc, cfg.train.device)
     from harness.run import check_names  # imports torch and timm: after the cheap checks

@@ -33,6 +33,8 @@ LOSSES = ("bce", "ce", "focal")
 OPTIMIZERS = ("adamw", "sgd", "radam")
 DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N" for one GPU of several
 INTERPOLATIONS = ("area", "linear")
+AGGREGATES = ("mean", "max", "logit_mean")  # how a clip's window (or frame) scores become its score
+FRAME_AGGREGATES = ("features",) + AGGREGATES  # a face model's frames: "features" = one head on the mean feature
 DETECTORS = ("haar",)  # harness.data.faces registers one detector per name listed here
 
 
@@ -174,6 +176,14 @@ class AudioFeatures(_Validated):
     The image is `n_mels` x `width` uint8 (power in dB relative to the clip's peak, floored at
     `-top_db`, min-max scaled), the time axis resized to `width` as the tutorial does.
     `height` other than None resizes the mel axis too (the tutorial uses 256).
+
+    Windows (`window_seconds` set): the cache keeps each clip's whole time axis at the native hop
+    (no resize; `width` and `interpolation` are then unused), training reads one random window of
+    `window_seconds` per clip per epoch, and scoring averages `eval_windows` evenly spaced windows
+    (`train.aggregate`). A clip shorter than a window is tiled (repeated), never zero-padded.
+    `trim_silence` cuts leading and trailing audio more than `trim_db` below the clip's loudest
+    10 ms before the features. `codec_variants` K > 0: the cache also holds K re-encoded copies of
+    every training clip (random codec, bitrate, resampling and gain), drawn from in training.
     """
 
     sample_rate: int = 16000
@@ -189,6 +199,11 @@ class AudioFeatures(_Validated):
     min_seconds: float = 0.5  # shorter clips are reported "too short", not guessed at
     silence_dbfs: float = -70.0  # peak below this is reported "silent"
     truncated_ratio: float = 0.5  # decoded/declared length below this is reported "truncated"
+    window_seconds: float | None = None  # None: one whole-clip image (the tutorial's)
+    eval_windows: int = 5  # windows scored per clip when windowed
+    trim_silence: bool = False
+    trim_db: float = 40.0  # with trim_silence: the level, below the clip's loudest 10 ms, that is cut
+    codec_variants: int = 0  # re-encoded copies of each training clip in the cache
 
     _SECTION = "features"
     _RULES = {
@@ -196,6 +211,8 @@ class AudioFeatures(_Validated):
         "fmin": at_least(0), "fmax": optional(more_than(0)), "top_db": more_than(0), "width": at_least(1),
         "height": optional(at_least(1)), "interpolation": one_of(INTERPOLATIONS, "interpolation"),
         "min_seconds": at_least(0), "silence_dbfs": at_most(0), "truncated_ratio": between(0, 1),
+        "window_seconds": optional(more_than(0)), "eval_windows": at_least(1), "trim_db": more_than(0),
+        "codec_variants": between(0, 16),
     }
 
     def _check(self) -> None:
@@ -203,11 +220,41 @@ class AudioFeatures(_Validated):
             raise ConfigError(f"features.fmax: must be above fmin ({self.fmin:g}), got {self.fmax:g}")
 
     @property
+    def windowed(self) -> bool:
+        return self.window_seconds is not None
+
+    @property
+    def window_frames(self) -> int:
+        """Log-mel frames in one window (0 when not windowed)."""
+        if self.window_seconds is None:
+            return 0
+        return max(1, round(self.window_seconds * self.sample_rate / self.hop_length))
+
+    @property
     def shape(self) -> tuple[int, int]:
-        return (self.height or self.n_mels, self.width)
+        """What the model reads: (mel bins, time steps) of the image or of one window."""
+        return (self.height or self.n_mels, self.window_frames or self.width)
+
+    def cache_settings(self) -> dict[str, Any]:
+        """The settings that decide the cached arrays (what `key` hashes and settings.json holds).
+
+        How windows are cut and scored is left out (the cache holds whole clips at the native hop for
+        every window length), and the later settings are left out at their defaults, so that a cache
+        made before they existed keeps its key."""
+        values = dataclasses.asdict(self)
+        window = values.pop("window_seconds")
+        values.pop("eval_windows")
+        if window is not None:
+            values.pop("width")
+            values.pop("interpolation")
+            values["native"] = True
+        for name, default in (("trim_silence", False), ("trim_db", 40.0), ("codec_variants", 0)):
+            if values[name] == default or (name == "trim_db" and not self.trim_silence):
+                values.pop(name)
+        return values
 
     def key(self) -> str:
-        return "audio-" + _stable_hash(dataclasses.asdict(self))
+        return "audio-" + _stable_hash(self.cache_settings())
 
 
 # The tutorial's settings (../shared/bench/seed_mel.py): librosa defaults at 22050 Hz, 256x256.
@@ -279,14 +326,16 @@ class Augment(_Validated):
     # images (face crops)
     hflip: bool = True
     colour: float = 0.2  # brightness/contrast jitter
-    jpeg: float = 0.0  # probability of re-encoding at quality 30-90
+    jpeg: float = 0.0  # probability of re-encoding at a quality from jpeg_quality to 90
+    jpeg_quality: int = 30  # the lowest JPEG quality drawn
+    downscale: float = 0.0  # probability of a downscale-upscale round trip (to 1/2-1/1 of the side)
     resized_crop: float = 0.0  # smallest kept area fraction is 1 - this; 0 = off
 
     _SECTION = "train.augment"
     _RULES = {
         "strength": at_least(0), "time_mask": between(0, 1), "freq_mask": between(0, 1),
         "time_shift": between(0, 1), "mixup": at_least(0), "colour": at_least(0), "jpeg": between(0, 1),
-        "resized_crop": between(0, 1),
+        "jpeg_quality": between(1, 90), "downscale": between(0, 1), "resized_crop": between(0, 1),
     }
 
 
@@ -313,6 +362,11 @@ class TrainConfig(_Validated):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_params: float = 200e6
     video_backbone: str | None = None  # fusion's video branch; None = the same name as `backbone`
+    aggregate: str = "mean"  # a clip's score from its windows' scores: mean | max | logit_mean
+    ema_decay: float = 0.0  # an EMA of the weights, validated beside them every epoch; 0 = off
+    # A face model's clip score: the head on the frames' mean feature (`features`, as before), or the
+    # head on each frame and the frames' scores aggregated like windows (mean | max | logit_mean).
+    frame_aggregate: str = "features"
     augment: Augment = Augment()
 
     _SECTION = "train"
@@ -323,7 +377,8 @@ class TrainConfig(_Validated):
         "epochs": at_least(1), "warmup_epochs": at_least(0), "batch_size": at_least(2), "grad_clip": at_least(0),
         "patience": at_least(0), "drop_rate": between(0, 1, high_open=True), "seed": between(0, 2**32 - 1),
         "device": one_of(DEVICES, "device", pattern=(r"cuda:\d+", "cuda:N")), "max_params": more_than(0),
-        "video_backbone": optional(not_empty),
+        "video_backbone": optional(not_empty), "aggregate": one_of(AGGREGATES, "aggregate"), "frame_aggregate": one_of(FRAME_AGGREGATES, "frame aggregate"),
+        "ema_decay": between(0, 1, high_open=True),
     }
 
 

@@ -98,6 +98,16 @@ def plan_folds(features: dict[str, Path], groups: dict[str, object] | None, k: i
     return FoldPlan(data=data, keys=keys, groups=ids, folds=assign_folds(data.labels, ids, k, seed=seed))
 
 
+def check_settings(cfg: RunConfig) -> None:
+    """Settings cross-validation cannot run yet, refused before any work (ConfigError): pooled folds
+    read whole-clip images; windowed log-mels and codec variants are not pooled."""
+    from harness.errors import ConfigError
+
+    if cfg.features.windowed or cfg.features.codec_variants:
+        raise ConfigError("--folds with --window-seconds or --codec-variants is not supported yet: "
+                          "cross-validate whole-clip images, or train windowed runs on the official split")
+
+
 def cross_validate(
     cfg: RunConfig,
     *,

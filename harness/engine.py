@@ -1,5 +1,11 @@
 """The training loop: fit a model on cached features, validate every epoch, keep the best by val AUC.
 
+With `train.ema_decay` > 0 an exponential moving average of the weights (timm `ModelEmaV3`) is kept
+beside them and validated every epoch too (metrics `val_*_ema`); the checkpoint is whichever of the
+two scored the better val AUC, named in `FitResult.info["best_weights"]` ("raw" or "ema"), and the
+best epoch's `val_*` metrics are that checkpoint's. Windowed audio is scored per clip by
+`aggregate_scores` over its evaluation windows (`train.aggregate`).
+
 It reports through `harness.callbacks.Callback` and knows nothing of MLflow or Optuna. On CUDA it
 uses AMP (bf16 where supported, else fp16 with a gradient scaler) and channels_last; on CPU, fp32.
 
@@ -160,6 +166,11 @@ class Inputs(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], device: torch.device, *, augment: Augment | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Windowed audio with several windows per clip, (B, K, H, W), becomes B*K samples (clip-major,
+        window k of clip b at b*K + k); the clip's other inputs are repeated to match."""
+        windows = clip_windows(batch)
+        if windows > 1:
+            batch = {k: v.flatten(0, 1) if k == "audio" else v.repeat_interleave(windows, dim=0) for k, v in batch.items()}
         out: dict[str, torch.Tensor] = {}
         for name, norm in self.norms.items():
             x = batch[name].to(device, non_blocking=True)
@@ -187,6 +198,33 @@ class Inputs(torch.nn.Module):
         return out
 
 
+def clip_windows(batch: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> int:
+    """Windows per clip in a batch: K for windowed audio scored as (B, K, H, W), else 1."""
+    audio = batch.get("audio")
+    return int(audio.shape[1]) if audio is not None and audio.ndim == 4 else 1
+
+
+def aggregate_scores(probs: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, K) probabilities of fake -> (B,) float64, by `train.aggregate`: the mean, the max, or the
+    probability of the mean logit (`logit_mean`, which lets one confident window weigh more than the
+    mean does without letting it decide alone as the max does)."""
+    probs = probs.double()
+    if probs.shape[1] == 1:  # one window (or a whole-clip image): its score, whatever the rule
+        return probs[:, 0]
+    if how == "max":
+        return probs.amax(dim=1)
+    if how == "logit_mean":
+        return torch.sigmoid(torch.logit(probs, eps=1e-7).mean(dim=1))
+    return probs.mean(dim=1)
+
+
+def clip_probabilities(model: torch.nn.Module, x: dict[str, torch.Tensor], clips: int, how: str) -> torch.Tensor:
+    """Probability of fake per clip (float64) for model inputs `x` of `clips` clips (each clip's
+    windows consecutive, as `Inputs` lays them out), aggregated by `how`."""
+    probs = fake_probability(call_model(model, x))
+    return aggregate_scores(probs.view(clips, -1), how)
+
+
 def call_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     if len(inputs) == 1:
         return model(next(iter(inputs.values())))
@@ -195,13 +233,14 @@ def call_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, inputs: Inputs, data: SplitArrays, *, batch_size: int, device: torch.device,
-            precision: Precision, shard: Shard = Shard()) -> np.ndarray:
-    """Probability of fake for `shard`'s share of `data` (all of it by default), in order."""
+            precision: Precision, aggregate: str = "mean", shard: Shard = Shard()) -> np.ndarray:
+    """Probability of fake per clip of `shard`'s share of `data` (all of it by default), in order
+    (float64); windowed clips aggregated by `aggregate`."""
     model.eval()
     scores = []
-    for batch, _ in batches(data, batch_size, shuffle=False, shard=shard):
+    for batch, y in batches(data, max(1, batch_size // data.eval_windows), shuffle=False, shard=shard):
         with precision.autocast(device):
-            scores.append(fake_probability(call_model(model, inputs(batch, device))).cpu())
+            scores.append(clip_probabilities(model, inputs(batch, device), len(y), aggregate).cpu())
     return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
 
 
@@ -231,7 +270,12 @@ class _Loop:
     device: torch.device
     rng: np.random.Generator
     aug_gen: torch.Generator
+    # Shuffles and window/variant draws happen on the prefetch thread: a generator of their own, so
+    # they never interleave with the main thread's augmentation draws from `rng`.
+    deal: np.random.Generator
     resident: DeviceResident | None  # the train split on the device, when it fits
+    ema: torch.nn.Module | None = None  # timm ModelEmaV3 of `model`, when train.ema_decay > 0
+    step: int = 0
 
 
 def fit(
@@ -269,12 +313,16 @@ def fit(
         # samples to ranks has its own generator (`_train_one_epoch`).
         precision=pick_precision(device), device=device, rng=np.random.default_rng(cfg.seed + world.rank),
         aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + world.rank),
+        deal=np.random.default_rng([cfg.seed, 1]),
         # JPEG re-encoding runs on the host (OpenCV), so a split that needs it is batched from the host.
         resident=DeviceResident(train, device) if DeviceResident.fits(train, device) and not _jpeg(cfg, train) else None,
+        ema=_make_ema(cfg, model),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"device": str(device), "precision": str(loop.precision.autocast_dtype or "fp32"), "train_clips": len(train),
             "val_clips": len(val), **({"ranks": world.size} if world.active else {}), **(info or {})}
+    if loop.ema is not None:
+        info["best_weights"] = "raw"  # until the EMA scores better
     for cb in callbacks:
         cb.on_start(info)
     result = FitResult(best_epoch=0, best_metrics={}, checkpoint=None, val_names=val.names, val_labels=val.labels,
@@ -312,24 +360,39 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train loss became {train_loss} in epoch {epoch} (try a lower --lr)")
         # The module, not its DDP wrapper: ranks score different numbers of batches, and a wrapper's
-        # forward would wait for the others.
-        scores = predict(loop.module, loop.inputs, val, batch_size=cfg.batch_size * 2, device=loop.device,
-                         precision=loop.precision, shard=world.shard)
-        scores = distributed.gather_shards(scores, len(val), world)
+        # forward would wait for the others. Each rank scores its share; rank 0 gets them all.
+        def evaluate(module: torch.nn.Module) -> np.ndarray:
+            shard_scores = predict(module, loop.inputs, val, batch_size=cfg.batch_size * 2, device=loop.device,
+                                   precision=loop.precision, aggregate=cfg.aggregate, shard=world.shard)
+            return distributed.gather_shards(shard_scores, len(val), world)
+
+        scores = evaluate(loop.module)
+        ema_scores = evaluate(loop.ema.module) if loop.ema is not None else None
         if not world.is_main:  # rank 0 judges the epoch; the others learn whether to go on
             result.stopped_by = distributed.agree(None, world)
             if result.stopped_by:
                 return
             continue
-        metrics = {f"val_{k}": v for k, v in classification_metrics(val.labels, scores).items()}
+        raw = {f"val_{k}": v for k, v in classification_metrics(val.labels, scores).items()}
+        metrics = dict(raw)
+        chosen, chosen_scores, chosen_metrics = "raw", scores, raw
+        if ema_scores is not None:
+            ema = {f"val_{k}": v for k, v in classification_metrics(val.labels, ema_scores).items()}
+            metrics.update({f"{k}_ema": v for k, v in ema.items()})
+            if _auc(ema) > _auc(raw):
+                chosen, chosen_scores, chosen_metrics = "ema", ema_scores, ema
         metrics.update(train_loss=train_loss, lr=loop.optimizer.param_groups[0]["lr"],
                        epoch_seconds=time.perf_counter() - start, samples_per_s=seen / train_seconds)
-        auc = metrics["val_auc"] if math.isfinite(metrics["val_auc"]) else 0.0
+        auc = _auc(chosen_metrics)
         improved = auc > best_auc
         if improved:
             best_auc, stale = auc, 0
-            save_checkpoint(loop.module, checkpoint)
-            result.best_epoch, result.best_metrics, result.val_scores, result.checkpoint = epoch, metrics, scores, checkpoint
+            save_checkpoint(loop.module if chosen == "raw" else loop.ema.module, checkpoint)
+            # The best epoch's val_* are the saved weights' (what submit bundles and a study ranks).
+            result.best_epoch, result.best_metrics = epoch, {**metrics, **chosen_metrics}
+            result.val_scores, result.checkpoint = chosen_scores, checkpoint
+            if loop.ema is not None:
+                result.info["best_weights"] = chosen
         else:
             stale += 1
         report = EpochReport(epoch=epoch, metrics=metrics, improved=improved)
@@ -345,6 +408,21 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
             return
 
 
+def _auc(metrics: dict[str, float]) -> float:
+    return metrics["val_auc"] if math.isfinite(metrics["val_auc"]) else 0.0
+
+
+def _make_ema(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module | None:
+    """timm's ModelEmaV3 of `model`, or None when `ema_decay` is 0. With warmup, the decay grows
+    with the step count (1 - (1 + step)^-3/4, capped at `ema_decay`), so that a short run's average is
+    not mostly the initial weights."""
+    if cfg.ema_decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=0.75)
+
+
 def _jpeg(cfg: TrainConfig, data: SplitArrays) -> bool:
     return cfg.augment.jpeg > 0 and "video" in data.inputs
 
@@ -357,7 +435,7 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
     seen = 0
     # Every rank must deal the same permutation, so the deal is seeded by (seed, epoch) alone, as
     # DistributedSampler.set_epoch does; one process keeps its single generator.
-    order = np.random.default_rng([cfg.seed, epoch]) if world.active else loop.rng
+    order = np.random.default_rng([cfg.seed, epoch]) if world.active else loop.deal
     # From the host, the next batch is read while the model steps, and the kernel reads the rows of the
     # few after it meanwhile: a split larger than RAM streams from disk (bench/scale_stream.py).
     source = loop.resident.batches(cfg.batch_size, generator=order, shard=world.shard) if loop.resident else \
@@ -365,7 +443,8 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
     for batch, y in source:
         if _jpeg(cfg, train):
             crops = batch["video"].numpy()  # the batch's own copy: re-encoded in place, frame by frame
-            jpeg_uint8(crops.reshape(-1, *crops.shape[2:]), cfg.augment.jpeg * cfg.augment.strength, loop.rng)
+            jpeg_uint8(crops.reshape(-1, *crops.shape[2:]), min(1.0, cfg.augment.jpeg * cfg.augment.strength), loop.rng,
+                       cfg.augment.jpeg_quality)
         x = loop.inputs(batch, device, augment=cfg.augment, generator=loop.aug_gen)
         y = y.to(device, non_blocking=True)
         if cfg.augment.mixup > 0:
@@ -387,6 +466,9 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
         else:
             loop.optimizer.step()
         loop.scheduler.step()
+        loop.step += 1
+        if loop.ema is not None:
+            loop.ema.update(loop.module, step=loop.step)  # the unwrapped module: same keys as the EMA copy
         total += loss.detach() * len(y)  # stays on the device: no sync per step
         seen += len(y)
     total_loss, seen_all = distributed.sum_over_ranks([float(total), float(seen)], world)

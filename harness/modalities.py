@@ -38,20 +38,46 @@ def _head(features: int, outputs: int) -> nn.Linear:
 
 
 class VideoNet(nn.Module):
-    """(B, frames, 3, S, S) normalised crops -> (B, outputs) logits: shared backbone, mean over time."""
+    """(B, frames, 3, S, S) normalised crops -> (B, outputs) logits: shared backbone on every frame.
 
-    def __init__(self, backbone: nn.Module, outputs: int, drop_rate: float = 0.0) -> None:
+    `aggregate` "features": one head on the frames' mean feature. Otherwise the head scores each
+    frame and the clip's logits are the frames' aggregated (`train.frame_aggregate`): `logit_mean` the
+    mean logit, `mean` the logit of the mean probability, `max` the frame most sure the clip is fake.
+    """
+
+    def __init__(self, backbone: nn.Module, outputs: int, drop_rate: float = 0.0, aggregate: str = "features") -> None:
         super().__init__()
         self.backbone = backbone  # built with num_classes=0: pooled features
         self.drop = nn.Dropout(drop_rate)
         self.head = _head(backbone.num_features, outputs)
+        self.aggregate = aggregate
+
+    def frame_features(self, video: torch.Tensor) -> torch.Tensor:
+        b, k = video.shape[:2]
+        return self.backbone(video.flatten(0, 1)).view(b, k, -1)
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
-        b, k = video.shape[:2]
-        return self.backbone(video.flatten(0, 1)).view(b, k, -1).mean(dim=1)
+        return self.frame_features(video).mean(dim=1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.features(video)))
+        if self.aggregate == "features":
+            return self.head(self.drop(self.features(video)))
+        return aggregate_logits(self.head(self.drop(self.frame_features(video))), self.aggregate)
+
+
+def aggregate_logits(logits: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, K, outputs) per-frame logits -> (B, outputs) clip logits, by `how` (see VideoNet)."""
+    if how == "logit_mean":
+        return logits.mean(dim=1)
+    two = logits.shape[-1] == 2  # a cross-entropy head: the fake probability is softmax(...)[1]
+    if how == "max":
+        fake = logits.softmax(-1)[..., 1] if two else logits[..., 0]
+        pick = fake.argmax(dim=1)
+        return logits[torch.arange(len(logits), device=logits.device), pick]
+    if two:  # log of the mean class probabilities: their softmax is that mean
+        return (logits.log_softmax(-1).exp().mean(dim=1)).clamp_min(1e-12).log()
+    p = torch.sigmoid(logits.float()).mean(dim=1).clamp(1e-7, 1 - 1e-7)
+    return torch.logit(p).to(logits.dtype)
 
 
 class FusionNet(nn.Module):
@@ -105,7 +131,7 @@ def build_model(cfg: RunConfig, *, pretrained: bool | None = None) -> nn.Module:
     if cfg.modality in ("video", "image"):
         backbone = create_model(_video_name(cfg), pretrained=use_weights, in_chans=3, num_classes=0,
                                 weights=weights if _video_name(cfg) == t.backbone else None)
-        return VideoNet(backbone, outputs, t.drop_rate)
+        return VideoNet(backbone, outputs, t.drop_rate, aggregate=t.frame_aggregate)
     audio = create_model(t.backbone, pretrained=use_weights, in_chans=1, num_classes=0, weights=weights)
     video = create_model(_video_name(cfg), pretrained=use_weights, in_chans=3, num_classes=0,
                          weights=weights if _video_name(cfg) == t.backbone else None)
@@ -131,16 +157,16 @@ def check_run(cfg: RunConfig) -> ComplianceReport:
     pretrained = t.pretrained or t.weights is not None
     outputs = head_outputs(t.loss)
     if cfg.modality == "audio":
-        return check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
-                                max_params=t.max_params, num_classes=outputs)
+        return _per_clip(cfg, check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
+                                               max_params=t.max_params, num_classes=outputs))
     v = cfg.features_for("video")
     video = check_compliance(_video_name(cfg), pretrained=pretrained, in_chans=3, input_size=(v.size, v.size),
                              max_params=t.max_params, num_classes=outputs)
     video = replace(video, name=f"{video.name} x{v.frames} frames", macs=video.macs * v.frames)
     if cfg.modality != "fusion":
         return video
-    audio = check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
-                             max_params=t.max_params, num_classes=outputs)
+    audio = _per_clip(cfg, check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
+                                            max_params=t.max_params, num_classes=outputs))
     # Each count above includes its branch's head ((features + 1) * outputs); the joint head has
     # (features_a + features_v + 1) * outputs, i.e. the two heads together less one bias.
     joint = (audio.params - _headless(cfg, "audio")) + (video.params - _headless(cfg, "video")) - outputs
@@ -154,6 +180,14 @@ def check_run(cfg: RunConfig) -> ComplianceReport:
         pretrained=pretrained, params=params, thop_params=thop_params, macs=audio.macs + video.macs,
         input_size=audio.input_size, max_params=int(t.max_params), problems=problems,
     )
+
+
+def _per_clip(cfg: RunConfig, audio: ComplianceReport) -> ComplianceReport:
+    """The audio branch's report per clip: a windowed model runs once per evaluation window."""
+    if not cfg.features.windowed:
+        return audio
+    k = cfg.features.eval_windows
+    return replace(audio, name=f"{audio.name} x{k} windows", macs=audio.macs * k)
 
 
 def _headless(cfg: RunConfig, branch: str) -> int:

@@ -19,6 +19,10 @@ Scoring one clip:
             evenly spaced over the shifts training saw: from -m to +m columns, m = the run's
             `augment.time_shift * augment.strength` times the image width (over the whole width,
             k * W / N, when training did not shift). N = 1 (the default) scores the image as it is.
+  windows   a windowed audio model (`features.window_seconds`) scores `features.eval_windows` evenly
+            spaced windows of the clip's whole log-mel (`features.eval_windows`, a short clip tiled)
+            and aggregates them by `train.aggregate`, exactly as validation in training does; TTA
+            shifts do not apply (the windows are its test-time augmentation), so tta is recorded as 1.
 
 Input paths given on a command line go through `check_paths` first: one that does not exist or
 cannot be read is a usage error (exit 2), never a row at the fallback score.
@@ -149,8 +153,9 @@ class Predictor:
         self.weights = Path(weights)
         # TTA shifts the log-mel's time axis: it applies to models that read audio; others score as is
         # (and record tta = 1, so that a bundle or a report never claims shifts that were not made).
-        self.shifts = tta_shifts(cfg, tta) if "audio" in cfg.inputs else [0]
-        self.tta = tta if "audio" in cfg.inputs else 1
+        shifted = "audio" in cfg.inputs and not cfg.features.windowed
+        self.shifts = tta_shifts(cfg, tta) if shifted else [0]
+        self.tta = tta if shifted else 1
         self.fallback = float(fallback)
         self.batch_size = max(1, batch_size)
         self.source = source or str(self.weights)
@@ -221,6 +226,7 @@ class Predictor:
         (MissingFile when there is no file) when no input can be made.
         """
         from harness.data.cache import extract
+        from harness.data.features import eval_windows
 
         if not Path(path).is_file():
             raise MissingFile(path, "no such file")
@@ -229,12 +235,13 @@ class Predictor:
         for name in self.cfg.inputs:
             settings = self.cfg.features_for(name)
             try:
-                out[name] = extract(path, settings)[0]
+                array = extract(path, settings)[0]
+                out[name] = eval_windows(array, settings) if self._windowed(name) else array
             except MediaError as e:
                 if len(self.cfg.inputs) == 1:
                     raise
                 errors.append(e)
-                out[name] = np.zeros(settings.shape, dtype=np.uint8)
+                out[name] = np.zeros(self.input_shape(name), dtype=np.uint8)
                 out[f"{name}_present"] = np.array(False)
         if len(errors) == len(self.cfg.inputs):
             raise errors[0]
@@ -243,20 +250,29 @@ class Predictor:
                 out.setdefault(f"{name}_present", np.array(True))
         return out
 
+    def _windowed(self, name: str) -> bool:
+        return name == "audio" and self.cfg.features.windowed
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """One clip's array of input `name` as `features` makes it: (K, H, W) windows for windowed audio."""
+        shape = tuple(self.cfg.features_for(name).shape)
+        return (self.cfg.features.eval_windows, *shape) if self._windowed(name) else shape
+
     def score_inputs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Probability of fake for a batch of stacked inputs (as `features` makes them, stacked along
         a first axis), TTA applied; float64 (N,)."""
         import torch
 
-        from harness.engine import call_model, fake_probability
+        from harness.engine import aggregate_scores, call_model, fake_probability
 
         for name in self.cfg.inputs:
-            want = self.cfg.features_for(name).shape
+            want = self.input_shape(name)
             if batch[name].shape[1:] != tuple(want):
                 raise ValueError(f"expected {name} inputs of shape (N, {', '.join(map(str, want))}), got {batch[name].shape}")
         n = len(batch[self.cfg.inputs[0]])
         out = np.empty(n, dtype=np.float64)
-        step = max(1, self.batch_size // len(self.shifts))
+        windows = self.cfg.features.eval_windows if self._windowed("audio") else 1
+        step = max(1, self.batch_size // (len(self.shifts) * windows))
         with torch.inference_mode():
             for start in range(0, n, step):
                 chunk = {k: torch.from_numpy(np.ascontiguousarray(v[start : start + step])) for k, v in batch.items()}
@@ -265,8 +281,8 @@ class Predictor:
                 if self.shifts != [0]:
                     x = {k: torch.cat([torch.roll(v, s, dims=3) for s in self.shifts]) if k == "audio"
                          else torch.cat([v] * len(self.shifts)) for k, v in x.items()}
-                probs = fake_probability(call_model(self.model, x)).view(len(self.shifts), size).mean(dim=0)
-                out[start : start + size] = probs.double().cpu().numpy()
+                probs = fake_probability(call_model(self.model, x)).view(len(self.shifts), size, windows).mean(dim=0)
+                out[start : start + size] = aggregate_scores(probs, self.cfg.train.aggregate).cpu().numpy()
         return out
 
     def score_images(self, images: np.ndarray) -> np.ndarray:

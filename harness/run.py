@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.callbacks import Callback, FitResult
-from harness.config import RunConfig, check_track
+from harness.config import AudioFeatures, RunConfig, check_track
 from harness.data.cache import feature_dir, prepare_features
 from harness.data.dataset import SplitArrays, load_arrays
 from harness.data.labels import Dataset, DatasetError, load_dataset
@@ -88,9 +88,9 @@ def features_for(ds: Dataset, cfg: RunConfig, cache_root: Path, *, workers: int 
     return folders
 
 
-def official_splits(features: dict[str, Path]) -> tuple[SplitArrays, SplitArrays]:
-    """The dataset's own train and val splits, usable clips only."""
-    return load_arrays(features, "train"), load_arrays(features, "val")
+def official_splits(features: dict[str, Path], audio: AudioFeatures | None = None) -> tuple[SplitArrays, SplitArrays]:
+    """The dataset's own train and val splits, usable clips only (`audio`: how windows are cut)."""
+    return load_arrays(features, "train", features=audio), load_arrays(features, "val", features=audio)
 
 
 def low_fpr_analysis(val: SplitArrays, *, title: str) -> Callable[[FitResult, Path], dict[str, float]]:
@@ -174,7 +174,7 @@ def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: 
             recorder.log_dataset(ds)  # the runs table's Dataset column: name, digest, split sizes
         report = gate(cfg)
         features = features_for(ds, cfg, cache_root)
-        train, val = (splits or official_splits)(features)
+        train, val = splits(features) if splits else official_splits(features, cfg.features)
         if not len(train) or not len(val):
             raise DatasetError(f"no usable {'/'.join(cfg.inputs)} features to train on (train={len(train)}, "
                                f"val={len(val)}); see failures.csv in {', '.join(map(str, features.values()))}")
@@ -204,7 +204,8 @@ def _train_and_record(cfg: RunConfig, ds: Dataset, world: World, *, experiment: 
             recorder.finish(T.KILLED, extra_tags={T.PRUNED_AT_EPOCH: str(result.history[-1].epoch)})
         return RunResult(run_id, T.KILLED, result, run_label)
     if recorder:
-        recorder.finish(T.FINISHED)
+        chosen = {T.BEST_WEIGHTS: result.info["best_weights"]} if "best_weights" in result.info else None
+        recorder.finish(T.FINISHED, extra_tags=chosen)
     return RunResult(run_id, T.FINISHED, result, run_label)
 
 

@@ -60,3 +60,24 @@ def test_jpeg_changes_pixels_but_not_shape() -> None:
     jpeg_uint8(images, 1.0, rng)
     assert images.shape == before.shape and not np.array_equal(images, before)
     assert np.abs(images.astype(int) - before).mean() < 80
+
+
+def test_downscale_blurs_the_picked_samples_only() -> None:
+    x = torch.randn(64, 3, 24, 24)
+    off = Augment(hflip=False, colour=0)
+    out = image_augment(x, Augment(hflip=False, colour=0, downscale=0.5), torch.Generator().manual_seed(0))
+    changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-6
+    assert 10 < int(changed.sum()) < 54  # about half of them
+    assert out[changed].std() < x[changed].std()  # a round trip through fewer pixels smooths
+    assert torch.equal(image_augment(x, off, torch.Generator().manual_seed(0)), x)
+
+
+def test_lowest_jpeg_quality_sets_the_strength() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    errors = {}
+    for lowest in (5, 89):
+        work = images.copy()
+        jpeg_uint8(work, 1.0, np.random.default_rng(1), lowest)
+        errors[lowest] = np.abs(work.astype(int) - images).mean()
+    assert errors[5] > errors[89]

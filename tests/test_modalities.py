@@ -151,9 +151,9 @@ def test_jpeg_augmentation_re_encodes_training_crops(tmp_path: Path, monkeypatch
     seen = []
     real = engine.jpeg_uint8
 
-    def spy(images, probability, rng):  # noqa: ANN001
+    def spy(images, probability, rng, lowest=30):  # noqa: ANN001
         before = images.copy()
-        real(images, probability, rng)
+        real(images, probability, rng, lowest)
         seen.append(float(np.abs(images.astype(int) - before).mean()))
 
     monkeypatch.setattr(engine, "jpeg_uint8", spy)
@@ -162,3 +162,36 @@ def test_jpeg_augmentation_re_encodes_training_crops(tmp_path: Path, monkeypatch
     model = build_model(cfg)
     fit(train, model, train=crops(32, 4), val=crops(16, 5), stats=input_stats(cfg, model), out_dir=tmp_path)
     assert len(seen) == 2 and min(seen) > 0.5  # every training batch, visibly changed
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_frame_aggregates(outputs: int) -> None:
+    """Per-frame logits -> clip logits: the clip's fake probability is the frames' mean, max or
+    mean-logit one, for a one-logit and a two-logit head."""
+    import torch
+
+    from harness.engine import fake_probability
+    from harness.modalities import aggregate_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, outputs)
+    frames = fake_probability(logits.flatten(0, 1)).view(4, 6)
+    got = {how: fake_probability(aggregate_logits(logits, how)) for how in ("mean", "max", "logit_mean")}
+    torch.testing.assert_close(got["mean"], frames.mean(dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["max"], frames.amax(dim=1))
+    assert ((got["logit_mean"] - frames.mean(dim=1)).abs() > 1e-4).any()  # not the same rule as the mean
+    if outputs == 1:
+        torch.testing.assert_close(got["logit_mean"], torch.sigmoid(torch.logit(frames).mean(dim=1)), atol=1e-5, rtol=1e-5)
+
+
+def test_video_model_scores_frames_when_asked() -> None:
+    cfg = RunConfig(modality="video", video=VideoFeatures(frames=3, size=32),
+                    train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False, frame_aggregate="max"))
+    model = build_model(cfg).eval()
+    assert model.aggregate == "max"
+    video = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        out = model(video)
+        per_frame = model.head(model.frame_features(video))
+    assert out.shape == (2, 1)
+    torch.testing.assert_close(out, per_frame.amax(dim=1))

@@ -117,9 +117,10 @@ def _config(
         model={
             "backbone": compliance.resolved, "modality": cfg.modality, "num_classes": head_outputs(cfg.train.loss),
             "input_size": list(compliance.input_size),
-            "inputs": {name: {"shape": list(cfg.features_for(name).shape), "mean": list(mean), "std": list(std)}
+            "inputs": {name: {"shape": list(predictor.input_shape(name)), "mean": list(mean), "std": list(std)}
                        for name, (mean, std) in predictor.stats.items()},
             "params": compliance.params, "thop_params": compliance.thop_params, "macs": compliance.macs,
+            "best_weights": tags.get(T.BEST_WEIGHTS, "raw"),  # "ema" when the EMA of the weights scored better
         },
         weights_sha256=weights_sha256,
         scoring={

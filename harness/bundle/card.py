@@ -29,6 +29,7 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
     run_config = config["run_config"]
     train, features, video = run_config["train"], run_config["features"], run_config.get("video", {})
     modality = run_config.get("modality", "audio")
+    best_weights = model.get("best_weights", "raw")
     reads = {"audio": "the audio of a clip (log-mel image)", "video": "the faces of a clip (face crops over time)",
              "fusion": "the audio and the faces of a clip", "image": "a face image"}[modality]
 
@@ -71,7 +72,12 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         "(label files and template, feature key)",
         *([f"- audio features: {features['sample_rate']} Hz mono, n_fft {features['n_fft']}, hop {features['hop_length']}, "
            f"{features['n_mels']} mels from {features['fmin']} to {features['fmax']} Hz, top_db {features['top_db']}, "
-           f"width {features['width']} ({features['interpolation']} resize); full settings in config.json `run_config.features`"]
+           + (f"whole log-mel at the native hop, scored as {features['eval_windows']} evenly spaced windows of "
+              f"{features['window_seconds']} s (a shorter clip tiled)" if features.get("window_seconds") else
+              f"width {features['width']} ({features['interpolation']} resize)")
+           + (f"; leading and trailing silence below -{features['trim_db']} dB of the loudest 10 ms trimmed first"
+              if features.get("trim_silence") else "")
+           + "; full settings in config.json `run_config.features`"]
           if "audio" in model["inputs"] else []),
         *([f"- face features: {video.get('frames')} frames evenly spread over the clip (1 per image on the image track), "
            f"the largest face found by the `{video.get('detector')}` detector cut out square with margin {video.get('margin')} "
@@ -81,6 +87,11 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         "",
         "## Scoring",
         "",
+        *([f"- windows: a clip's score is the {train.get('aggregate', 'mean')} over its windows' probabilities"
+           + (" (probability of the mean logit)" if train.get("aggregate") == "logit_mean" else "")]
+          if features.get("window_seconds") and "audio" in model["inputs"] else []),
+        *([f"- weights: {'the exponential moving average' if best_weights == 'ema' else 'the trained weights, not their EMA'}"
+           f" (EMA decay {train['ema_decay']}), whichever scored the better val AUC"] if train.get("ema_decay") else []),
         "- test-time augmentation: " + ("none, each clip's image is scored as it is" if scoring["tta"] == 1 else
                                         f"{scoring['tta']}-fold, the mean probability over circular time shifts "
                                         f"of {shifts} columns"),

@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,8 @@ from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import Manifest, write_file
 from harness.data.labels import Dataset, Sample
 from harness.data.packs import INDEX_FIELDS, Failure, load_split, pack_split
-from harness.data.shards import DamagedShard, ShardResult, extract, extract_chunk, init_worker, read_shards, shard_key
+from harness.data.shards import (DamagedShard, ShardResult, extract, extract_chunk, init_worker, item_array, read_shards,
+                                 shard_key)
 from harness.data.workers import spawn_pool, stop_pool, worker_pool
 from harness.fileio import dict_csv_text, remove_stale_temporaries
 
@@ -136,7 +137,7 @@ def prepare_features(
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         remove_stale_temporaries(out)
-        settings = json.dumps(asdict(cfg), indent=2).encode()
+        settings = json.dumps(cfg.cache_settings() if isinstance(cfg, AudioFeatures) else asdict(cfg), indent=2).encode()
         if not (out / "settings.json").exists() or (out / "settings.json").read_bytes() != settings:
             write_file(out / "settings.json", settings)
         manifest = Manifest.load(out)
@@ -248,7 +249,7 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
     ours to terminate) the running ones are waited for, so that no shard is being written once the
     folder's lock is released."""
     finished, total = 0, sum(len(chunk) for _, chunk in jobs)
-    pending = {pool.submit(extract_chunk, cfg, folder, chunk): (folder, chunk) for folder, chunk in jobs}
+    pending = {pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk): (folder, chunk) for folder, chunk in jobs}
     try:
         while pending:
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -259,7 +260,7 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
                 entries[folder].update((m["id"], (shard, m)) for m in result.meta)
                 manifest.add_shard(shard_key(shard.parent.name, shard), result.record, [m["id"] for m in result.meta])
                 if result.data is not None and len(fresh) < FRESH_ITEMS:
-                    fresh.update((m["id"], result.data[m["row"]]) for m in result.meta if "row" in m)
+                    fresh.update((m["id"], item_array(result.data, m)) for m in result.meta if "row" in m)
                 finished += len(chunk)
                 if on_progress:
                     on_progress(finished, total)
@@ -270,6 +271,14 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
             wait(pending)
         raise
     return finished
+
+
+def _for_split(cfg: Features, folder: str) -> Features:
+    """The settings a split's clips are extracted with: codec variants for training clips only
+    (validation and test never see them)."""
+    if isinstance(cfg, AudioFeatures) and cfg.codec_variants and Path(folder).name != "train":
+        return replace(cfg, codec_variants=0)
+    return cfg
 
 
 def _write_failures(out: Path, failures: list[Failure]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AudioFeatures
-from harness.data.media import check_audio, decode_audio
+from harness.data.media import TooShort, check_audio, decode_audio
 
 
 # Slaney's mel scale, as librosa's default (htk=False): linear below 1 kHz, logarithmic above.
@@ -106,6 +106,71 @@ def mel_power(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     return out
 
 
+def _log_power(audio: np.ndarray, cfg: AudioFeatures) -> tuple[np.ndarray, float, float] | None:
+    """Natural-log mel power floored at `top_db` below the peak, with the log floor and log peak the
+    min-max scaling uses; None for a flat spectrogram (min-max scaling has nothing to stretch)."""
+    import cv2
+
+    power = mel_power(audio, cfg)
+    amin = 1e-10  # power_to_db's floor before the log
+    peak = max(float(power.max()), amin)
+    floor = max(peak * 10.0 ** (-cfg.top_db / 10.0), amin)
+    low = max(float(power.min()), floor)
+    if peak <= low:
+        return None
+    np.maximum(power, floor, out=power)
+    return cv2.log(power, dst=power), float(np.log(low)), float(np.log(peak))  # dB is a fixed multiple of ln
+
+
+def _scaled(log_power: np.ndarray, log_low: float, log_peak: float) -> np.ndarray:
+    scaled = (log_power - np.float32(log_low)) * np.float32(255.0 / (log_peak - log_low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def mel_frames(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
+    """The clip's whole log-mel at the native hop, time-major: uint8 (frames, height or n_mels).
+
+    Scaled as `mel_image` (dB relative to the clip's peak, min-max over the clip), with no resize of
+    the time axis; `height` resizes the mel axis. Time-major so that a window is a run of contiguous
+    rows of the packed cache."""
+    import cv2
+
+    frames = 1 + len(audio) // cfg.hop_length  # mel_power's count (centre-padded STFT)
+    height = cfg.height or cfg.n_mels
+    found = _log_power(audio, cfg)
+    if found is None:
+        return np.zeros((max(1, frames), height), dtype=np.uint8)
+    log_power, log_low, log_peak = found
+    if log_power.shape[0] != height:
+        log_power = cv2.resize(log_power, (log_power.shape[1], height), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(_scaled(log_power, log_low, log_peak).T)
+
+
+def window_starts(length: int, width: int, count: int) -> np.ndarray:
+    """`count` evenly spaced window starts over a clip of `length` frames: from the first to the last
+    full window, or, for a clip shorter than a window, spread over the clip (which is tiled)."""
+    if length >= width:
+        return np.rint(np.linspace(0, length - width, count)).astype(np.int64)
+    return np.floor(np.arange(count) * length / count).astype(np.int64)
+
+
+def window_rows(offsets: np.ndarray, lengths: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Row numbers (n, width) of windows of `width` frames at `starts` in clips that begin at
+    `offsets` of a packed time-major array: a window that runs past its clip's end wraps to its
+    start (a short clip is tiled, never zero-padded)."""
+    steps = starts[:, None] + np.arange(width)[None, :]
+    return offsets[:, None] + steps % np.maximum(lengths, 1)[:, None]
+
+
+def eval_windows(frames: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
+    """The `cfg.eval_windows` windows a clip is scored on: uint8 (K, height, window frames), from its
+    `mel_frames`. The one function evaluation, `predict` and the bundle use."""
+    width = cfg.window_frames
+    starts = window_starts(len(frames), width, cfg.eval_windows)
+    rows = window_rows(np.zeros(len(starts), np.int64), np.full(len(starts), len(frames)), starts, width)
+    return np.ascontiguousarray(frames[rows].transpose(0, 2, 1))
+
+
 def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     """uint8 image of shape `cfg.shape`: dB relative to the peak, floored at -top_db, min-max scaled.
 
@@ -116,37 +181,76 @@ def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     """
     import cv2
 
-    power = mel_power(audio, cfg)
-    amin = 1e-10  # power_to_db's floor before the log
-    peak = max(float(power.max()), amin)
-    floor = max(peak * 10.0 ** (-cfg.top_db / 10.0), amin)
-    low = max(float(power.min()), floor)
     height, width = cfg.shape
-    if peak <= low:  # a flat spectrogram: min-max scaling has nothing to stretch
+    found = _log_power(audio, cfg)
+    if found is None:  # a flat spectrogram
         return np.zeros((height, width), dtype=np.uint8)
-    np.maximum(power, floor, out=power)
-    log_power = cv2.log(power, dst=power)  # natural log; dB is a fixed multiple of it
+    log_power, log_low, log_peak = found
     if log_power.shape != (height, width):
         shrinking = width < log_power.shape[1]
         # Area averaging when shrinking the time axis keeps short artefacts in the picture;
         # `linear` reproduces the tutorial exactly.
         method = cv2.INTER_AREA if shrinking and cfg.interpolation == "area" else cv2.INTER_LINEAR
         log_power = cv2.resize(log_power, (width, height), interpolation=method)
-    log_low = np.log(low)
-    scaled = (log_power - np.float32(log_low)) * np.float32(255.0 / (np.log(peak) - log_low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return _scaled(log_power, log_low, log_peak)
+
+
+_TRIM_BLOCK_SECONDS = 0.01
+
+
+def trim_silence(audio: np.ndarray, sample_rate: int, trim_db: float) -> np.ndarray:
+    """`audio` without its leading and trailing 10 ms blocks whose RMS lies more than `trim_db` below
+    the loudest block's (librosa.effects.trim's rule, on blocks rather than overlapping frames)."""
+    block = max(1, int(sample_rate * _TRIM_BLOCK_SECONDS))
+    n = len(audio) // block
+    if n == 0:
+        return audio
+    blocks = audio[: n * block].reshape(n, block)
+    energy = np.einsum("ij,ij->i", blocks, blocks) / block
+    if len(audio) > n * block:  # the last partial block counts too
+        tail = audio[n * block :]
+        energy = np.append(energy, float(tail @ tail) / len(tail))
+    loud = np.flatnonzero(energy >= energy.max() * 10.0 ** (-trim_db / 10.0))
+    if len(loud) == 0:
+        return audio
+    return audio[loud[0] * block : min(len(audio), (loud[-1] + 1) * block)]
 
 
 def audio_features(path: Path | str, cfg: AudioFeatures) -> np.ndarray:
-    """Decode, check and turn one clip into its log-mel image. Raises a MediaError subclass."""
+    """Decode, check and turn one clip into its cached array: the log-mel image, or with windows its
+    whole log-mel (`mel_frames`). Raises a MediaError subclass (TooShort also when trimming leaves
+    less than `min_seconds`)."""
     audio, declared = decode_audio(path, cfg.sample_rate)
-    check_audio(
-        path,
-        audio,
-        cfg.sample_rate,
-        declared,
-        min_seconds=cfg.min_seconds,
-        truncated_ratio=cfg.truncated_ratio,
-        silence_dbfs=cfg.silence_dbfs,
-    )
-    return mel_image(audio, cfg)
+    return audio_array(path, audio, declared, cfg)
+
+
+def audio_features_with_variants(path: Path | str, cfg: AudioFeatures, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`audio_features` and the arrays of `cfg.codec_variants` re-encoded copies of the clip
+    (`harness.data.codecs`, drawn from `seed`), from one decode. A variant that fails (an encoder
+    error, or too short once trimmed) is left out; the source's failure raises as usual."""
+    from harness.data.codecs import codec_round_trip, draw_variant
+    from harness.data.media import MediaError
+
+    audio, declared = decode_audio(path, cfg.sample_rate)
+    source = audio_array(path, audio, declared, cfg)
+    rng = np.random.default_rng(seed)
+    variants = []
+    for _ in range(cfg.codec_variants):
+        try:
+            variants.append(audio_array(path, codec_round_trip(audio, cfg.sample_rate, draw_variant(rng)), 0.0, cfg))
+        except (MediaError, OSError, ValueError):  # av's errors are OSErrors and ValueErrors
+            continue
+    return source, variants
+
+
+def audio_array(path: Path | str, audio: np.ndarray, declared: float, cfg: AudioFeatures) -> np.ndarray:
+    """`audio_features` from decoded samples: check, trim, and make the cached array."""
+    check = dict(min_seconds=cfg.min_seconds, truncated_ratio=cfg.truncated_ratio, silence_dbfs=cfg.silence_dbfs)
+    check_audio(path, audio, cfg.sample_rate, declared, **check)
+    if cfg.trim_silence:
+        trimmed = trim_silence(audio, cfg.sample_rate, cfg.trim_db)
+        if len(trimmed) < cfg.min_seconds * cfg.sample_rate:
+            raise TooShort(path, f"{len(trimmed) / cfg.sample_rate:.2f} s of audio once silence is trimmed, "
+                                 f"need at least {cfg.min_seconds:.2f} s")
+        audio = trimmed
+    return mel_frames(audio, cfg) if cfg.windowed else mel_image(audio, cfg)

@@ -4,6 +4,14 @@
                   for faces; row i is sample i of the label file (zeros where a clip has no features)
     <split>.csv   name,label,row,ok,reason,item,fallback: a line per sample, label-file order
 
+Windowed log-mels (`AudioFeatures.window_seconds` set) have a length per clip: the array is then
+(total frames, H), the clips' whole log-mels end to end along time (time-major, so that a window is
+a run of contiguous rows), and the index adds `start,frames` (a clip without features: 0 frames).
+
+A training split prepared with codec variants (`AudioFeatures.codec_variants`) has extra rows after
+its label-file rows, one per re-encoded copy of a usable clip, and the index adds `source`: the row
+of the clip each copy was made from (empty on the label-file rows).
+
 Both are derived from the shards and rewritten only when they would change; their sizes and CRC-32s
 are in the manifest. `pack_split` (inside `prepare`, under the folder's lock) repacks a split whose
 files do not match (say, an array cut short by a crash) and says so; `load_split` checks the sizes
@@ -23,11 +31,14 @@ import numpy as np
 from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, write_file
 from harness.data.labels import Dataset
+from harness.data.shards import item_array, variant_id
 from harness.fileio import atomic_write, dict_csv_text
 
 Features = AudioFeatures | VideoFeatures
 # item: the entry's id, so a changed clip repacks; fallback: face frames centre-cropped ("" for audio)
 INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item", "fallback")
+SPAN_FIELDS = ("start", "frames")  # windowed log-mels: where each clip's frames lie in the array
+VARIANT_FIELDS = ("source",)  # a training split with codec variants: the source row of a variant row
 
 
 @dataclass(frozen=True)
@@ -58,23 +69,42 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     samples = ds.split(split)
     rows: list[dict[str, object]] = []
     result = Packed()
-    items: list[tuple[str, Path, int] | None] = []  # (id, shard, row) of each usable sample
+    items: list[tuple[str, Path, dict] | None] = []  # (id, shard, meta) of each usable sample
+    variable = isinstance(cfg, AudioFeatures) and cfg.windowed
+    start = 0
     for i, (s, stem) in enumerate(zip(samples, stems)):
         shard, meta = entries.get(stem, (None, {"reason": "not prepared", "detail": "no cache entry"}))
         label = "" if s.label is None else s.label
         if "row" in meta:
             fallback = "" if meta.get("fallback") is None else meta["fallback"]
-            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem, "fallback": fallback})
-            items.append((stem, shard, meta["row"]))
+            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem, "fallback": fallback,
+                         "start": start, "frames": meta.get("frames", "")})
+            start += meta.get("frames", 0)
+            items.append((stem, shard, meta))
             continue
         result.failures.append(Failure(split, s.name, meta["reason"], meta["detail"]))
-        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": meta["reason"], "item": stem, "fallback": ""})
+        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": meta["reason"], "item": stem, "fallback": "",
+                     "start": start, "frames": 0})
         items.append(None)
     if not samples:
         return result
 
-    index_text = dict_csv_text(rows, INDEX_FIELDS)
-    shape = (len(items), *cfg.shape)
+    variants = isinstance(cfg, AudioFeatures) and cfg.codec_variants > 0 and split == "train"
+    if variants:  # after every source row: the codec variants of the usable ones, each naming its source
+        for i, (s, stem) in enumerate(zip(samples, stems)):
+            for k in range(1, cfg.codec_variants + 1 if items[i] is not None else 1):
+                found = entries.get(variant_id(stem, k))
+                if found is None or "row" not in found[1]:
+                    continue
+                shard, meta = found
+                rows.append({"name": s.name, "label": rows[i]["label"], "row": len(rows), "ok": 1, "reason": "",
+                             "item": meta["id"], "fallback": "", "start": start, "frames": meta.get("frames", ""),
+                             "source": i})
+                start += meta.get("frames", 0)
+                items.append((meta["id"], shard, meta))
+    fields = INDEX_FIELDS + (SPAN_FIELDS if variable else ()) + (VARIANT_FIELDS if variants else ())
+    index_text = dict_csv_text(rows, fields)
+    shape = (start, cfg.shape[0]) if variable else (len(items), *cfg.shape)
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
     written = index_path.read_text(encoding="utf-8", errors="replace") if index_path.exists() else None
     if written == index_text:  # same samples, same items: current, if the array is intact
@@ -89,7 +119,7 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     with atomic_write(array_path, "wb") as f:
         writer = ChecksummedWriter(f)
         writer.write(_header(shape))
-        for row in _packed_rows(items, cfg.shape, fresh or {}):
+        for row in _packed_rows(items, (0, cfg.shape[0]) if variable else cfg.shape, fresh or {}):
             writer.write(np.ascontiguousarray(row, dtype=np.uint8).data)
     index = write_file(index_path, index_text.encode())
     manifest.add_pack(split, writer.record.stamped(array_path), index)
@@ -128,7 +158,7 @@ def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split
     return problem
 
 
-def _packed_rows(items: list[tuple[str, Path, int] | None], shape: tuple[int, ...],
+def _packed_rows(items: list[tuple[str, Path, dict] | None], shape: tuple[int, ...],
                  fresh: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
     """Each sample's array in order: just computed, read from its shard, or zeros (no features).
 
@@ -140,7 +170,7 @@ def _packed_rows(items: list[tuple[str, Path, int] | None], shape: tuple[int, ..
         if item is None:
             yield zeros
             continue
-        stem, shard, row = item
+        stem, shard, meta = item
         if stem in fresh:
             yield fresh[stem]
             continue
@@ -149,7 +179,7 @@ def _packed_rows(items: list[tuple[str, Path, int] | None], shape: tuple[int, ..
                 loaded.clear()
             with np.load(shard) as z:
                 loaded[shard] = z["data"]
-        yield loaded[shard][row]
+        yield item_array(loaded[shard], meta)
 
 
 def load_split(out: Path, split: str) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -171,6 +201,7 @@ def load_split(out: Path, split: str) -> tuple[np.ndarray, list[dict[str, str]]]
         images = np.load(array_path, mmap_mode="r")
     except ValueError as e:  # "mmap length is greater than file size", a header cut short
         raise CacheDamaged(array_path, f"unreadable ({e})") from None
-    if len(images) != len(rows):
+    expected = sum(int(r["frames"] or 0) for r in rows) if rows and "frames" in rows[0] else len(rows)
+    if len(images) != expected:
         raise CacheDamaged(array_path, f"{len(images)} rows for the {len(rows)} lines of {index_path.name}")
     return images, rows

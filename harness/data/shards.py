@@ -91,16 +91,52 @@ def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> Sh
     meta: list[dict[str, object]] = []
     for clip, stem in jobs:
         try:
-            array, fallback = extract(clip, cfg)
+            if isinstance(cfg, AudioFeatures) and cfg.codec_variants:
+                from harness.data.features import audio_features_with_variants
+
+                array, variants = audio_features_with_variants(clip, cfg, seed=int(stem[:8], 16))
+                fallback = None
+            else:
+                (array, fallback), variants = extract(clip, cfg), []
         except MediaError as e:
             meta.append({"id": stem, "reason": e.reason, "detail": e.detail})
             continue
-        meta.append({"id": stem, "row": len(arrays), "fallback": fallback})
-        arrays.append(array)
-    data = np.stack(arrays) if arrays else np.zeros((0, *cfg.shape), np.uint8)
+        for k, item in enumerate([array, *variants]):
+            # A codec variant is an entry of its own, `<id>.v<k>`, tied to its source's id.
+            entry = {"id": stem, "row": len(arrays), "fallback": fallback} if k == 0 else \
+                {"id": variant_id(stem, k), "row": len(arrays), "source": stem}
+            if _variable(cfg):  # whole log-mels of different lengths, end to end along time
+                entry.update(start=sum(len(a) for a in arrays), frames=len(item))
+            meta.append(entry)
+            arrays.append(item)
+    data = _stacked(cfg, arrays)
     shard = Path(folder) / f"{jobs[0][1]}.npz"
     record = write_shard(shard, data, meta)
     return ShardResult(str(shard), record, meta, data if isinstance(cfg, AudioFeatures) else None)
+
+
+def variant_id(stem: str, k: int) -> str:
+    """The cache id of codec variant `k` (1-based) of the clip whose id is `stem`."""
+    return f"{stem}.v{k}"
+
+
+def _variable(cfg: Features) -> bool:
+    """Whether each clip's array has its own length (windowed log-mels, time-major)."""
+    return isinstance(cfg, AudioFeatures) and cfg.windowed
+
+
+def _stacked(cfg: Features, arrays: list[np.ndarray]) -> np.ndarray:
+    if _variable(cfg):
+        height = cfg.shape[0]
+        return np.concatenate(arrays) if arrays else np.zeros((0, height), np.uint8)
+    return np.stack(arrays) if arrays else np.zeros((0, *cfg.shape), np.uint8)
+
+
+def item_array(data: np.ndarray, meta: dict) -> np.ndarray:
+    """One clip's array from its shard's `data`, by its meta entry (a row, or a run of frames)."""
+    if "frames" in meta:
+        return data[meta["start"] : meta["start"] + meta["frames"]]
+    return data[meta["row"]]
 
 
 def write_shard(path: Path, data: np.ndarray, meta: list[dict[str, object]]) -> Record:

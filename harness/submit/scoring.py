@@ -59,7 +59,7 @@ def score_test_split(
         for row in index:
             if row["ok"] != "1":
                 reasons.setdefault(row["name"], []).append((name, row["reason"]))
-    data = load_arrays(folders, "test", usable_only=False)
+    data = load_arrays(folders, "test", usable_only=False, features=cfg.features)  # windowed: the evaluation windows
     missing = {n for n, why in reasons.items() if len(why) == len(cfg.inputs)}  # no input at all
     usable = np.flatnonzero([n not in missing for n in data.names])
     scores = np.full(len(names), predictor.fallback, dtype=np.float64)

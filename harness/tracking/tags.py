@@ -30,6 +30,7 @@ HOST = "harness.host"  # the machine and process that own a RUNNING run (orphan 
 PID = "harness.pid"
 KIND = "harness.kind"  # "study", "audit", ... (absent on plain training runs)
 VERSION_PREFIX = "version."  # version.<package>: the installed version of each package that shapes results
+BEST_WEIGHTS = "best.weights"  # "raw" or "ema": which weights the checkpoint holds (train.ema_decay > 0)
 
 # ---- MLflow's own system tags that the harness sets
 MLFLOW_PARENT = "mlflow.parentRunId"

@@ -37,6 +37,16 @@ ALIASES = {
     "video_backbone": "train.video_backbone",
     "frames": "video.frames",
     "face_size": "video.size",
+    "window_seconds": "features.window_seconds",
+    "eval_windows": "features.eval_windows",
+    "trim_silence": "features.trim_silence",
+    "codec_variants": "features.codec_variants",
+    "aggregate": "train.aggregate",
+    "frame_aggregate": "train.frame_aggregate",
+    "ema": "train.ema_decay",
+    "jpeg": "train.augment.jpeg",
+    "jpeg_quality": "train.augment.jpeg_quality",
+    "downscale": "train.augment.downscale",
 }
 INPUT_SIZE = "input_size"  # "HxW" strings: features.height (mel axis) x features.width (time axis)
 # Settings of the study as a whole: the same in every trial, so never searched.
