@@ -1,0 +1,99 @@
+"""Commands that turn a run into scores: `predict` and `submit` (the promotion gate, the bundle)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.cli import CacheOption, DataOption, app, resolve_data
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Clips, audio files, face images, or folders of them (searched recursively).")],
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Score with this MLflow run's best checkpoint (or best / last).")] = None,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Score with a promoted bundle folder.")] = None,
+    tta: Annotated[Optional[int], typer.Option(min=1, help="Time shifts averaged per clip (default 1, or the bundle's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+) -> None:
+    """Print `path,score` (probability of fake) per clip, through the code a bundle's api.py runs."""
+    from harness.errors import BadInput, JobFailed
+    from harness.predict import Predictor, check_paths, expand_paths, write_scores
+
+    if (run_id is None) == (bundle is None):
+        raise BadInput("give exactly one of --run-id and --bundle")
+    check_paths(paths)  # a typo is a usage error before anything loads, not a row at the fallback
+    files = expand_paths(paths)
+    if not files:
+        raise BadInput("no clips in the given folders")
+    if run_id is not None:
+        predictor = Predictor.from_run(run_id, tta=tta or 1, device=device)
+    else:
+        predictor = Predictor.from_bundle(bundle, tta=tta, device=device)
+    rows = predictor.score_many(files)
+    write_scores(rows, sys.stdout)
+    for row in rows:
+        if not row.ok:
+            typer.echo(f"warning: {row.path}: {row.reason} ({row.detail}); scored {row.score} (fallback)", err=True)
+    if not any(row.ok for row in rows):
+        raise JobFailed(f"none of the {len(rows)} clips could be scored (see the warnings)")
+
+
+@app.command()
+def submit(
+    run_id: Annotated[str, typer.Option("--run-id", help="Run to promote: an id, best (highest val AUC) or last.")],
+    data: DataOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: submissions/<run id> in the project.")] = None,
+    tta: Annotated[int, typer.Option(min=1, help="Circular time shifts averaged per clip (1 = none).")] = 1,
+    model_name: Annotated[Optional[str], typer.Option(help="Registry name. Default: harness-<dataset folder>.")] = None,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register, alias 'champion', tag the run.")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes for the test clips.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 1, nothing written) when the promotion gate "
+                                         "warns: val AUC interval at 0.999, audit findings, not better than the champion.")] = False,
+    cache: CacheOption = None,
+) -> None:
+    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'.
+
+    First the promotion gate: the run's val AUC and TPR@1e-3 with intervals, how many runs it was
+    picked from, the dataset's audit findings, and a paired bootstrap against the current champion."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from harness.paths import cache_dir
+    from harness.submit import submit as promote
+
+    console = Console(stderr=True)
+    data_dir = resolve_data(data)
+    columns = (TextColumn("features {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("test", total=None)
+        report = promote(
+            run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
+            register=register, workers=workers, device=device, strict=strict,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            on_gate=_print_gate,
+        )
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    for w in report.gate.warnings if report.gate is not None else []:
+        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
+    for f in report.fallbacks:
+        console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}")
+    typer.echo(f"prediction: {report.csv} ({report.rows} rows, {len(report.fallbacks)} at the fallback score "
+               f"{report.fallback_score}, listed in fallbacks.csv; checked against the template)")
+    if report.bundle is not None:
+        typer.echo(f"bundle: {report.bundle} and {report.archive}")
+    if report.model_version is not None:
+        typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
+
+
+def _print_gate(gate) -> None:  # noqa: ANN001
+    """The promotion gate's facts on stdout, before anything is scored. Its warnings follow the
+    submission's other warnings on stderr once it succeeded (under --strict they are the error), so a
+    failing submit still prints one error line on stderr."""
+    typer.echo("promotion gate:")
+    for fact in gate.facts:
+        typer.echo(f"  {fact}")

@@ -1,0 +1,80 @@
+"""Commands over an Optuna study: `tune` and `dashboard`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.cli import CacheOption, DataOption, app, resolve_data
+from harness.cli.prepare import run_prepare
+
+
+StudyOption = Annotated[
+    str,
+    typer.Option("--study", help="Study spec: a name in studies/ (demo, demo-fusion, ffdv-audio) or a TOML file."),
+]
+
+
+@app.command()
+def tune(
+    study: StudyOption = "demo",
+    data: DataOption = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Finished (complete + pruned) trials wanted in the study in total; failed ones do not count. Default: the spec's.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes, one GPU each when GPUs exist. Default: the spec's.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DB. Default: studies/NAME.db.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="Start no new trial after this many seconds (running ones finish).")] = None,
+    cache: CacheOption = None,
+) -> None:
+    """Search backbone, learning rate, loss and more with Optuna: pruned, resumable, parallel, one MLflow run tree.
+
+    Running the same command again resumes the same study and MLflow parent run. In a terminal a
+    live table shows the trials; in a log file or a pipe, one line per trial as it ends.
+    """
+    from rich.console import Console
+
+    from harness import tuning
+    from harness.data.labels import load_dataset
+    from harness.errors import JobFailed
+
+    url = tuning.check_storage(storage)  # a malformed or unreachable storage fails first, in seconds
+    spec = tuning.load_spec(study)
+    data_dir = resolve_data(data)
+    tuning.check_dataset(spec, load_dataset(data_dir).track, where=data_dir)
+    for cfg in spec.prepare_configs():  # every input the study can pick, once, up front
+        run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
+    console = Console(stderr=True)
+    options = dict(data_dir=data_dir, storage=url, trials=trials, workers=workers, timeout=timeout, cache_root=cache)
+    if console.is_terminal:
+        from rich.live import Live
+
+        with Live(console=console, refresh_per_second=2) as live:
+            result = tuning.run_study(spec, **options, on_progress=lambda progress: live.update(tuning.trials_table(progress)))
+        console.print()
+    else:  # nohup, a batch job, a pipe: a line per trial as it ends, each on one line
+        console.width = max(console.width, 160)
+        result = tuning.run_study(spec, **options, on_progress=tuning.TrialLines(lambda line: typer.echo(line, err=True)))
+    console.print(tuning.leaderboard_table(result))
+    best = result.best
+    if best is None or not best.run_id:
+        raise JobFailed(f"study {result.study}: no trial completed ({result.stopped})")
+    typer.echo(f"best: trial {best.number}, {result.objectives[0]} {best.value:.4f}, run {best.run_id}")
+    typer.echo(f"next: harness submit --run-id {best.run_id}" + (f" --data {data}" if data else ""))
+
+
+@app.command()
+def dashboard(
+    study: StudyOption = "demo",
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL. Default: the study's studies/NAME.db.")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Start optuna-dashboard on a study's storage (127.0.0.1; Ctrl-C stops it)."""
+    from harness import tuning
+    from harness.errors import NotFound
+
+    spec = tuning.load_spec(study, check_models=False)
+    url = tuning.resolve_storage(storage, spec)
+    if storage is None and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise NotFound(f"no study storage at {url.removeprefix('sqlite:///')}; run `harness tune --study {study}` first")
+    typer.echo(f"optuna-dashboard: http://127.0.0.1:{port}/dashboard  (storage {tuning.redact(url)}; Ctrl-C to stop)")
+    tuning.serve_dashboard(storage=url, host="127.0.0.1", port=port)
