@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.tracking import metric_names as M
+
 from harness.cli import main
 from tests.conftest import isolated_home
 from tests.test_audit_support import planted_dataset
@@ -39,20 +41,20 @@ def test_train_folds_makes_a_parent_with_finished_folds_metrics_and_oof(tmp_path
         assert parent.data.tags["cv.folds"] == "3" and parent.data.tags["cv.group_by"] == "auto"
         children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
         assert sorted(r.data.tags["cv.fold"] for r in children) == ["0", "1", "2"]
-        assert all(r.info.status == "FINISHED" and "best_val_auc" in r.data.metrics for r in children)
+        assert all(r.info.status == "FINISHED" and M.BEST_VAL_AUC in r.data.metrics for r in children)
         # every run carries the low-FPR analysis: intervals as metrics, the confidently wrong clips as artifacts
         child = children[0]
-        assert child.data.metrics["val_tpr_fpr1e-3_ci_low"] <= child.data.metrics["val_tpr_fpr1e-3_ci_high"]
+        assert child.data.metrics["summary/val_tpr_fpr1e-3_ci_low"] <= child.data.metrics["summary/val_tpr_fpr1e-3_ci_high"]
         assert {"analysis/confidently_wrong.csv", "analysis/confidently_wrong.png", "analysis/low_fpr.json"} <= \
             {a.path for a in client.list_artifacts(child.info.run_id, "analysis")}
         assert {"oof_tpr_fpr1e-3_ci_low", "oof_tpr_fpr1e-2_ci_high"} <= set(parent.data.metrics)
         assert "analysis/confidently_wrong.png" in {a.path for a in client.list_artifacts(parent_id, "analysis")}
         m = parent.data.metrics
-        aucs = [r.data.metrics["best_val_auc"] for r in children]
+        aucs = [r.data.metrics[M.BEST_VAL_AUC] for r in children]
         assert m["cv_val_auc_mean"] == pytest.approx(np.mean(aucs)) and m["cv_val_auc_std"] == pytest.approx(np.std(aucs))
         assert {"cv_val_tpr_fpr1e-3_mean", "cv_val_tpr_fpr1e-3_std", "oof_auc", "oof_tpr_fpr1e-3"} <= set(m)
         assert m["oof_auc_ci_low"] <= m["oof_auc"] <= m["oof_auc_ci_high"]
-        assert "best_val_auc" not in m  # `--run-id best` never picks a parent
+        assert not set(M.BEST_VAL_AUC_NAMES) & set(m)  # `--run-id best` never picks a parent
 
         oof_path = client.download_artifacts(parent_id, "oof.csv", str(tmp_path / "dl"))
         rows = list(csv.DictReader(io.StringIO(Path(oof_path).read_text())))

@@ -56,7 +56,9 @@ def _interval(value: float, low: float, high: float, digits: int = 4) -> str:
 
 def run_intervals(run: Any, predictions: tuple[list[str], np.ndarray, np.ndarray] | None) -> dict[str, float]:
     """val AUC and TPR@1e-3 with their intervals: the run's metrics, else computed from its predictions."""
-    m = run.data.metrics
+    from harness.tracking.metric_names import summary
+
+    m = summary(run.data.metrics)  # flat names, from a run of either naming
     out = {"auc": m.get("best_val_auc", math.nan), "auc_low": m.get("val_auc_ci_low", math.nan),
            "auc_high": m.get("val_auc_ci_high", math.nan), "tpr": m.get("best_val_tpr_fpr1e-3", math.nan),
            "tpr_low": m.get("val_tpr_fpr1e-3_ci_low", math.nan), "tpr_high": m.get("val_tpr_fpr1e-3_ci_high", math.nan)}

@@ -102,6 +102,6 @@ def summary(metrics: Mapping[str, float]) -> dict[str, float]:
     >>> summary({"summary/best_val_auc": 0.9, "epoch/val_auc": 0.8, "val_auc_ci_low": 0.7})
     {'best_val_auc': 0.9, 'val_auc_ci_low': 0.7}
     """
-    out = {k: v for k, v in metrics.items() if k.startswith(("best_", "val_auc_ci")) and "/" not in k}
+    out = {k: v for k, v in metrics.items() if (k.startswith("best_") or "_ci_" in k) and "/" not in k}
     out.update({k.removeprefix(SUMMARY): v for k, v in metrics.items() if k.startswith(SUMMARY)})
     return dict(sorted(out.items()))

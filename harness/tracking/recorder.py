@@ -139,7 +139,7 @@ class RunRecorder:
             if self.analyse is not None:
                 extra = self.analyse(result, out / "analysis")
                 now = _now_ms()
-                metrics = [Metric(k, float(v), now, 0) for k, v in extra.items() if math.isfinite(v)]
+                metrics = [Metric(M.summary_metric(k), float(v), now, 0) for k, v in extra.items() if math.isfinite(v)]
                 self._timed(self.client.log_batch, self.run_id, metrics=metrics)
             self._timed(self.client.log_artifacts, self.run_id, str(out))
         if result.checkpoint is not None:
