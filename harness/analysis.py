@@ -243,7 +243,9 @@ def split_thumbnails(data) -> Thumbnails:  # noqa: ANN001 - harness.data.dataset
     def take(positions: list[int]) -> list[np.ndarray]:
         arrays = data.arrays(np.asarray(positions, dtype=np.int64))
         if "audio" in arrays:
-            return list(arrays["audio"])
+            audio = arrays["audio"]
+            # Windowed audio reads (clips, eval windows, H, W): show the middle window of each clip.
+            return list(audio[:, audio.shape[1] // 2] if audio.ndim == 4 else audio)
         video = arrays["video"]
         return [clip[len(clip) // 2] for clip in video]
 

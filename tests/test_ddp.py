@@ -244,7 +244,7 @@ def _runs(env: dict[str, str]) -> list:
         client = tracking.setup()
         experiment = client.get_experiment_by_name("ddp")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        return [(r, {k: [m.step for m in client.get_metric_history(r.info.run_id, k)] for k in ("val_auc", "train_loss")},
+        return [(r, {k: [m.step for m in client.get_metric_history(r.info.run_id, k)] for k in ("epoch/val_auc", "epoch/train_loss")},
                  [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")]) for r in runs]
 
 
@@ -253,7 +253,7 @@ def _check_one_finished_run(env: dict[str, str], epochs: int) -> None:
     assert len(runs) == 1, [r.info.status for r, _, _ in runs]
     run, steps, checkpoint = runs[0]
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
-    assert steps == {"val_auc": list(range(1, epochs + 1)), "train_loss": list(range(1, epochs + 1))}
+    assert steps == {"epoch/val_auc": list(range(1, epochs + 1)), "epoch/train_loss": list(range(1, epochs + 1))}
     assert "checkpoint/best.safetensors" in checkpoint
 
 
@@ -325,7 +325,7 @@ def _start_long_run(home: Path, data: Path, env: dict[str, str]) -> tuple[subpro
     while time.monotonic() < deadline:
         assert parent.poll() is None, parent.stderr.read()[-3000:]
         runs = _runs(env)
-        if runs and runs[0][1]["val_auc"]:
+        if runs and runs[0][1]["epoch/val_auc"]:
             ranks = _ranks_of(parent.pid)
             assert sorted(ranks) == [0, 1]
             return parent, ranks
@@ -349,7 +349,7 @@ def test_a_killed_rank_fails_the_run_and_leaves_no_process(ddp_home) -> None:
     assert not any(_alive(pid) for pid in ranks.values())
     (run, steps, _), = _runs(env)
     assert run.info.status == "FAILED" and run.data.tags["error"].startswith("rank 1 exited with signal 9 (SIGKILL)")
-    assert run.data.params["world_size"] == "2" and steps["val_auc"]
+    assert run.data.params["world_size"] == "2" and steps["epoch/val_auc"]
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ def test_the_server_command_line(tmp_path: Path) -> None:
 
     command = server_command(backend_store="postgresql://u:p@db/mlflow", artifacts=str(tmp_path), host="127.0.0.1", port=5123)
     joined = " ".join(command)
-    assert "--backend-store-uri postgresql://u:p@db/mlflow" in joined and "--workers 4" in joined
+    # the installed driver is named, as for Optuna storage (SQLAlchemy 2.1 would ask for psycopg 3)
+    assert "--backend-store-uri postgresql+psycopg2://u:p@db/mlflow" in joined and "--workers 4" in joined
     assert f"--serve-artifacts --artifacts-destination {tmp_path}" in joined and "--port 5123" in joined
     assert "--allowed-hosts" not in joined  # loopback: MLflow's defaults are right
     sqlite = server_command(backend_store="sqlite:///x.db", artifacts="a", host="0.0.0.0", port=5000)

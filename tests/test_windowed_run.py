@@ -66,9 +66,9 @@ def test_windowed_run_is_recorded_with_its_windows_and_ema(runs: dict[str, str])
     run = client.get_run(runs["windowed"])
     assert run.data.params["features.window_seconds"] == "1.0"
     assert run.data.params["features.trim_silence"] == "True" and run.data.params["train.ema_decay"] == "0.9"
-    ema = client.get_metric_history(run.info.run_id, "val_auc_ema")
+    ema = client.get_metric_history(run.info.run_id, "epoch/val_auc_ema")  # beside epoch/val_auc on the run page
     assert sorted(m.step for m in ema) == [1, 2]
-    assert len(client.get_metric_history(run.info.run_id, "val_auc")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "epoch/val_auc")) == 2
     assert run.data.tags[tracking.tags.BEST_WEIGHTS] in ("raw", "ema")
     assert "best.weights" not in client.get_run(runs["whole"]).data.tags  # no EMA, nothing to choose
 

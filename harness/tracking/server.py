@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.dburl import with_installed_driver
 from harness import paths
 from harness.errors import ConfigError, JobFailed
 from harness.tracking.store import _ensure_sqlite_folder
@@ -60,7 +61,7 @@ def server_command(*, backend_store: str, artifacts: str, host: str, port: int) 
                           "(postgresql://USER:PASSWORD@HOST/DB or sqlite:///FILE)")
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_store,
+        "--backend-store-uri", with_installed_driver(backend_store),  # postgresql:// with the driver we have
         "--serve-artifacts", "--artifacts-destination", artifacts,
         "--host", host, "--port", str(port),
         "--workers", "1" if scheme == "sqlite" else "4",

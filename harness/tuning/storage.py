@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from harness.dburl import PG_DRIVERS, installed_pg_driver
 from harness import paths
 from harness.tuning.errors import SpecError, StorageError, StorageUnavailable
 from harness.tuning.strategies import Heartbeat
@@ -42,8 +43,6 @@ CONNECT_TIMEOUT_S = 5  # PostgreSQL connect timeout unless the URL sets ?connect
 PARENT_ATTR = "mlflow.parent_run_id"  # study user attribute: the MLflow parent run
 SPACE_ATTR = "harness.space_hash"  # study user attribute: what the study was created from
 _USAGE = "use sqlite:///FILE (three slashes; four before an absolute path) or postgresql://USER:PASSWORD@HOST[:PORT]/DB"
-# Drivers for a plain postgresql:// URL, in order of preference, with the module that provides each.
-_PG_DRIVERS = {"psycopg2": "psycopg2", "psycopg": "psycopg"}
 
 
 def default_storage(spec: StudySpec) -> str:
@@ -86,17 +85,17 @@ def normalise_storage(url: str) -> str:
     if backend != "postgresql":
         raise StorageError(f"storage {shown!r}: {backend} is not supported; {_USAGE}")
     driver = parsed.get_driver_name() if "+" in parsed.drivername else _installed_pg_driver(shown)
-    if importlib.util.find_spec(_PG_DRIVERS.get(driver, driver)) is None:
+    if importlib.util.find_spec(PG_DRIVERS.get(driver, driver)) is None:
         raise StorageError(f"storage {shown!r}: the PostgreSQL driver {driver} is not installed "
                            f"(pip install 'harness[postgres]' installs psycopg2; or write postgresql://...)")
     return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
 
 
 def _installed_pg_driver(shown: str) -> str:
-    for driver, module in _PG_DRIVERS.items():
-        if importlib.util.find_spec(module) is not None:
-            return driver
-    raise StorageError(f"storage {shown!r}: no PostgreSQL driver is installed: pip install 'harness[postgres]'")
+    driver = installed_pg_driver()
+    if driver is None:
+        raise StorageError(f"storage {shown!r}: no PostgreSQL driver is installed: pip install 'harness[postgres]'")
+    return driver
 
 
 def redact(url: str) -> str:
