@@ -138,12 +138,6 @@ def audit(
     for w in ds.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     settings = AuditSettings(threshold=threshold)
-    if track:
-        # mlflow takes a second or two to import: let a thread pay for it while the workers decode.
-        import importlib
-        import threading
-
-        threading.Thread(target=importlib.import_module, args=("harness.tracking.audit_run",), daemon=True).start()
     columns = (TextColumn("audit {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("clips", total=None)
