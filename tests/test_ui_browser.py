@@ -100,7 +100,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         harness(home, "tune", "--study", str(spec), "--data", str(data))
         harness(home, "submit", "--run-id", "best", "--data", str(data), "--workers", "1")
 
-        client = MlflowClient()
+        # the store this module made (an earlier test may have left mlflow pointed at its own)
+        client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name(f"tune-{STUDY}")
         runs = client.search_runs([experiment.experiment_id], max_results=100)
         parent = next(r for r in runs if r.data.tags.get("harness.kind") == "study")
