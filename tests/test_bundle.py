@@ -16,32 +16,15 @@ import pytest
 from harness.bundle import format as F
 from harness.bundle.build import write_archive
 from harness.bundle.source import copy_source
-from harness.config import RunConfig, TrainConfig, to_dict
+from harness.config import to_dict
 from harness.fileio import sha256
 from harness.predict import Predictor
 from tests.conftest import write_clip
 from tests.run_main import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
-CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_byobnet.r160_in1k", pretrained=False, in_chans=1, num_classes=1)
-    path = tmp_path_factory.mktemp("weights") / "best.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def predictor(weights: Path) -> Predictor:
-    return Predictor(CFG, weights)
+# The untrained test_byobnet checkpoint and its predictor, shared with the predict tests.
+from tests.test_predict import CFG, predictor, weights  # noqa: E402, F401 - fixtures
 
 
 def make_bundle(folder: Path, weights: Path, predictor: Predictor, *, tta: int = 1, **model: object) -> Path:

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
 from tests.conftest import isolated_home
 from tests.test_audit_support import planted_dataset
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--backbone", "test_byobnet.r160_in1k", "--no-pretrained", "--epochs", "1", "--batch-size", "4", "--device", "cpu"]
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
+from tests.test_crossval import TINY, _run  # noqa: E402 - one tiny CLI run helper for both
 
 
 def test_strict_refuses_on_audit_findings_and_the_card_carries_the_warnings(tmp_path: Path, capsys) -> None:
