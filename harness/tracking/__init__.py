@@ -12,7 +12,10 @@
 - `cv_runs`: the parent run of a grouped cross-validation (`harness.kind=cv`), one child per fold.
 - `promotion_facts`: what `submit`'s promotion gate reads (selection count, val predictions, champion).
 
-Importing this package imports mlflow (about a second): commands import it inside their bodies.
+Importing the package itself is cheap: each name below is imported from its module on first use
+(PEP 562), so `harness audit` recording its run does not pay for the recorder's plotting and
+sklearn imports. Importing any module here imports mlflow (about a second): commands import them
+inside their bodies.
 """
 from __future__ import annotations
 
@@ -24,26 +27,29 @@ import os
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from harness.tracking import tags  # noqa: E402
-from harness.tracking.recorder import RunRecorder  # noqa: E402
-from harness.tracking.store import (  # noqa: E402
-    RUN_ALIASES,
-    close_dead_runs,
-    close_orphans,
-    get_or_create_experiment,
-    get_run,
-    git_state,
-    load_run_config,
-    package_versions,
-    process_tags,
-    resolve_run_id,
-    run_git,
-    setup,
-)
-from harness.tracking.ui import UiServer, check_port_free, latest_experiment, ui_url  # noqa: E402
+# Where each public name lives; `from harness.tracking import X` imports that module on first use.
+_EXPORTS = {
+    "RunRecorder": "recorder",
+    **dict.fromkeys((
+        "RUN_ALIASES", "close_dead_runs", "close_orphans", "get_or_create_experiment", "get_run", "git_state",
+        "load_run_config", "package_versions", "process_tags", "resolve_run_id", "run_git", "setup",
+    ), "store"),
+    **dict.fromkeys(("UiServer", "check_port_free", "latest_experiment", "ui_url"), "ui"),
+}
 
 __all__ = [
     "RUN_ALIASES", "RunRecorder", "UiServer", "check_port_free", "close_dead_runs", "close_orphans",
     "get_or_create_experiment", "get_run", "git_state", "latest_experiment", "load_run_config",
     "package_versions", "process_tags", "resolve_run_id", "run_git", "setup", "tags", "ui_url",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module when the name is first asked for (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
