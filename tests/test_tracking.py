@@ -535,3 +535,20 @@ def test_a_run_logs_its_splits_as_mlflow_datasets(store, shared_sample, tmp_path
     labels.write_text("\n".join([rows[0], f"{name},{1 - int(target)}", *rows[2:]]) + "\n")
     changed, _ = logged(copy)
     assert changed["train"] != digests["train"] and changed["val"] == digests["val"]
+
+
+def test_the_package_imports_its_names_on_first_use_and_only_the_module_asked_for() -> None:
+    """`harness.tracking` resolves each public name from its module on first use; importing the
+    audit's recorder module does not import the training recorder (plots, sklearn)."""
+    code = (
+        "import sys, harness.tracking as t\n"
+        "import harness.tracking.audit_run\n"
+        "assert 'harness.tracking.recorder' not in sys.modules, 'recorder imported eagerly'\n"
+        "names = {n: getattr(t, n) for n in t.__all__}\n"
+        "assert names['RunRecorder'].__module__ == 'harness.tracking.recorder'\n"
+        "assert names['UiServer'].__module__ == 'harness.tracking.ui'\n"
+        "try:\n    t.no_such_name\nexcept AttributeError as e:\n    print('missing:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "has no attribute 'no_such_name'" in out.stdout
