@@ -119,6 +119,9 @@ def cross_validate(
     run_name: str | None = None,
     callbacks_for: Callable[[int], Sequence[Callback]] = lambda fold: (),
     workers: int = 2,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    after_fold: Callable[[int, list[dict[str, float]]], bool] | None = None,
 ) -> CrossValResult:
     """Train one run per fold under a parent run and record the CV summary on the parent.
 
@@ -132,6 +135,11 @@ def cross_validate(
         run_name: the parent's name (None: a readable one ending `-cvK`); folds are `<name>-foldI`.
         callbacks_for: extra engine callbacks for fold I (the CLI's epoch table).
         workers: processes for features and the audit table.
+        parent_run_id: nest the CV run under this run (a study's parent: study -> trial -> fold).
+        tags: more tags for the CV run (a study's trial tags).
+        after_fold: called after each finished fold with the fold number and every finished fold's
+            best metrics so far; True stops the CV there (a pruner): the CV run ends KILLED with
+            `pruned_at_fold`, and the result's status says KILLED.
 
     Raises:
         BadInput: a bad `group_by` or fold count, or data that cannot make K folds (before any run).
@@ -149,7 +157,8 @@ def cross_validate(
     plan = plan_folds(features, clip_groups(ds, how, cache_root=cache_root, workers=workers), folds, seed=cfg.train.seed)
     T = tracking.tags
     n_groups = len(np.unique(plan.groups))
-    parent = _cv_parent(cfg, ds, experiment, run_name or f"{readable_run_name(cfg)}-cv{folds}", folds, str(group_by), n_groups)
+    parent = _cv_parent(cfg, ds, experiment, run_name or f"{readable_run_name(cfg)}-cv{folds}", folds, str(group_by), n_groups,
+                        parent_run_id=parent_run_id, tags=tags)
     result = CrossValResult(run_id=parent.run_id, run_name=parent.run_name, status=T.RUNNING, groups=n_groups, clips=len(plan.keys))
     scores = np.full(len(plan.keys), np.nan)
     try:
@@ -163,6 +172,10 @@ def cross_validate(
                 raise _FoldStopped(fold, run.status)
             scores[plan.folds == fold] = run.fit.val_scores  # subset keeps the pooled order within a fold
             parent.log_fold(fold, {k: run.fit.best_metrics.get(f"val_{k}", math.nan) for k in ("auc", "tpr_fpr1e-3")})
+            if after_fold is not None and fold < folds - 1 and after_fold(fold, [r.fit.best_metrics for r in result.folds if r.fit]):
+                parent.finish(T.KILLED, tags={T.PRUNED_AT_FOLD: str(fold)})
+                result.status = T.KILLED
+                return result
     except _FoldStopped as stop:
         parent.finish(stop.status, error=f"fold {stop.fold} ended {stop.status}")
         result.status = stop.status
@@ -227,11 +240,14 @@ def write_oof(folder: Path, plan: FoldPlan, scores: np.ndarray) -> None:
     write_text(folder / "folds.csv", csv_text(("video_name", "split", "group", "fold"), groups))
 
 
-def _cv_parent(cfg: RunConfig, ds: Dataset, experiment: str, name: str, folds: int, group_by: str, groups: int):  # noqa: ANN202
-    from harness.tracking.cv_runs import CvParent
+def _cv_parent(cfg: RunConfig, ds: Dataset, experiment: str, name: str, folds: int, group_by: str, groups: int, *,
+               parent_run_id: str | None, tags: dict[str, str] | None):
     from harness.tracking import tags as T
+    from harness.tracking.cv_runs import CvParent
 
     params = {**flat(cfg), "cv.folds": folds, "cv.group_by": group_by}
-    tags = {T.DATA_PATH: str(ds.root), T.DATA_FINGERPRINT: data_fingerprint(ds, cfg), T.CV_FOLDS: str(folds),
-            T.CV_GROUP_BY: group_by, T.CV_GROUPS: str(groups)}
-    return CvParent(experiment=experiment, run_name=name, params=params, tags=tags)
+    run_tags = {**(tags or {}), T.DATA_PATH: str(ds.root), T.DATA_FINGERPRINT: data_fingerprint(ds, cfg), T.CV_FOLDS: str(folds),
+                T.CV_GROUP_BY: group_by, T.CV_GROUPS: str(groups)}
+    if parent_run_id:
+        run_tags[T.MLFLOW_PARENT] = parent_run_id
+    return CvParent(experiment=experiment, run_name=name, params=params, tags=run_tags)

@@ -27,6 +27,8 @@ import os
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from harness.tracking import tags  # plain constants, no mlflow: `tracking.tags.X` works without an import
+
 # Where each public name lives; `from harness.tracking import X` imports that module on first use.
 _EXPORTS = {
     "RunRecorder": "recorder",

@@ -54,11 +54,13 @@ class CvParent:
         self.client.log_batch(self.run_id, metrics=values)
 
     def finish(self, status: str = T.FINISHED, *, metrics: dict[str, float] | None = None, artifacts: Path | None = None,
-               error: str | None = None) -> None:
-        """Log the summary (finite metrics only), the folder `artifacts`, then end the run as `status`."""
+               error: str | None = None, tags: dict[str, str] | None = None) -> None:
+        """Log the summary (finite metrics only), the folder `artifacts` and `tags`, then end the run as `status`."""
         now = int(time.time() * 1000)
         values = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(v)]
-        tags = [RunTag(T.ERROR, " ".join(error.split())[:500])] if error else []
+        tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+        if error:
+            tags.append(RunTag(T.ERROR, " ".join(error.split())[:500]))
         if values or tags:
             self.client.log_batch(self.run_id, metrics=values, tags=tags)
         if artifacts is not None:

@@ -6,6 +6,7 @@ Status contract (what a run's MLflow status means, and the tag that says why):
 |----------|------------------------|-------------------------------------------------------------|
 | FINISHED |                        | trained to the end (or early-stopped); has a checkpoint      |
 | KILLED   | `pruned_at_epoch`      | a pruner stopped the trial at that epoch                     |
+| KILLED   | `pruned_at_fold`       | a pruner stopped a cross-validated trial after that fold     |
 | KILLED   | `orphaned=true`        | its process died (kill -9, crash); closed by a later command |
 | KILLED   |                        | interrupted (Ctrl-C, SIGTERM)                                |
 | FAILED   | `error`                | the error, one line                                          |
@@ -18,6 +19,7 @@ from __future__ import annotations
 FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
 ERROR = "error"  # FAILED: the error message, one line
 PRUNED_AT_EPOCH = "pruned_at_epoch"  # KILLED by a pruner
+PRUNED_AT_FOLD = "pruned_at_fold"  # a cross-validated trial KILLED by a pruner after that fold (0-based)
 ORPHANED = "orphaned"  # "true": KILLED by a later command because its process was gone
 STOPPED_BY = "stopped_by"  # "early stopping" or a pruner's reason (FINISHED or KILLED)
 
@@ -72,6 +74,8 @@ def why_not_finished(status: str, tags: dict[str, str]) -> str | None:
         return None
     if status == KILLED and PRUNED_AT_EPOCH in tags:
         return f"was pruned at epoch {tags[PRUNED_AT_EPOCH]}"
+    if status == KILLED and PRUNED_AT_FOLD in tags:
+        return f"was pruned after fold {tags[PRUNED_AT_FOLD]}"
     if status == KILLED:
         return "was orphaned by a crashed process" if tags.get(ORPHANED) == "true" else "was interrupted"
     if status == FAILED:
