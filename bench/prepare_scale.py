@@ -1,7 +1,9 @@
 """Does `harness prepare` stay flat as the clip count grows? Per-clip cost and peak memory at N clips.
 
-A dataset of N entries is built from the 10 shared real clips as symbolic links under new names
-(each entry is its own cache item: the cache keys items by name, size and mtime), then the whole
+A dataset of N entries is built from 10 source clips as symbolic links under new names (each entry
+is its own cache item: the cache keys items by name, size and mtime): the shared real clips, or with
+`--source demo` ten generated 1-second demo clips, whose decoding is cheap enough for 100k entries
+on a laptop and leaves the per-item bookkeeping (listing, keys, manifest, shards) in view. Then the whole
 command `harness prepare --data D --cache NEW` runs as a child process, timed with `os.wait4`: wall
 seconds, CPU seconds of the command and every worker it reaped (steadier than wall time on a shared
 machine), and the peak resident memory of the command's own process (the workers' is flat: each
@@ -9,6 +11,7 @@ holds one chunk at a time). Sizes alternate over rounds so drift on a noisy mach
 
     python bench/prepare_scale.py                   # 500 and 5000 clips, 2 rounds
     python bench/prepare_scale.py --sizes 500 5000 50000 --rounds 1
+    python bench/prepare_scale.py --source demo --sizes 1000 100000 --rounds 1
 """
 from __future__ import annotations
 
@@ -26,9 +29,21 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT.parent / "shared" / "data" / "ffdv-phase1-sample"
 
 
-def make_dataset(root: Path, n: int) -> Path:
-    """N train entries (links to the real clips) and a 2-clip val split, with label files."""
-    clips = sorted((SAMPLE / "trainset").glob("*.mp4")) + sorted((SAMPLE / "valset").glob("*.mp4"))
+def source_clips(source: str, work: Path) -> list[Path]:
+    """The 10 clips every entry links to: the shared real ones, or generated 1-second demo clips."""
+    if source == "real":
+        if not SAMPLE.is_dir():
+            raise SystemExit(f"the shared real clips are not at {SAMPLE}")
+        return sorted((SAMPLE / "trainset").glob("*.mp4")) + sorted((SAMPLE / "valset").glob("*.mp4"))
+    sys.path.insert(0, str(ROOT))
+    from harness.data.demo import make_demo_dataset
+
+    demo = make_demo_dataset(work / "demo-source", clips=10, seconds=1.0)
+    return sorted(p for p in demo.rglob("*.mp4"))[:10]
+
+
+def make_dataset(root: Path, n: int, clips: list[Path]) -> Path:
+    """N train entries (links to `clips`) and a 2-clip val split, with label files."""
     (root / "trainset").mkdir(parents=True)
     (root / "valset").mkdir()
     rows = []
@@ -61,12 +76,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--source", choices=("real", "demo"), default="real",
+                        help="what the entries link to: the 10 shared real clips, or 10 generated 1-second demo clips")
     args = parser.parse_args()
-    if not SAMPLE.is_dir():
-        raise SystemExit(f"the shared real clips are not at {SAMPLE}")
     work = Path(tempfile.mkdtemp(prefix="prepare-scale-"))
     try:
-        data = {n: make_dataset(work / f"d{n}", n) for n in args.sizes}
+        clips = source_clips(args.source, work)
+        data = {n: make_dataset(work / f"d{n}", n, clips) for n in args.sizes}
         results: dict[int, list[tuple[float, float, float]]] = {n: [] for n in args.sizes}
         for r in range(args.rounds):
             for n in args.sizes if r % 2 == 0 else reversed(args.sizes):
