@@ -33,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -57,6 +58,7 @@ __all__ = ["CHUNK", "INDEX_FIELDS", "Failure", "PrepareReport", "dataset_id", "e
 
 Features = AudioFeatures | VideoFeatures
 CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progress bar lively
+IN_FLIGHT = 64  # tasks submitted ahead (4 a worker up to 16 workers): none waits, the parent's queue stays short
 SHARDS = "shards"
 LOCK = ".lock"
 FRESH_ITEMS = 8192  # log-mels kept in memory for packing (256 MB at 128x256); later ones are read back
@@ -234,7 +236,7 @@ def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, 
     and what they were writing is removed."""
     try:
         with worker_pool(workers, init_worker) as pool:
-            return _run_pool(pool, cfg, jobs, on_progress, fresh, entries, manifest)
+            return _run_pool(pool, cfg, jobs, on_progress, fresh, entries, manifest, in_flight=max(IN_FLIGHT, 4 * workers))
     except BaseException:
         remove_stale_temporaries(out)  # the terminated workers' half-written shards
         raise
@@ -242,15 +244,26 @@ def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, 
 
 def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
               on_progress: Callable[[int, int], None] | None, fresh: dict[str, np.ndarray],
-              entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest, *, drain: bool = False) -> int:
+              entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest, *, drain: bool = False,
+              in_flight: int = IN_FLIGHT) -> int:
     """Run the tasks; record each new shard (per shard folder, and in the manifest) and the log-mels sent back.
 
     On an error or interrupt the queued tasks are cancelled; with `drain` (a lent pool, which is not
     ours to terminate) the running ones are waited for, so that no shard is being written once the
     folder's lock is released."""
     finished, total = 0, sum(len(chunk) for _, chunk in jobs)
-    pending = {pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk): (folder, chunk) for folder, chunk in jobs}
+    # A bounded window of tasks in flight, topped up as they finish: `wait` looks at every pending
+    # future, so submitting all 12,500 tasks of 100k clips at once made the parent's bookkeeping
+    # quadratic (minutes of CPU) and held every task in memory.
+    queued = iter(jobs)
+    pending: dict[Future, tuple[str, list[tuple[str, str]]]] = {}
+
+    def top_up() -> None:
+        for folder, chunk in itertools.islice(queued, max(0, in_flight - len(pending))):
+            pending[pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk)] = (folder, chunk)
+
     try:
+        top_up()
         while pending:
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in ready:
@@ -264,6 +277,7 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
                 finished += len(chunk)
                 if on_progress:
                     on_progress(finished, total)
+            top_up()
     except BaseException:
         for fut in pending:
             fut.cancel()
