@@ -157,8 +157,6 @@ def learned(env) -> tuple[dict[str, str], list[np.ndarray], np.ndarray]:
 def test_a_looped_clip_scores_about_the_same_with_windows(learned) -> None:
     """Each held-out clip against itself played twice: windows see the same sound at the same time
     scale, the whole-clip image squeezes it to half its width."""
-    from harness.data.features import audio_array, eval_windows
-
     runs, clips, labels = learned
     changes = {}
     for name in ("windowed", "whole"):
@@ -166,14 +164,8 @@ def test_a_looped_clip_scores_about_the_same_with_windows(learned) -> None:
         if name == "windowed":  # windows enough to cover the clip, so that both lengths are heard through
             cfg = dataclasses.replace(predictor.cfg, features=dataclasses.replace(predictor.cfg.features, eval_windows=16))
             predictor = Predictor(cfg, predictor.weights)
-        features = predictor.cfg.features
-
-        def score(audio: np.ndarray) -> float:
-            array = audio_array("clip", audio, 0.0, features)  # what `predict` makes of the decoded clip
-            return float(predictor.score_inputs({"audio": (eval_windows(array, features) if features.windowed else array)[None]})[0])
-
-        once = logit(np.array([score(a) for a in clips]))
-        twice = logit(np.array([score(np.concatenate([a, a])) for a in clips]))
+        once = logit(np.array([score_audio(predictor, a) for a in clips]))
+        twice = logit(np.array([score_audio(predictor, np.concatenate([a, a])) for a in clips]))
         # Both models learned the cue, so that how far apart they put clips is a real scale and not
         # noise around a constant (the demo-trained models of the other tests are near chance).
         assert rank_auc(labels, once) >= 0.7, (name, rank_auc(labels, once))
@@ -184,6 +176,15 @@ def test_a_looped_clip_scores_about_the_same_with_windows(learned) -> None:
     # (held-out AUC 0.76-0.81). On the demo-trained models (val AUC 0.33-0.64, logits within 0.001-0.05
     # of one another) the same ratio swung from 0.09 to 0.28 with seeds and window counts: noise.
     assert changes["windowed"] < 0.75 * changes["whole"], changes
+
+
+def score_audio(predictor: Predictor, audio: np.ndarray) -> float:
+    """`predictor.score` of a clip from its decoded samples (what `predict` makes of a decoded clip)."""
+    from harness.data.features import audio_array, eval_windows
+
+    features = predictor.cfg.features
+    array = audio_array("clip", audio, 0.0, features)
+    return float(predictor.score_inputs({"audio": (eval_windows(array, features) if features.windowed else array)[None]})[0])
 
 
 def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
