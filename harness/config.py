@@ -248,6 +248,7 @@ class AudioFeatures(_Validated):
             values.pop("width")
             values.pop("interpolation")
             values["native"] = True
+            values["scale"] = "top_db"  # fixed dB range below the peak (`mel_frames`), not min-max: new key
         for name, default in (("trim_silence", False), ("trim_db", 40.0), ("codec_variants", 0)):
             if values[name] == default or (name == "trim_db" and not self.trim_silence):
                 values.pop(name)

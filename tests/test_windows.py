@@ -38,16 +38,34 @@ def test_evaluation_windows_span_a_long_clip() -> None:
 
 def test_whole_log_mel_is_the_image_without_its_time_resize() -> None:
     audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    audio[:3200] = 0  # a silent lead-in reaches the floor, where min-max and the fixed range agree
     frames = mel_frames(audio, WINDOWED)
     image = mel_image(audio, dataclasses.replace(AudioFeatures(), width=len(frames)))
     assert frames.dtype == np.uint8 and frames.shape == (101, 128)
     np.testing.assert_array_equal(frames.T, image)
 
 
+def test_a_quiet_moment_elsewhere_leaves_a_windows_pixels_alone() -> None:
+    """Windows are scaled over a fixed dB range below the clip's peak: a pause added later in the clip
+    (or the seam of a looped clip) does not brighten the frames before it, as min-max scaling did."""
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * 16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+             + 0.05 * rng.standard_normal(len(t))).astype(np.float32)  # noise keeps every bin above the floor
+    paused = np.concatenate([audio[:32000], np.zeros(1600, np.float32), audio[32000:]])
+    before, after = mel_frames(audio, WINDOWED), mel_frames(paused, WINDOWED)
+    np.testing.assert_array_equal(before[:150], after[:150])  # 1.5 s of frames, well before the pause
+    # What min-max over the clip (the whole-clip image's scaling, kept for the tutorial) does instead:
+    minmax_before = mel_image(audio, dataclasses.replace(AudioFeatures(), width=len(before)))[:, :150]
+    minmax_after = mel_image(paused, dataclasses.replace(AudioFeatures(), width=len(after)))[:, :150]
+    assert minmax_after.mean() > minmax_before.mean() + 5  # 143 against 134 here
+
+
 def test_window_settings_and_their_keys() -> None:
     assert WINDOWED.shape == (128, 150) and AudioFeatures().shape == (128, 256)
     # The cache holds whole clips: every window length and count shares one entry...
     assert AudioFeatures(window_seconds=3.0, eval_windows=9).key() == WINDOWED.key() != AudioFeatures().key()
+    assert WINDOWED.cache_settings()["scale"] == "top_db"  # caches of the min-max windows are not reused
     # ...and the settings that came later leave the keys of caches made before them unchanged.
     before = {k: v for k, v in dataclasses.asdict(AudioFeatures()).items()
               if k not in ("window_seconds", "eval_windows", "trim_silence", "trim_db", "codec_variants")}

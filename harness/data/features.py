@@ -130,9 +130,14 @@ def _scaled(log_power: np.ndarray, log_low: float, log_peak: float) -> np.ndarra
 def mel_frames(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     """The clip's whole log-mel at the native hop, time-major: uint8 (frames, height or n_mels).
 
-    Scaled as `mel_image` (dB relative to the clip's peak, min-max over the clip), with no resize of
-    the time axis; `height` resizes the mel axis. Time-major so that a window is a run of contiguous
-    rows of the packed cache."""
+    dB relative to the clip's peak, scaled over the fixed range from `top_db` below the peak to the
+    peak, with no resize of the time axis; `height` resizes the mel axis. Time-major so that a window
+    is a run of contiguous rows of the packed cache.
+
+    The fixed range, not `mel_image`'s min-max over the clip: with min-max, one quiet moment anywhere
+    in a clip (a pause, the seam of a looped clip) lowered the minimum and brightened every window
+    of it (mean pixel 100 -> 112 on a demo clip looped once); now a window's pixels depend only on
+    its own sound and the clip's peak."""
     import cv2
 
     frames = 1 + len(audio) // cfg.hop_length  # mel_power's count (centre-padded STFT)
@@ -140,10 +145,11 @@ def mel_frames(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     found = _log_power(audio, cfg)
     if found is None:
         return np.zeros((max(1, frames), height), dtype=np.uint8)
-    log_power, log_low, log_peak = found
+    log_power, _, log_peak = found
     if log_power.shape[0] != height:
         log_power = cv2.resize(log_power, (log_power.shape[1], height), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(_scaled(log_power, log_low, log_peak).T)
+    log_floor = log_peak - cfg.top_db * np.log(10.0) / 10.0  # the floor `_log_power` clipped to, as a log
+    return np.ascontiguousarray(_scaled(log_power, log_floor, log_peak).T)
 
 
 def window_starts(length: int, width: int, count: int) -> np.ndarray:
