@@ -52,6 +52,7 @@ class CrossValResult:
     metrics: dict[str, float] = field(default_factory=dict)
     groups: int = 0
     clips: int = 0
+    pruned_after_fold: int | None = None  # set when `after_fold` stopped the CV
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def cross_validate(
             parent.log_fold(fold, {k: run.fit.best_metrics.get(f"val_{k}", math.nan) for k in ("auc", "tpr_fpr1e-3")})
             if after_fold is not None and fold < folds - 1 and after_fold(fold, [r.fit.best_metrics for r in result.folds if r.fit]):
                 parent.finish(T.KILLED, tags={T.PRUNED_AT_FOLD: str(fold)})
-                result.status = T.KILLED
+                result.status, result.pruned_after_fold = T.KILLED, fold
                 return result
     except _FoldStopped as stop:
         parent.finish(stop.status, error=f"fold {stop.fold} ended {stop.status}")

@@ -135,9 +135,12 @@ def package_versions() -> dict[str, str]:
 def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]:
     """The settings and best checkpoint of a recorded run, downloaded once into
     `.cache/runs/<run_id>` (a run's artifacts never change after it ends)."""
-    get_run(client, run_id)
+    run = get_run(client, run_id)
     names = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoint")}
     weights = sorted(n for n in names if n.endswith(".safetensors"))
+    if run.data.tags.get(T.KIND) == T.CV_KIND:  # its folds hold the models, each trained on part of the data
+        raise NotFound(f"run {run_id} is a cross-validation (harness.kind=cv) with no model of its own: train its "
+                       "settings on the official split (its params are the `harness train` options) and use that run")
     if "config.json" not in names or not weights:
         raise NotFound(f"run {run_id} has no checkpoint (it ended before its first validated epoch)")
     folder = _download_checkpoint(client, run_id)

@@ -205,15 +205,18 @@ class StudyRuns:
 
     def _say_pruned(self, run_id: str, pruner: str | None) -> None:
         run = self.client.get_run(run_id)
-        epoch = run.data.tags.get(T.PRUNED_AT_EPOCH, "?")
+        if T.PRUNED_AT_FOLD in run.data.tags:  # a cross-validated trial stops between folds
+            where, when = f"after fold {run.data.tags[T.PRUNED_AT_FOLD]}", "after that fold"
+        else:
+            where, when = f"at epoch {run.data.tags.get(T.PRUNED_AT_EPOCH, '?')}", "at that epoch"
         name = run.info.run_name or "trial"
         by = f" by the {pruner}" if pruner else ""
-        tags = [RunTag(T.MLFLOW_NOTE, f"Pruned at epoch {epoch}{by}: its best value so far fell behind the "
-                                      "study's other trials at that epoch, so it stopped training. Not a failure.")]
+        tags = [RunTag(T.MLFLOW_NOTE, f"Pruned {where}{by}: its best value so far fell behind the "
+                                      f"study's other trials {when}, so it stopped training. Not a failure.")]
         if pruner:
             tags.append(RunTag(T.PRUNED_BY, pruner))
         if "(pruned" not in name:
-            tags.append(RunTag(T.MLFLOW_RUN_NAME, f"{name} (pruned at epoch {epoch})"))
+            tags.append(RunTag(T.MLFLOW_RUN_NAME, f"{name} (pruned {where})"))
         self.client.log_batch(run_id, tags=tags)
 
     def close_orphaned_trials(self, parent_run_id: str, states: Mapping[int, str]) -> list[str]:
