@@ -137,7 +137,7 @@ def prepare_features(
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         remove_stale_temporaries(out)
-        settings = json.dumps(cfg.cache_settings() if isinstance(cfg, AudioFeatures) else asdict(cfg), indent=2).encode()
+        settings = json.dumps(cfg.cache_settings(), indent=2).encode()
         if not (out / "settings.json").exists() or (out / "settings.json").read_bytes() != settings:
             write_file(out / "settings.json", settings)
         manifest = Manifest.load(out)
