@@ -8,9 +8,13 @@
              prefetching reader (as a split larger than GPU memory is), and without it;
   jpeg       torchvision.io.decode_jpeg of JPEG face crops (8 frames of 112x112 a clip, quality 90),
              on the GPU (one call per batch of clips) and on the CPU: clips/s, next to the raw uint8
-             path (rows copied out of an in-memory array).
-Without CUDA the same script runs small CPU versions of the ddp and loop checks (so the code paths
-are exercised) and says which GPU parts it skipped.
+             path (rows copied out of an in-memory array);
+  jpeg reader  fit's samples/s on a face-crop split stored as JPEG (`crop_storage = "jpeg"`: the reader
+             `harness.data.jpeg_crops.JpegCrops`) against the same split raw (bench/jpeg_crops.py's
+             round, one of it): resident on the device (JPEG decoded once by nvjpeg), and batched from
+             the host with nvjpeg and with CPU decoding per batch.
+Without CUDA the same script runs small CPU versions of the ddp, loop and jpeg reader checks (so the
+code paths are exercised) and says which GPU parts it skipped.
 
     python bench/gpu_check.py            # everything, GPU where there is one
     python bench/gpu_check.py --quick    # smaller sizes (a smoke test)
@@ -195,6 +199,27 @@ def check_jpeg(cuda: bool, quick: bool, batch: int = 64, frames: int = 8) -> Non
         print("jpeg decode_jpeg on the GPU: skipped (no CUDA)")
 
 
+def check_jpeg_reader(cuda: bool, quick: bool) -> None:
+    import jpeg_crops
+
+    clips = (512 if quick else 2048) if cuda else 24
+    cfg = jpeg_crops.settings(cuda)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-jpeg-") as tmp_name:
+        tmp = Path(tmp_name)
+        crops, blobs, figures = jpeg_crops.source_crops(tmp / "cache", 90)
+        raw, jpeg = jpeg_crops.tiled_splits(tmp, crops, blobs, clips, "train")
+        _, val = jpeg_crops.tiled_splits(tmp, crops, blobs, max(32, clips // 16), "val")
+        rates = jpeg_crops.loop_rates(cfg, raw, jpeg, val, cuda)
+    print(f"jpeg reader ({cfg.train.backbone}, batch {cfg.train.batch_size}, {clips} clips of 8x112x112, q90 "
+          f"{figures['jpeg_array'] / 1000:.1f} KB a clip): " + ", ".join(f"{k} {v:.0f} samples/s" for k, v in rates.items())
+          + f"; jpeg/raw {rates['jpeg'] / rates['raw']:.2f}x")
+    if cuda:
+        print(f"jpeg reader from the host: nvjpeg {rates['jpeg, host, GPU decode'] / rates['raw, host']:.2f}x raw, "
+              f"CPU decode {rates['jpeg, host, CPU decode'] / rates['raw, host']:.2f}x raw")
+    else:
+        print("jpeg reader on the GPU (resident decode, nvjpeg per batch): skipped (no CUDA)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
@@ -208,10 +233,11 @@ def main() -> int:
     print(f"torch {torch.__version__}; CUDA device: {name}; CPU threads {torch.get_num_threads()}")
     cfg, clips, shape = settings(cuda, args.quick)
     if not cuda:
-        print("no CUDA: the ddp and loop checks run small CPU versions; GPU figures skipped")
+        print("no CUDA: the ddp, loop and jpeg reader checks run small CPU versions; GPU figures skipped")
     check_ddp(cfg, clips, shape, args.quick)
     check_loop(cfg, clips, shape, cuda)
     check_jpeg(cuda, args.quick)
+    check_jpeg_reader(cuda, args.quick)
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0
 

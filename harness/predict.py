@@ -10,7 +10,9 @@ and match the sha256 its config.json records, before anything is loaded.
 Scoring one clip:
 
   features  `harness.data.cache.extract` for each of the model's inputs: the function the feature
-            cache runs, so a clip is scored from the very arrays training would have made of it;
+            cache runs, so a clip is scored from the very arrays training would have made of it
+            (face crops that training read from JPEG storage go through the same JPEG encoding and
+            the CPU decoder: the pixels the model learned on);
   model     `modalities.build_model(cfg, pretrained=False)` with the checkpoint loaded strictly from
             safetensors (nothing unpickles), in eval mode under `torch.inference_mode`, fp32, each
             input normalised by its backbone's pretrained mean/std;

@@ -82,7 +82,10 @@ def model_card(config: dict[str, Any], requirement_notes: list[str], *, image: s
         *([f"- face features: {video.get('frames')} frames evenly spread over the clip (1 per image on the image track), "
            f"the largest face found by the `{video.get('detector')}` detector cut out square with margin {video.get('margin')} "
            f"and resized to {video.get('size')} px; a frame without a face falls back to a centre square of "
-           f"{video.get('fallback_crop')} of the shorter side; full settings in config.json `run_config.video`"]
+           f"{video.get('fallback_crop')} of the shorter side"
+           + (f"; crops stored as JPEG quality {video.get('crop_quality')} in training, and sent through the same "
+              "JPEG encoding here before scoring" if video.get("crop_storage") == "jpeg" else "")
+           + "; full settings in config.json `run_config.video`"]
           if "video" in model["inputs"] else []),
         "",
         "## Scoring",

@@ -9,6 +9,10 @@ import typer
 from harness.cli import CacheOption, DataOption, app, resolve_data
 from harness.errors import BadInput
 
+# Shared with `harness train`, which prepares what is missing with the same settings.
+CROP_STORAGE_HELP = "Face crops in the cache: raw (uint8) or jpeg (about 11x smaller; decoded in training and predict)."
+CROP_QUALITY_HELP = "JPEG quality of stored face crops, 1-100 (default 90)."
+
 
 @app.command("demo-data")
 def demo_data(
@@ -50,6 +54,8 @@ def prepare(
     window_seconds: Annotated[Optional[float], typer.Option(help="Cache whole log-mels at the native hop for windows of this many seconds (default: one whole-clip image).")] = None,
     trim_silence: Annotated[Optional[bool], typer.Option("--trim-silence/--no-trim-silence", help="Cut leading and trailing silence first.")] = None,
     codec_variants: Annotated[Optional[int], typer.Option(min=0, help="Re-encoded copies (AAC/MP3/Opus) of each training clip's audio.")] = None,
+    crop_storage: Annotated[Optional[str], typer.Option(help=CROP_STORAGE_HELP)] = None,
+    crop_quality: Annotated[Optional[int], typer.Option(help=CROP_QUALITY_HELP)] = None,
 ) -> None:
     """Validate a dataset and extract features once into the cache (resumable, parallel)."""
     from harness.config import AudioFeatures, RunConfig, VideoFeatures, replace
@@ -59,7 +65,8 @@ def prepare(
         features=replace(AudioFeatures(), sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft,
                          hop_length=hop_length, fmax=fmax, width=width, height=height, window_seconds=window_seconds,
                          trim_silence=trim_silence, codec_variants=codec_variants),
-        video=replace(VideoFeatures(), frames=frames, size=face_size, margin=margin, detector=detector),
+        video=replace(VideoFeatures(), frames=frames, size=face_size, margin=margin, detector=detector,
+                      crop_storage=crop_storage, crop_quality=crop_quality),
     )
     run_prepare(resolve_data(data), cfg, cache=cache, workers=workers)
 

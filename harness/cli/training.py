@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from harness.cli import CacheOption, DataOption, app, resolve_data
-from harness.cli.prepare import run_prepare
+from harness.cli.prepare import CROP_QUALITY_HELP, CROP_STORAGE_HELP, run_prepare
 from harness.errors import EXIT_BAD_INPUT
 
 
@@ -36,6 +36,8 @@ def train(
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights, validated beside them (0 = off; e.g. 0.999).")] = None,
     trim_silence: Annotated[Optional[bool], typer.Option("--trim-silence/--no-trim-silence", help="Cut leading and trailing silence first.")] = None,
     codec_variants: Annotated[Optional[int], typer.Option(min=0, help="Re-encoded copies of each training clip drawn from in training.")] = None,
+    crop_storage: Annotated[Optional[str], typer.Option(help=CROP_STORAGE_HELP)] = None,
+    crop_quality: Annotated[Optional[int], typer.Option(help=CROP_QUALITY_HELP)] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "harness",
     folds: Annotated[Optional[int], typer.Option(min=2, help="Grouped K-fold cross-validation on train+val pooled: one "
                                                  "run per fold under a parent run with the CV metrics and oof.csv.")] = None,
@@ -71,7 +73,8 @@ def train(
         pretrained=pretrained, weights=str(weights) if weights else None, seed=seed, device=device,
         max_params=max_params, aggregate=aggregate, ema_decay=ema,
     ), features=replace(base.features, window_seconds=window_seconds, eval_windows=eval_windows,
-                        trim_silence=trim_silence, codec_variants=codec_variants))
+                        trim_silence=trim_silence, codec_variants=codec_variants),
+        video=replace(base.video, crop_storage=crop_storage, crop_quality=crop_quality))
     if folds is not None:
         from harness.crossval import check_settings
 

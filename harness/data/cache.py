@@ -6,7 +6,8 @@ Layout under `<cache root>/<dataset id>/<feature key>/`:
     shards/<split>/<id>.npz       one file per chunk of up to 8 clips (`harness.data.shards`): each
                                   clip's <id> (a hash of its name, size and mtime: an edited clip is
                                   recomputed), its array or its failure (reason, detail)
-    <split>.npy, <split>.csv      the packed split and its index (`harness.data.packs`)
+    <split>.npy, <split>.csv      the packed split and its index (`harness.data.packs`); face crops
+                                  stored as JPEG pack their blobs end to end (`harness.data.jpeg_crops`)
     failures.csv                  split,name,reason,detail of every clip without features
     manifest.json                 size, mtime and CRC-32 of every shard and pack (`harness.data.integrity`)
     .lock                         held by the `prepare_features` at work on this folder
@@ -139,7 +140,7 @@ def prepare_features(
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         remove_stale_temporaries(out)
-        settings = json.dumps(cfg.cache_settings() if isinstance(cfg, AudioFeatures) else asdict(cfg), indent=2).encode()
+        settings = json.dumps(cfg.cache_settings(), indent=2).encode()
         if not (out / "settings.json").exists() or (out / "settings.json").read_bytes() != settings:
             write_file(out / "settings.json", settings)
         manifest = Manifest.load(out)

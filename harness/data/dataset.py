@@ -8,6 +8,12 @@ Windowed audio (`SplitArrays.window` > 0): the audio array holds whole log-mels 
 and `spans` where each clip lies. A training batch (`arrays(idx, rng)`) reads one random window per
 clip, (B, H, window); an evaluation batch (no rng) reads `eval_windows` evenly spaced windows per clip,
 (B, K, H, window), as `harness.data.features.eval_windows` cuts them for `predict`.
+
+Face crops stored as JPEG (`VideoFeatures.crop_storage = "jpeg"`): the video input is a `JpegCrops`
+over the split's packed JPEG bytes, which reads like the raw array; `take` decodes a batch with
+`torchvision.io.decode_jpeg` in this process (on the prefetching thread, in training), on the CPU or,
+with `SplitArrays.decode_device` set to a CUDA device, with nvjpeg on the GPU. Batches come out in the
+raw layout, (B, frames, size, size, 3) uint8, so what follows does not know how crops were stored.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import torch
 from harness.config import AudioFeatures
 from harness.data.cache import load_split
 from harness.data.features import window_rows, window_starts
+from harness.data.jpeg_crops import JpegCrops
 
 _Item = TypeVar("_Item")
 
@@ -47,6 +54,7 @@ class SplitArrays:
     window: int = 0  # frames per audio window; 0 = whole-clip images
     variants: np.ndarray | None = None  # codec variants: (index rows, K) audio rows of each clip's copies, -1 = none
     eval_windows: int = 1
+    decode_device: torch.device | None = None  # where `take` decodes JPEG-stored crops; None: the CPU
 
     def __len__(self) -> int:
         return len(self.names)
@@ -62,12 +70,15 @@ class SplitArrays:
         """Samples `idx` of each input (and `<input>_present` masks), read into memory. Windowed audio:
         one random window per clip drawn from `rng`, or without one the evaluation windows."""
         rows = idx if self.rows is None else self.rows[idx]
-        out = {}
-        for name, array in self.inputs.items():
-            picked = self._variant_rows(rows, rng) if name == "audio" else rows
-            out[name] = self._windows(array, picked, rng) if name == "audio" and self.window else np.ascontiguousarray(array[picked])
+        out = {name: self._read(name, array, rows, rng) for name, array in self.inputs.items()}
         out.update({f"{name}_present": mask[idx] for name, mask in self.present.items()})
         return out
+
+    def _read(self, name: str, array: np.ndarray, rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        if name != "audio":
+            return np.ascontiguousarray(array[rows])
+        picked = self._variant_rows(rows, rng)
+        return self._windows(array, picked, rng) if self.window else np.ascontiguousarray(array[picked])
 
     def _variant_rows(self, rows: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Training with codec variants: each clip read as itself or one of its copies, evenly."""
@@ -100,9 +111,20 @@ class SplitArrays:
         empty = lengths == 0
         return np.where(empty[:, None], 0, window_rows(offsets, lengths, starts, self.window)), empty
 
-    def take(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing."""
-        return {name: torch.from_numpy(array) for name, array in self.arrays(idx, rng).items()}
+    def take(self, idx: np.ndarray, rng: np.random.Generator | None = None, *,
+             decode_on: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Batch `idx` as uint8 tensors, plus `<input>_present` bool masks where some are missing.
+        JPEG-stored crops are decoded on `decode_on` (default: `decode_device`, else the CPU) and
+        returned there; everything else stays on the host."""
+        rows = idx if self.rows is None else self.rows[idx]
+        out = {}
+        for name, array in self.inputs.items():  # in order: windows and variants draw from `rng` as in `arrays`
+            if isinstance(array, JpegCrops):
+                out[name] = array.decode(rows, decode_on or self.decode_device)
+            else:
+                out[name] = torch.from_numpy(self._read(name, array, rows, rng))
+        out.update({f"{name}_present": torch.from_numpy(mask[idx]) for name, mask in self.present.items()})
+        return out
 
     def will_need(self, idx: np.ndarray) -> None:
         """Ask the kernel to start reading samples `idx` from disk now (posix_fadvise WILLNEED, one
@@ -111,6 +133,9 @@ class SplitArrays:
         batches ahead arrive together, in parallel. Arrays in memory are skipped."""
         rows = np.sort(idx if self.rows is None else self.rows[idx])
         for name, array in self.inputs.items():
+            if isinstance(array, JpegCrops):
+                array.will_need(rows)
+                continue
             if not _whole_file(array) or (name == "audio" and self.window):
                 continue  # windowed audio: rows are frames of whole clips, read where the window falls
             step = array.strides[0]
@@ -283,6 +308,10 @@ class DeviceResident:
     Used when the uint8 split is small next to the device's free memory (it usually is: 32 KiB a clip).
     Audio with windows or codec variants: the whole packed array goes up, and each step sends only
     the row numbers of its windows (or copies), drawn on the host as `SplitArrays.arrays` draws them.
+    JPEG-stored crops are decoded once, on the device (nvjpeg), and kept decoded: by the same rule as
+    raw crops (`fits` counts decoded bytes), since decoding them again every epoch would cost what
+    keeping them resident saves. A split whose decoded crops do not fit is batched from the host: its
+    JPEG bytes are read from the memmap and each batch is decoded in `SplitArrays.take`.
     """
 
     def __init__(self, data: SplitArrays, device: torch.device) -> None:
@@ -291,8 +320,8 @@ class DeviceResident:
         if self.picked:
             self.inputs = {"audio": torch.from_numpy(np.array(data.inputs["audio"])).to(device)}  # a writable copy
         else:
-            everything = data.arrays(np.arange(len(data)))
-            self.inputs = {name: torch.from_numpy(a).to(device) for name, a in everything.items()}
+            everything = data.take(np.arange(len(data)), decode_on=device)  # JPEG crops: decoded there
+            self.inputs = {name: t.to(device) for name, t in everything.items()}
         self.labels = torch.from_numpy(data.labels).float().to(device)
 
     def __len__(self) -> int:

@@ -7,6 +7,9 @@
 Windowed log-mels (`AudioFeatures.window_seconds` set) have a length per clip: the array is then
 (total frames, H), the clips' whole log-mels end to end along time (time-major, so that a window is
 a run of contiguous rows), and the index adds `start,frames` (a clip without features: 0 frames).
+Face crops stored as JPEG (`VideoFeatures.crop_storage = "jpeg"`) are packed the same way: a 1-D
+uint8 array of the clips' blobs end to end (`harness.data.jpeg_crops`), `start,frames` in bytes, and
+`load_split` returns it as a `JpegCrops`, which reads like the raw (N, frames, size, size, 3) array.
 
 A training split prepared with codec variants (`AudioFeatures.codec_variants`) has extra rows after
 its label-file rows, one per re-encoded copy of a usable clip, and the index adds `source`: the row
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,8 +34,9 @@ import numpy as np
 
 from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, write_file
+from harness.data.jpeg_crops import JpegCrops
 from harness.data.labels import Dataset
-from harness.data.shards import item_array, variant_id
+from harness.data.shards import item_array, span_row, variant_id
 from harness.fileio import atomic_write, dict_csv_text
 
 Features = AudioFeatures | VideoFeatures
@@ -70,7 +75,8 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     rows: list[dict[str, object]] = []
     result = Packed()
     items: list[tuple[str, Path, dict] | None] = []  # (id, shard, meta) of each usable sample
-    variable = isinstance(cfg, AudioFeatures) and cfg.windowed
+    row_shape = span_row(cfg)  # None: one array of cfg.shape per clip
+    variable = row_shape is not None
     start = 0
     for i, (s, stem) in enumerate(zip(samples, stems)):
         shard, meta = entries.get(stem, (None, {"reason": "not prepared", "detail": "no cache entry"}))
@@ -104,7 +110,7 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
                 items.append((meta["id"], shard, meta))
     fields = INDEX_FIELDS + (SPAN_FIELDS if variable else ()) + (VARIANT_FIELDS if variants else ())
     index_text = dict_csv_text(rows, fields)
-    shape = (start, cfg.shape[0]) if variable else (len(items), *cfg.shape)
+    shape = (start, *row_shape) if variable else (len(items), *cfg.shape)
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
     written = index_path.read_text(encoding="utf-8", errors="replace") if index_path.exists() else None
     if written == index_text:  # same samples, same items: current, if the array is intact
@@ -119,7 +125,7 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     with atomic_write(array_path, "wb") as f:
         writer = ChecksummedWriter(f)
         writer.write(_header(shape))
-        for row in _packed_rows(items, (0, cfg.shape[0]) if variable else cfg.shape, fresh or {}):
+        for row in _packed_rows(items, (0, *row_shape) if variable else cfg.shape, fresh or {}):
             writer.write(np.ascontiguousarray(row, dtype=np.uint8).data)
     index = write_file(index_path, index_text.encode())
     manifest.add_pack(split, writer.record.stamped(array_path), index)
@@ -182,8 +188,9 @@ def _packed_rows(items: list[tuple[str, Path, dict] | None], shape: tuple[int, .
         yield item_array(loaded[shard], meta)
 
 
-def load_split(out: Path, split: str) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """The packed images of a split (read-only memmap) and its index rows.
+def load_split(out: Path, split: str) -> tuple[np.ndarray | JpegCrops, list[dict[str, str]]]:
+    """The packed images of a split (read-only memmap; for JPEG-stored crops a `JpegCrops` over it)
+    and its index rows.
 
     Raises CacheDamaged (one line, naming the file) when the array or index is not the size that was
     recorded, or the array does not hold a row per index line."""
@@ -204,4 +211,16 @@ def load_split(out: Path, split: str) -> tuple[np.ndarray, list[dict[str, str]]]
     expected = sum(int(r["frames"] or 0) for r in rows) if rows and "frames" in rows[0] else len(rows)
     if len(images) != expected:
         raise CacheDamaged(array_path, f"{len(images)} rows for the {len(rows)} lines of {index_path.name}")
+    if images.ndim == 1:  # bytes: JPEG blobs, decoded to the crop shape the folder's settings name
+        return JpegCrops(images, [(int(r["start"]), int(r["frames"])) for r in rows], _crop_shape(out)), rows
     return images, rows
+
+
+def _crop_shape(out: Path) -> tuple[int, int, int, int]:
+    """(frames, size, size, 3) from a face-crop folder's settings.json. Raises CacheDamaged."""
+    path = out / "settings.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        return (int(settings["frames"]), int(settings["size"]), int(settings["size"]), 3)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CacheDamaged(path, f"no crop shape for the JPEG crops beside it ({type(e).__name__}: {e})") from None

@@ -3,7 +3,8 @@
 A worker computes the features of a chunk of up to 8 clips of one split and writes them as one shard,
 `shards/<split>/<first id>.npz`: `data`, the uint8 arrays of the clips that worked, and `meta`, a JSON
 list with each clip's id, its row in `data` or its failure (reason, detail), and for face crops the
-frames that fell back to the centre square. The shard is written with `integrity.write_file`
+frames that fell back to the centre square. Arrays of their own length (windowed log-mels, JPEG-stored
+crops: `span_row`) lie end to end in `data`, each entry with its `start` and length (`frames`, in rows). The shard is written with `integrity.write_file`
 (temporary, fsync, rename) and its size and CRC-32 go back to the parent for the manifest.
 
 `read_shards` is the parent's inventory of a split's shards: each is checked against the manifest
@@ -59,12 +60,28 @@ def _keep_freed_memory() -> None:
 
 
 def extract(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
-    """One clip's cached array, made by the settings' kind: a log-mel image, or face crops with the
-    number of frames that fell back to the centre square (None for audio). Raises a MediaError."""
+    """One clip's array as a model reads it, made by the settings' kind: a log-mel image, or face
+    crops with the number of frames that fell back to the centre square (None for audio). Crops
+    stored as JPEG are sent through the JPEG round trip, as training decodes them. Raises a MediaError."""
+    array, fallback = stored(path, cfg)
+    if isinstance(cfg, VideoFeatures) and cfg.jpeg:
+        from harness.data.jpeg_crops import JpegCrops
+
+        array = JpegCrops(array, np.array([[0, len(array)]]), cfg.shape)[0]
+    return array, fallback
+
+
+def stored(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
+    """What the cache stores of one clip: `extract`'s array, but JPEG-stored crops as their encoded
+    blob (`harness.data.jpeg_crops.encode_clip`). Raises a MediaError."""
     if isinstance(cfg, VideoFeatures):
         from harness.data.faces import video_features
 
         faces = video_features(path, cfg)
+        if cfg.jpeg:
+            from harness.data.jpeg_crops import encode_clip
+
+            return encode_clip(faces.crops, cfg.crop_quality), faces.fallback
         return faces.crops, faces.fallback
     from harness.data.features import audio_features
 
@@ -97,7 +114,7 @@ def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> Sh
                 array, variants = audio_features_with_variants(clip, cfg, seed=int(stem[:8], 16))
                 fallback = None
             else:
-                (array, fallback), variants = extract(clip, cfg), []
+                (array, fallback), variants = stored(clip, cfg), []
         except MediaError as e:
             meta.append({"id": stem, "reason": e.reason, "detail": e.detail})
             continue
@@ -105,7 +122,7 @@ def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> Sh
             # A codec variant is an entry of its own, `<id>.v<k>`, tied to its source's id.
             entry = {"id": stem, "row": len(arrays), "fallback": fallback} if k == 0 else \
                 {"id": variant_id(stem, k), "row": len(arrays), "source": stem}
-            if _variable(cfg):  # whole log-mels of different lengths, end to end along time
+            if span_row(cfg) is not None:  # whole log-mels or JPEG blobs of different lengths, end to end
                 entry.update(start=sum(len(a) for a in arrays), frames=len(item))
             meta.append(entry)
             arrays.append(item)
@@ -120,15 +137,21 @@ def variant_id(stem: str, k: int) -> str:
     return f"{stem}.v{k}"
 
 
-def _variable(cfg: Features) -> bool:
-    """Whether each clip's array has its own length (windowed log-mels, time-major)."""
-    return isinstance(cfg, AudioFeatures) and cfg.windowed
+def span_row(cfg: Features) -> tuple[int, ...] | None:
+    """The shape of one row when each clip's array has its own length and clips are stored end to end
+    (`start,frames` in rows): a log-mel frame (H,) for windowed log-mels (time-major), a byte () for
+    JPEG-stored crops. None: one array of `cfg.shape` per clip."""
+    if isinstance(cfg, AudioFeatures) and cfg.windowed:
+        return (cfg.shape[0],)
+    if isinstance(cfg, VideoFeatures) and cfg.jpeg:
+        return ()
+    return None
 
 
 def _stacked(cfg: Features, arrays: list[np.ndarray]) -> np.ndarray:
-    if _variable(cfg):
-        height = cfg.shape[0]
-        return np.concatenate(arrays) if arrays else np.zeros((0, height), np.uint8)
+    row = span_row(cfg)
+    if row is not None:
+        return np.concatenate(arrays) if arrays else np.zeros((0, *row), np.uint8)
     return np.stack(arrays) if arrays else np.zeros((0, *cfg.shape), np.uint8)
 
 
