@@ -302,6 +302,9 @@ def fit(
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        val.decode_device = device  # JPEG-stored face crops: nvjpeg decodes each host batch on the GPU
+        if not _jpeg(cfg, train):  # the JPEG re-encoding augmentation works on host batches
+            train.decode_device = device
     optimizer = make_optimizer(cfg, model)
     per_rank = -(-len(train) // world.size)  # each rank's padded share (Shard.take)
     steps_per_epoch = max(1, per_rank // cfg.batch_size + (per_rank % cfg.batch_size > 1))
