@@ -176,3 +176,21 @@ def test_a_trial_pruned_by_rank_zero_ends_pruned_on_every_rank(home, tmp_path: P
     # Rank 1 learnt the decision at once: waiting for a next epoch would have failed the trial after
     # the 30 s collective timeout instead.
     assert "error" not in run.data.tags and took < 300
+
+
+@pytest.mark.slow
+def test_a_trial_whose_ranks_fail_fails_with_rank_zero_s_reason(home, tmp_path: Path) -> None:
+    _, data = home
+    # test_resnet (0.37M parameters) is over this cap: every rank refuses the model once the run exists.
+    path = write_spec(tmp_path, "ddp-refused", trials=1, workers=1, epochs=1, max_params=3e5, max_failures=1,
+                      backbones=("test_resnet.r160_in1k",), lrs=(3e-3, 6e-3), gpus_per_trial=2)
+    spec = tuning.load_spec(path, check_models=False)
+    storage = f"sqlite:///{tmp_path / 'refused.db'}"
+    result = tuning.run_study(spec, data_dir=data, storage=storage)
+    assert result.stopped == "too many failures" and result.worker_exitcodes == (0,)
+    trial, = optuna.load_study(study_name=spec.name, storage=storage).trials
+    run = _trial_runs(result)[0]
+    assert trial.state.name == "FAIL" and "ModelRuleError" in trial.user_attrs["error"]
+    assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+    assert run.info.status == "FAILED" and "ModelRuleError" in run.data.tags["error"]
+    assert run.data.tags["optuna.state"] == "FAIL" and run.data.params["world_size"] == "2"

@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - one line and an exit code, as `harness.cli.main` does
         error = " ".join((f"{type(e).__name__}: {e}" if str(e) else type(e).__name__).split())[:500]
         if is_main:
-            _leave(job, {"error": error})
-        print(f"error: rank {_rank()}: {error}", file=sys.stderr)
+            _leave(job, {"error": error})  # recorded on the trial (and its run): no line on the study's console
+        else:  # the only place another rank's own error shows (its trial records "rank 1 exited with status 1")
+            print(f"error: rank {_rank()}: {error}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 1))
     if is_main:
         _leave(job, {"outcome": dataclasses.asdict(outcome)})
