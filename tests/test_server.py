@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,8 @@ def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str) -> Non
     assert not _group_alive(pgid)  # launcher and workers: the whole tree is gone
 
 
-def _tune(harness_run, dataset: Path, tmp_path: Path, study_storage: str, server: str, artifacts: Path) -> str:  # noqa: ANN001
+def _tune(harness_run: Callable[..., str], dataset: Path, tmp_path: Path, study_storage: str, server: str,
+          artifacts: Path) -> str:
     """`harness tune` with 2 workers and 2 one-epoch trials through the server; returns the best
     trial's run id after checking the study's run tree on the server and its files in `artifacts`."""
     from mlflow.tracking import MlflowClient

@@ -24,19 +24,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from harness.config import RunConfig, to_dict
+from harness.tuning.objectives import sign
 from harness.tuning.rank import RankJob, RanksFailed, TrialOutcome, pruner_table, train_over_ranks
 from harness.tuning.results import TrialRow, best_row, trial_rows
 from harness.tuning.space import suggest
 from harness.tuning.spec import StudySpec
 from harness.tuning.storage import Lock, fail_stale, locked, open_storage, study_lock
-from harness.tuning.objectives import sign
-from harness.tuning.strategies import PRUNERS, EpochProgress, trial_callbacks  # noqa: F401 - EpochProgress: its old home
+from harness.tuning.strategies import PRUNERS, trial_callbacks
 
 if TYPE_CHECKING:
     from harness.tracking.study_runs import StudyRuns
