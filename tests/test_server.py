@@ -1,6 +1,8 @@
-"""`harness server`: the command line it builds, and train -> submit -> predict through a throwaway
-server on SQLite and (where tests/pg.py can start one) PostgreSQL, checked from outside: the
-checkpoint lies in the server's artifact folder, and stopping the command stops the whole server."""
+"""`harness server`: the command line it builds, and train -> tune (2 workers) -> submit -> predict
+through a throwaway server on SQLite and (where tests/pg.py can start one) PostgreSQL, which then also
+holds the study's Optuna database; checked from outside: the checkpoints lie in the server's
+artifact folder, the study's run tree is on the server, and stopping the command stops the whole
+server."""
 from __future__ import annotations
 
 import os
@@ -9,12 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, write_clip, write_labels
 from tests.pg import postgres_or_skip
+from tests.tuning_helpers import write_spec
 
 
 def test_the_server_command_line(tmp_path: Path) -> None:
@@ -92,9 +96,28 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_train_submit_predict_through_a_server(dataset: Path, tmp_path: Path, backend: str) -> None:
+def test_train_tune_submit_predict_through_a_server(dataset: Path, tmp_path: Path, backend: str) -> None:
     with postgres_or_skip("mlflow") if backend == "postgresql" else _sqlite(tmp_path) as store:
-        _drive(dataset, tmp_path, store)
+        _drive(dataset, tmp_path, store, _study_storage(store, tmp_path))
+
+
+def _study_storage(store: str, tmp_path: Path) -> str:
+    """The Optuna storage beside the server's store: a SQLite file, or a database `optuna` in the
+    same PostgreSQL server (the README's layout; MLflow's and Optuna's tables cannot share one)."""
+    if store.startswith("sqlite:"):
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store)
+    connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database)
+    try:
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE DATABASE optuna")
+    finally:
+        connection.close()
+    return url.set(database="optuna").render_as_string(hide_password=False)
 
 
 class _sqlite:
@@ -108,7 +131,7 @@ class _sqlite:
         return None
 
 
-def _drive(dataset: Path, tmp_path: Path, store: str) -> None:
+def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str) -> None:
     home, artifacts, port = tmp_path / "home", tmp_path / "served-artifacts", _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(HARNESS_HOME=str(home), HARNESS_CACHE=str(home / "cache"), PYTHONPATH=str(ROOT))
@@ -132,9 +155,10 @@ def _drive(dataset: Path, tmp_path: Path, store: str) -> None:
         # Proxied artifacts: the checkpoint went through the server into its destination folder.
         assert [p for p in artifacts.rglob("best.safetensors") if run_id in p.parts]
         assert not (home / "mlruns").exists()  # nothing fell back to a local store
-        submitted = harness_run("submit", "--run-id", run_id, "--data", str(dataset), "--out", str(tmp_path / "out"))
+        best_run = _tune(harness_run, dataset, tmp_path, study_storage, export.split("=", 1)[1], artifacts)
+        submitted = harness_run("submit", "--run-id", best_run, "--data", str(dataset), "--out", str(tmp_path / "out"))
         assert "registered: harness-ds version 1, alias champion" in submitted
-        scores = harness_run("predict", "--run-id", run_id, str(dataset / "testset" / "test0.mp4")).strip().split(",")
+        scores = harness_run("predict", "--run-id", best_run, str(dataset / "testset" / "test0.mp4")).strip().split(",")
         assert 0.0 <= float(scores[1]) <= 1.0
         pgid = _server_pgid(server.pid)
     finally:
@@ -149,6 +173,30 @@ def _drive(dataset: Path, tmp_path: Path, store: str) -> None:
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _group_alive(pgid)  # launcher and workers: the whole tree is gone
+
+
+def _tune(harness_run: Callable[..., str], dataset: Path, tmp_path: Path, study_storage: str, server: str,
+          artifacts: Path) -> str:
+    """`harness tune` with 2 workers and 2 one-epoch trials through the server; returns the best
+    trial's run id after checking the study's run tree on the server and its files in `artifacts`."""
+    from mlflow.tracking import MlflowClient
+
+    spec = write_spec(tmp_path, "served", trials=2, workers=2, epochs=1, lrs=(3e-3, 6e-3))
+    out = harness_run("tune", "--study", str(spec), "--data", str(dataset), "--storage", study_storage)
+    best_run = out.split("best: trial ")[1].splitlines()[0].rsplit(" run ", 1)[1].strip()
+    client = MlflowClient(tracking_uri=server)
+    experiment = client.get_experiment_by_name("tune-served")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied: through the server
+    runs = client.search_runs([experiment.experiment_id])
+    parent, = (r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and parent.info.status == "FINISHED" and parent.data.tags["best.run_id"] == best_run
+    assert sorted(r.data.tags["optuna.trial_number"] for r in trials) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["optuna.state"] == "COMPLETE" for r in trials)
+    for run in trials:  # each trial's checkpoint, and the study's files, in the server's destination
+        assert [p for p in artifacts.rglob("best.safetensors") if run.info.run_id in p.parts]
+    assert [p for p in artifacts.rglob("trials.csv") if parent.info.run_id in p.parts]
+    return best_run
 
 
 def _read_export_line(server: subprocess.Popen, log: Path) -> str:

@@ -16,6 +16,7 @@ Where things live:
 - `results`: `TrialRow`, `Progress`, `StudyResult`
 - `figures`: the study's Optuna figures as PNG bytes and its trials as CSV text
 - `worker`: a worker process: the trial gate, the objective
+- `rank`: a trial over several devices (`gpus_per_trial`): its DDP ranks, rank 0 acting for the trial
 - `coordinator`: `run_study` as a few named steps
 - `tables`: the live table, the plain per-trial line, the leaderboard
 - `errors`: `SpecError`, `StorageError` (exit 2), `StorageUnavailable`, `StudyError` (exit 1)

@@ -1,6 +1,8 @@
 """`run_study`: run (or resume) a study with K spawned worker processes, watch it, wrap it up.
 
-Workers run one GPU each when GPUs exist, else share the CPU cores. A trial whose worker died
+Workers run one GPU each when GPUs exist (several may share one), else share the CPU cores; with
+`gpus_per_trial` G > 1 each worker gets a group of G GPUs of its own, and each of its trials trains as
+G DDP ranks there (gloo ranks sharing the cores on a CPU machine). A trial whose worker died
 (kill -9, a lost machine) goes stale after the heartbeat's grace period, is marked FAIL and re-queued
 once with the same parameters; running the same study again resumes it, with the same MLflow parent
 run. Every MLflow call goes through `harness.tracking.study_runs`.
@@ -8,6 +10,7 @@ run. Every MLflow call goes through `harness.tracking.study_runs`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -72,6 +75,7 @@ def run_study(
     timeout: float | None = None,
     cache_root: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    gpus_per_trial: int | None = None,
 ) -> StudyResult:
     """Run (or resume) `spec`'s study until it holds `trials` finished trials in total.
 
@@ -85,12 +89,15 @@ def run_study(
         timeout: seconds after which no new trial starts (running ones finish).
         cache_root: the feature cache (default `harness.paths.cache_dir()`).
         on_progress: called from this process about once a second while something changed.
+        gpus_per_trial: devices each trial trains on as DDP ranks (default `spec.gpus_per_trial`);
+            above 1, workers x gpus_per_trial must not exceed the visible GPUs.
 
     Returns:
         What the study holds now and why this session stopped.
 
     Raises:
-        SpecError, StorageError: the spec, storage or stored study cannot be used.
+        SpecError, StorageError: the spec, storage or stored study cannot be used, or the GPUs
+            cannot give each worker its own group of gpus_per_trial.
         StorageUnavailable: the PostgreSQL server did not answer.
         DatasetError: a bad `data_dir`.
         StudyError: a worker process crashed (`.result` says what the session did).
@@ -101,11 +108,17 @@ def run_study(
     n_workers = workers if workers is not None else spec.workers
     if target < 1 or n_workers < 1:
         raise SpecError("trials and workers must be at least 1")
+    if gpus_per_trial is not None:
+        if gpus_per_trial < 1:
+            raise SpecError(f"gpus_per_trial {gpus_per_trial}: give at least 1")
+        spec = dataclasses.replace(spec, gpus_per_trial=gpus_per_trial)
+    gpus = _cuda_devices() if spec.base.train.device != "cpu" else []
+    devices = device_groups(spec, gpus, n_workers)  # refused before any feature work
     url = resolve_storage(storage, spec)
     cache = Path(cache_root) if cache_root is not None else paths.cache_dir()
     _prepare_inputs(spec, Path(data_dir), cache)
     session = _open_session(spec, url, target, start, None if timeout is None else start + timeout)
-    processes = _start_workers(session, Path(data_dir), cache, n_workers)
+    processes = _start_workers(session, Path(data_dir), cache, devices)
     interrupted = _watch(session, processes, on_progress)
     result = _wrap_up(session, processes, interrupted)
     if interrupted:
@@ -170,21 +183,44 @@ def _spec_params(spec: StudySpec) -> dict[str, Any]:
     return params
 
 
-def _start_workers(session: _Session, data_dir: Path, cache: Path, n_workers: int) -> list[Any]:
-    """Spawn as many workers as there are trials left to finish (at most `n_workers`)."""
+def device_groups(spec: StudySpec, gpus: list[str], workers: int) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES: one GPU each, round-robin, when a trial takes one (workers
+    may share a GPU); a group of `gpus_per_trial` GPUs of its own each when a trial takes more; None
+    each without GPUs (CPU trials; several ranks each with gloo).
+
+    Raises:
+        SpecError: naming the spec and the key, when workers x gpus_per_trial exceed the GPUs.
+    """
+    per_trial = spec.gpus_per_trial
+    if not gpus:
+        return [None] * workers
+    if per_trial == 1:
+        return [gpus[i % len(gpus)] for i in range(workers)]
+    if workers * per_trial > len(gpus):
+        where = spec.path or f"study {spec.name}"
+        raise SpecError(f"{where}: [study] gpus_per_trial = {per_trial} x {workers} worker(s) needs "
+                        f"{workers * per_trial} GPUs, this machine has {len(gpus)} ({','.join(gpus)}); "
+                        f"lower --workers or gpus_per_trial")
+    return [",".join(gpus[i * per_trial:(i + 1) * per_trial]) for i in range(workers)]
+
+
+def _start_workers(session: _Session, data_dir: Path, cache: Path, devices: list[str | None]) -> list[Any]:
+    """Spawn as many workers as there are trials left to finish (at most one per entry of `devices`)."""
     spec = session.spec
     rows = session.rows()
     finished = sum(r.state in FINISHED_STATES for r in rows)
-    n_workers = max(0, min(n_workers, session.target - finished))
-    gpus = _cuda_devices() if spec.base.train.device != "cpu" else []
-    threads = None if gpus else _cpu_threads(n_workers)
+    n_workers = max(0, min(len(devices), session.target - finished))
+    on_gpus = any(d is not None for d in devices)
+    # Threads per process that trains: a worker, or each rank of a trial over several devices.
+    trainers = n_workers * spec.gpus_per_trial
+    threads = None if on_gpus and spec.gpus_per_trial == 1 else _cpu_threads(trainers)
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(n_workers):
         job = Job(spec=spec, storage_url=session.url, data_dir=str(data_dir.resolve()), cache_root=str(cache.resolve()),
                   experiment_id=session.runs.experiment_id, parent_run_id=session.parent, target=session.target,
                   deadline=session.deadline, index=index, seed_offset=1000 * index + len(rows),
-                  cuda_device=gpus[index % len(gpus)] if gpus else None, threads=threads)
+                  cuda_device=devices[index], threads=threads)
         process = context.Process(target=run_worker, args=(job,), name=f"harness-tune-{index}", daemon=False)
         process.start()
         processes.append(process)

@@ -50,6 +50,7 @@ class StudySpec:
     pruner: Pruner = MedianPruning()
     trials: int = 50  # default target: finished (complete + pruned) trials in total
     workers: int = 1  # default number of local worker processes
+    gpus_per_trial: int = 1  # devices (DDP ranks) each trial trains on; > 1: one device group per worker
     max_failures: int = 10  # a study stops once this many of its trials have failed
     heartbeat: Heartbeat = Heartbeat()
     source: str = ""  # the TOML text, logged on the parent run
@@ -174,7 +175,7 @@ _TABLES = {"study", "sampler", "pruner", "space", "base", "heartbeat"}
 # The [study] table's keys and their types (TOML values).
 _STUDY_TYPES: dict[str, Any] = {
     "name": str, "experiment": str, "objectives": str | list[str], "trials": int, "workers": int,
-    "max_failures": int, "pretrained": bool, "max_params": float, "description": str,
+    "max_failures": int, "gpus_per_trial": int, "pretrained": bool, "max_params": float, "description": str,
 }
 
 
@@ -222,10 +223,13 @@ def _parse_spec(raw: dict[str, Any], *, default_name: str, source: str, path: st
         name=name, experiment=study.get("experiment", f"tune-{name}"), objectives=objectives, space=space,
         base=base, sampler=sampler, pruner=pruner, trials=study.get("trials", 50),
         workers=study.get("workers", 1), max_failures=study.get("max_failures", 10),
+        gpus_per_trial=study.get("gpus_per_trial", 1),
         heartbeat=heartbeat, source=source, path=path,
     )
     if spec.trials < 1 or spec.workers < 1 or spec.max_failures < 1:
         raise SpecError("[study]: trials, workers and max_failures must be at least 1")
+    if spec.gpus_per_trial < 1:
+        raise SpecError(f"[study] gpus_per_trial = {spec.gpus_per_trial}: give at least 1 (the devices a trial trains on)")
     _check_strategies(spec)
     _check_values(spec)
     return spec

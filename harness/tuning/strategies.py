@@ -1,6 +1,6 @@
 """How a study searches and stops: samplers (TPE, random), pruners (median, successive halving,
-Hyperband, none), heartbeats, the callback that reports epochs to a trial, and a replay of pruning
-decisions over recorded learning curves.
+Hyperband, none), heartbeats, the callbacks that report epochs to a trial (`trial_callbacks`), and a
+replay of pruning decisions over recorded learning curves.
 
 Each strategy is a frozen dataclass of the spec's values with a `build` that makes the Optuna
 object, so a spec can be checked, hashed and sent to worker processes without Optuna state.
@@ -144,6 +144,31 @@ class PruningCallback:
 
     def on_end(self, result: FitResult) -> None:
         pass
+
+
+class EpochProgress:
+    """Records the epoch reached on the trial (user attribute `epoch`) for the live table."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch(self, report: EpochReport) -> None:
+        self.trial.set_user_attr("epoch", report.epoch)
+
+    def on_end(self, result: FitResult) -> None:
+        pass
+
+
+def trial_callbacks(trial: optuna.Trial, objectives: Sequence[str], pruner: Pruner) -> list[Any]:
+    """What a trial's training reports to the trial: the epoch reached, and with one objective and a
+    pruner, the pruning callback. The same in a one-process trial and on rank 0 of a DDP trial."""
+    callbacks: list[Any] = [EpochProgress(trial)]
+    if len(objectives) == 1 and not isinstance(pruner, NoPruning):
+        callbacks.append(PruningCallback(trial, metric=objectives[0]))
+    return callbacks
 
 
 def replay_pruning(spec: StudySpec, curves: Sequence[Sequence[float]]) -> tuple[int, float | None]:

@@ -8,10 +8,13 @@ rather than stops while trials of other workers are running, since a failed or s
 replacement.
 
 Each trial is one `harness.run.train_run` under the study's parent run (`trial-007`); its run's
-`optuna.state` is kept in step with the trial by `harness.tracking.study_runs`.
+`optuna.state` is kept in step with the trial by `harness.tracking.study_runs`. With
+`gpus_per_trial` G > 1 the trial trains as G DDP ranks on the worker's device group
+(`harness.tuning.rank`): rank 0 reports and prunes for the trial, the objective reads its outcome.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -21,18 +24,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
-from harness.callbacks import EpochReport, FitResult
+from harness.config import RunConfig, to_dict
+from harness.tuning.objectives import sign
+from harness.tuning.rank import RankJob, RanksFailed, TrialOutcome, pruner_table, train_over_ranks
 from harness.tuning.results import TrialRow, best_row, trial_rows
 from harness.tuning.space import suggest
 from harness.tuning.spec import StudySpec
 from harness.tuning.storage import Lock, fail_stale, locked, open_storage, study_lock
-from harness.tuning.objectives import sign
-from harness.tuning.strategies import PRUNERS, NoPruning, PruningCallback
+from harness.tuning.strategies import PRUNERS, trial_callbacks
 
 if TYPE_CHECKING:
     from harness.tracking.study_runs import StudyRuns
@@ -52,8 +56,8 @@ class Job:
     deadline: float | None  # time.time() after which no trial starts
     index: int
     seed_offset: int
-    cuda_device: str | None
-    threads: int | None
+    cuda_device: str | None  # CUDA_VISIBLE_DEVICES of the worker: one GPU, or a trial's group of G
+    threads: int | None  # torch threads of the worker (of each rank when a trial has several)
 
 
 class TrialGate:
@@ -108,22 +112,6 @@ class TrialGate:
             study.stop()
 
 
-class EpochProgress:
-    """Records the epoch reached on the trial (user attribute `epoch`) for the live table."""
-
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def on_epoch(self, report: EpochReport) -> None:
-        self.trial.set_user_attr("epoch", report.epoch)
-
-    def on_end(self, result: FitResult) -> None:
-        pass
-
-
 def record_progress(runs: StudyRuns, parent_run_id: str, spec: StudySpec, rows: Sequence[TrialRow], target: int) -> None:
     """Counts and the best trial so far on the parent run (plain values for the run tree)."""
     from harness.tracking.study_runs import BestTrial
@@ -157,7 +145,6 @@ class Objective:
         self.runs = runs
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        from harness.run import train_run
         from harness.tracking.study_runs import trial_tags
 
         self.gate.release()  # the trial exists now (RUNNING): the next worker counts it
@@ -169,23 +156,17 @@ class Objective:
                     trial.set_user_attr(inherited, None)
             trial.set_user_attr("epoch", 0)
             cfg = spec.config_for({name: suggest(trial, name, dim) for name, dim in spec.space})
-            callbacks: list[Any] = [EpochProgress(trial)]
-            if len(spec.objectives) == 1 and not isinstance(spec.pruner, NoPruning):
-                callbacks.append(PruningCallback(trial, metric=spec.objectives[0]))
-            result = train_run(
-                cfg, data_dir=Path(self.job.data_dir), experiment=spec.experiment, cache_root=Path(self.job.cache_root),
-                run_name=f"trial-{trial.number:03d}", parent_run_id=self.job.parent_run_id, callbacks=callbacks,
-                tags=trial_tags(spec.name, trial.number, retry_of=_retry_of(self.gate.study, trial.number)),
-            )
+            tags = trial_tags(spec.name, trial.number, retry_of=_retry_of(self.gate.study, trial.number))
+            result = self._train(trial, cfg, tags)
         except BaseException as e:
-            self._failed(trial, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            self._failed(trial, _describe(e))
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
-        trial.set_user_attr("epoch", len(result.fit.history) if result.fit else 0)
+        trial.set_user_attr("epoch", result.epochs)
         if result.status == "KILLED":  # pruned: run.py ended the run KILLED with pruned_at_epoch
             self.runs.mark_trial(result.run_id, "PRUNED", pruner=pruner_name(spec.pruner))
-            raise optuna.TrialPruned(result.fit.stopped_by if result.fit else "pruned")
-        best = result.fit.best_metrics if result.fit else {}
+            raise optuna.TrialPruned(result.stopped_by or "pruned")
+        best = result.best_metrics
         objective = [float(best.get(o, float("nan"))) for o in spec.objectives]
         if not all(math.isfinite(v) for v in objective):
             error = f"ValueError: objective {dict(zip(spec.objectives, objective))} is not a number (one class in val?)"
@@ -194,6 +175,26 @@ class Objective:
             raise ValueError(error)
         self.runs.mark_trial(result.run_id, "COMPLETE")
         return objective[0] if len(objective) == 1 else objective
+
+    def _train(self, trial: optuna.Trial, cfg: RunConfig, tags: dict[str, str]) -> TrialOutcome:
+        """The trial's training run: in this process, or as `gpus_per_trial` DDP ranks whose rank 0
+        acts for the trial (`harness.tuning.rank`)."""
+        from harness.run import train_run
+
+        spec, job = self.spec, self.job
+        run_name = f"trial-{trial.number:03d}"
+        if spec.gpus_per_trial == 1:
+            return TrialOutcome.of(train_run(
+                cfg, data_dir=Path(job.data_dir), experiment=spec.experiment, cache_root=Path(job.cache_root),
+                run_name=run_name, parent_run_id=job.parent_run_id, tags=tags,
+                callbacks=trial_callbacks(trial, spec.objectives, spec.pruner)))
+        ranks = RankJob(
+            config=to_dict(cfg), data_dir=job.data_dir, cache_root=job.cache_root, experiment=spec.experiment,
+            run_name=run_name, parent_run_id=job.parent_run_id, tags=tags, study=spec.name,
+            storage_url=job.storage_url, trial_number=trial.number, objectives=list(spec.objectives),
+            pruner=pruner_table(spec.pruner), max_epochs=spec.max_epochs(),
+            heartbeat=dataclasses.asdict(spec.heartbeat))
+        return train_over_ranks(ranks, spec.gpus_per_trial, threads=job.threads)
 
     def _failed(self, trial: optuna.Trial, error: str, *, run_id: str | None = None) -> None:
         """Record the error on the trial and FAIL on its run (found by its tags when train_run raised)."""
@@ -206,6 +207,13 @@ class Objective:
                 self.runs.mark_trial(run_id, "FAIL")
         except Exception:  # noqa: BLE001, S110 - never hide the trial's own error behind a bookkeeping one
             pass
+
+
+def _describe(error: BaseException) -> str:
+    """The error as a trial records it: `Type: message` (a rank failure's line is already that)."""
+    if isinstance(error, RanksFailed):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _retry_of(study: optuna.Study, number: int) -> int | None:
