@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.callbacks import Callback
-from harness.config import RunConfig, check_track, flat
+from harness.config import RunConfig, check_track, flat, to_dict
 from harness.data.dataset import SplitArrays, load_arrays
 from harness.data.folds import assign_folds, group_ids, pool, read_group_file, subset
 from harness.data.labels import Dataset, DatasetError, load_dataset
@@ -251,4 +251,4 @@ def _cv_parent(cfg: RunConfig, ds: Dataset, experiment: str, name: str, folds: i
                 T.CV_GROUP_BY: group_by, T.CV_GROUPS: str(groups)}
     if parent_run_id:
         run_tags[T.MLFLOW_PARENT] = parent_run_id
-    return CvParent(experiment=experiment, run_name=name, params=params, tags=run_tags)
+    return CvParent(experiment=experiment, run_name=name, params=params, tags=run_tags, config=to_dict(cfg))

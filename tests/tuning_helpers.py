@@ -10,10 +10,11 @@ import pytest
 def write_spec(folder: Path, name: str, *, trials: int = 4, workers: int = 1, backbones: tuple[str, ...] = ("test_byobnet.r160_in1k",),
                lrs: tuple[float, ...] = (), max_params: float = 1e6, epochs: int = 2, pruner: str = 'kind = "none"',
                sampler: str = 'kind = "random"\nseed = 0', objectives: str = '["val_auc"]', max_failures: int = 10,
-               gpus_per_trial: int = 1) -> Path:
+               gpus_per_trial: int = 1, study_extra: str = "") -> Path:
     """A study of tiny models for 1-3 epochs at 64x64: a couple of seconds a trial on the test data."""
     lr = f"lr = {list(lrs)}" if lrs else "lr = { low = 1e-3, high = 1e-2, log = true }"
     devices = f"\ngpus_per_trial = {gpus_per_trial}" if gpus_per_trial != 1 else ""
+    devices += f"\n{study_extra}" if study_extra else ""  # more [study] keys, e.g. folds = 2
     text = f"""
 [study]
 name = "{name}"

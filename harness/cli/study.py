@@ -21,7 +21,8 @@ def tune(
     study: StudyOption = "demo",
     data: DataOption = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Finished (complete + pruned) trials wanted in the study in total; failed ones do not count. Default: the spec's.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes, one GPU each when GPUs exist. Default: the spec's.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local worker processes, one GPU each when GPUs exist (gpus_per_trial GPUs each when the spec asks for more). Default: the spec's.")] = None,
+    gpus_per_trial: Annotated[Optional[int], typer.Option(min=1, help="Devices each trial trains on with DDP. Default: the spec's.")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DB. Default: studies/NAME.db.")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Start no new trial after this many seconds (running ones finish).")] = None,
     cache: CacheOption = None,
@@ -44,7 +45,8 @@ def tune(
     for cfg in spec.prepare_configs():  # every input the study can pick, once, up front
         run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
     console = Console(stderr=True)
-    options = dict(data_dir=data_dir, storage=url, trials=trials, workers=workers, timeout=timeout, cache_root=cache)
+    options = dict(data_dir=data_dir, storage=url, trials=trials, workers=workers, timeout=timeout, cache_root=cache,
+                   gpus_per_trial=gpus_per_trial)
     if console.is_terminal:
         from rich.live import Live
 
@@ -59,7 +61,11 @@ def tune(
     if best is None or not best.run_id:
         raise JobFailed(f"study {result.study}: no trial completed ({result.stopped})")
     typer.echo(f"best: trial {best.number}, {result.objectives[0]} {best.value:.4f}, run {best.run_id}")
-    typer.echo(f"next: harness submit --run-id {best.run_id}" + (f" --data {data}" if data else ""))
+    on = f" --data {data}" if data else ""
+    if spec.folds:  # a cross-validated trial's folds each saw part of the data: train its settings once more
+        typer.echo(f"next: harness train --like {best.run_id}{on} --experiment {spec.experiment}, then harness submit --run-id RUN")
+    else:
+        typer.echo(f"next: harness submit --run-id {best.run_id}{on}")
 
 
 @app.command()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -10,12 +10,18 @@ from harness.cli import CacheOption, DataOption, app, resolve_data
 from harness.cli.prepare import CROP_QUALITY_HELP, CROP_STORAGE_HELP, run_prepare
 from harness.errors import EXIT_BAD_INPUT
 
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+
 
 @app.command()
 def train(
     ctx: typer.Context,
     data: DataOption = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with [features], [video] and [train] tables.")] = None,
+    like: Annotated[Optional[str], typer.Option(help="Start from the settings of a recorded run (a trial, a "
+                                                "cross-validation: train its settings on the official split to "
+                                                "submit them); other options override.")] = None,
     modality: Annotated[Optional[str], typer.Option(help="audio | video | fusion | image (face-image datasets).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="timm model name or name.tag.")] = None,
     video_backbone: Annotated[Optional[str], typer.Option(help="Fusion's video branch (default: --backbone).")] = None,
@@ -67,6 +73,8 @@ def train(
     from harness.config import RunConfig, read_config_file, replace
 
     base = read_config_file(config) if config is not None else RunConfig()
+    if like is not None:
+        base = _settings_of(like, config)
     cfg = replace(base, modality=modality, train=replace(
         base.train, backbone=backbone, video_backbone=video_backbone, lr=lr, loss=loss,
         label_smoothing=label_smoothing, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
@@ -93,6 +101,17 @@ def train(
         _train_ranks(ctx, nproc, data_dir)
         return
     run_train(cfg, data_dir=data_dir, experiment=experiment, cache=cache)
+
+
+def _settings_of(run: str, config: Path | None) -> RunConfig:
+    """`--like RUN`: the run's recorded settings (one of --config and --like)."""
+    from harness import tracking
+    from harness.errors import ConfigError
+
+    if config is not None:
+        raise ConfigError("--config and --like both give the starting settings: use one")
+    client = tracking.setup()
+    return tracking.run_settings(client, tracking.resolve_run_id(client, run))
 
 
 def _check_nproc(nproc: int, device: str) -> None:

@@ -34,7 +34,7 @@ _EXPORTS = {
     "RunRecorder": "recorder",
     **dict.fromkeys((
         "RUN_ALIASES", "close_dead_runs", "close_orphans", "get_or_create_experiment", "get_run", "git_state",
-        "load_run_config", "package_versions", "process_tags", "resolve_run_id", "run_git", "setup",
+        "load_run_config", "package_versions", "process_tags", "resolve_run_id", "run_git", "run_settings", "setup",
     ), "store"),
     **dict.fromkeys(("UiServer", "check_port_free", "latest_experiment", "ui_url"), "ui"),
 }
@@ -42,7 +42,7 @@ _EXPORTS = {
 __all__ = [
     "RUN_ALIASES", "RunRecorder", "UiServer", "check_port_free", "close_dead_runs", "close_orphans",
     "get_or_create_experiment", "get_run", "git_state", "latest_experiment", "load_run_config",
-    "package_versions", "process_tags", "resolve_run_id", "run_git", "setup", "tags", "ui_url",
+    "package_versions", "process_tags", "resolve_run_id", "run_git", "run_settings", "setup", "tags", "ui_url",
 ]
 
 

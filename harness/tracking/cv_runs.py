@@ -27,13 +27,16 @@ from harness.tracking.store import get_or_create_experiment, git_state, package_
 class CvParent:
     """A cross-validation's parent run; create it, train the folds under `run_id`, then `finish`."""
 
-    def __init__(self, *, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+    def __init__(self, *, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
+                 config: dict[str, Any] | None = None) -> None:
         """
         Args:
             experiment: MLflow experiment name (created when missing).
             run_name: the parent's name; fold runs are named after it.
             params: the run settings, flat (`harness.config.flat`), plus the CV's own.
             tags: the CV plan (cv.folds, cv.group_by, cv.groups) and the dataset tags.
+            config: the settings every fold trains with (`harness.config.to_dict`), logged as
+                `config.json`, from which `harness train --like RUN` trains them on the official split.
         """
         self.client = setup()
         run_tags = {**git_state(paths.project_root()), **package_versions(), **process_tags(), **tags, T.KIND: T.CV_KIND}
@@ -43,6 +46,8 @@ class CvParent:
                                      tags={k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in run_tags.items()})
         self.run_id: str = run.info.run_id
         self.run_name: str = run.info.run_name
+        if config is not None:
+            self.client.log_dict(self.run_id, config, "config.json")
         entries = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
         for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_TAGS_PER_BATCH])

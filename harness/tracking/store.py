@@ -149,6 +149,26 @@ def load_run_config(client: MlflowClient, run_id: str) -> tuple[RunConfig, Path]
     return config, folder / weights[0]
 
 
+def run_settings(client: MlflowClient, run_id: str) -> RunConfig:
+    """The settings a recorded run trained with: a training run's `checkpoint/config.json`, or a
+    cross-validation's `config.json` (what each of its folds trained with). Only that file is read.
+
+    Raises:
+        NotFound: no such run, or a run that recorded no settings (it ended before its first epoch).
+    """
+    import tempfile
+
+    get_run(client, run_id)
+    for folder in ("checkpoint", None):
+        if "config.json" not in {Path(a.path).name for a in client.list_artifacts(run_id, folder)}:
+            continue
+        path = f"{folder}/config.json" if folder else "config.json"
+        with tempfile.TemporaryDirectory(prefix="harness-settings-") as tmp:
+            local = client.download_artifacts(run_id, path, tmp)
+            return from_dict(RunConfig, json.loads(Path(local).read_text()), where=f"run {run_id} {path}")
+    raise NotFound(f"run {run_id} recorded no settings (no checkpoint/config.json or config.json)")
+
+
 RUN_ALIASES = ("best", "last")
 
 

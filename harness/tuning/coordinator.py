@@ -111,6 +111,9 @@ def run_study(
     if gpus_per_trial is not None:
         if gpus_per_trial < 1:
             raise SpecError(f"gpus_per_trial {gpus_per_trial}: give at least 1")
+        if gpus_per_trial > 1 and spec.folds:
+            raise SpecError(f"gpus_per_trial {gpus_per_trial}: a cross-validated study (folds = {spec.folds}) trains "
+                            "each fold in one process")
         spec = dataclasses.replace(spec, gpus_per_trial=gpus_per_trial)
     gpus = _cuda_devices() if spec.base.train.device != "cpu" else []
     devices = device_groups(spec, gpus, n_workers)  # refused before any feature work

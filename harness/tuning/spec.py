@@ -21,7 +21,7 @@ from harness import paths
 from harness.config import AudioFeatures, RunConfig, VideoFeatures, check_track, from_dict, to_dict
 from harness.errors import ConfigError
 from harness.tuning.errors import SpecError
-from harness.tuning.objectives import OBJECTIVES
+from harness.tuning.objectives import CV_OBJECTIVES, OBJECTIVES
 from harness.tuning.space import (
     INPUT_SIZE,
     Dimension,
@@ -51,6 +51,8 @@ class StudySpec:
     trials: int = 50  # default target: finished (complete + pruned) trials in total
     workers: int = 1  # default number of local worker processes
     gpus_per_trial: int = 1  # devices (DDP ranks) each trial trains on; > 1: one device group per worker
+    folds: int = 0  # K >= 2: each trial is a grouped K-fold cross-validation (harness.tuning.cv_trial); 0: the split
+    group_by: str = "auto"  # the folds' groups: auto | none | a video_name,group file
     max_failures: int = 10  # a study stops once this many of its trials have failed
     heartbeat: Heartbeat = Heartbeat()
     source: str = ""  # the TOML text, logged on the parent run
@@ -115,6 +117,8 @@ class StudySpec:
         """What a stored study must have been created from to be resumed: objectives, space, base."""
         blob = {"objectives": list(self.objectives), "space": [[n, dim_json(d)] for n, d in self.space],
                 "base": to_dict(self.base)}
+        if self.folds:  # a value measured on K folds is not comparable with one on the split (older hashes kept)
+            blob["cv"] = [self.folds, self.group_by]
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -176,6 +180,7 @@ _TABLES = {"study", "sampler", "pruner", "space", "base", "heartbeat"}
 _STUDY_TYPES: dict[str, Any] = {
     "name": str, "experiment": str, "objectives": str | list[str], "trials": int, "workers": int,
     "max_failures": int, "gpus_per_trial": int, "pretrained": bool, "max_params": float, "description": str,
+    "folds": int, "group_by": str,
 }
 
 
@@ -223,16 +228,41 @@ def _parse_spec(raw: dict[str, Any], *, default_name: str, source: str, path: st
         name=name, experiment=study.get("experiment", f"tune-{name}"), objectives=objectives, space=space,
         base=base, sampler=sampler, pruner=pruner, trials=study.get("trials", 50),
         workers=study.get("workers", 1), max_failures=study.get("max_failures", 10),
-        gpus_per_trial=study.get("gpus_per_trial", 1),
-        heartbeat=heartbeat, source=source, path=path,
+        gpus_per_trial=study.get("gpus_per_trial", 1), folds=study.get("folds", 0),
+        group_by=study.get("group_by", "auto"), heartbeat=heartbeat, source=source, path=path,
     )
     if spec.trials < 1 or spec.workers < 1 or spec.max_failures < 1:
         raise SpecError("[study]: trials, workers and max_failures must be at least 1")
     if spec.gpus_per_trial < 1:
         raise SpecError(f"[study] gpus_per_trial = {spec.gpus_per_trial}: give at least 1 (the devices a trial trains on)")
+    _check_folds(spec)
     _check_strategies(spec)
     _check_values(spec)
     return spec
+
+
+def _check_folds(spec: StudySpec) -> None:
+    """A cross-validated study (`folds = K`) optimises cross-validated objectives, a study on the
+    official split the split's; CV trials read whole-clip images in one process (`harness.crossval`)."""
+    cv = [o for o in spec.objectives if o in CV_OBJECTIVES]
+    if spec.folds == 0 and cv:
+        raise SpecError(f"objective {cv[0]!r} needs a cross-validated study: set [study] folds = K (at least 2)")
+    if spec.folds == 0:
+        return
+    if spec.folds < 2:
+        raise SpecError(f"[study] folds = {spec.folds}: give at least 2, or leave it out to train on the official split")
+    if len(cv) != len(spec.objectives):
+        other = next(o for o in spec.objectives if o not in CV_OBJECTIVES)
+        raise SpecError(f"[study] folds = {spec.folds}: objective {other!r} is measured on the official split; "
+                        f"choose from {', '.join(CV_OBJECTIVES)}")
+    if spec.group_by not in ("auto", "none") and not Path(spec.group_by).is_file():
+        raise SpecError(f"[study] group_by = {spec.group_by!r}: not auto, none or an existing video_name,group file")
+    if spec.gpus_per_trial > 1:
+        raise SpecError("[study] folds with gpus_per_trial > 1 is not supported yet: each fold trains in one process")
+    windowed = [n for n in spec.searched if path_of(n) in ("features.window_seconds", "features.codec_variants")]
+    if spec.base.features.windowed or spec.base.features.codec_variants or windowed:
+        raise SpecError("[study] folds: cross-validated trials read whole-clip images; windows and codec variants "
+                        "are not pooled into folds yet (drop them, or tune them on the official split)")
 
 
 def _parse_base(table: dict[str, Any], study: dict[str, Any]) -> RunConfig:

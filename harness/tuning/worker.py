@@ -183,6 +183,11 @@ class Objective:
 
         spec, job = self.spec, self.job
         run_name = f"trial-{trial.number:03d}"
+        if spec.folds:
+            from harness.tuning.cv_trial import run_cv_trial
+
+            return run_cv_trial(trial, cfg, spec=spec, data_dir=Path(job.data_dir), cache_root=Path(job.cache_root),
+                                parent_run_id=job.parent_run_id, tags=tags)
         if spec.gpus_per_trial == 1:
             return TrialOutcome.of(train_run(
                 cfg, data_dir=Path(job.data_dir), experiment=spec.experiment, cache_root=Path(job.cache_root),

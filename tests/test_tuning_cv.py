@@ -1,0 +1,145 @@
+"""Cross-validated studies (`folds = K` in a study spec): the keys and their refusals, and (slow) a
+study whose trials are grouped K-fold cross-validations: the run tree study -> trial -> fold, the
+trial's value read from its folds, pruning between folds, and `harness train --like` training the
+best trial's settings on the official split."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from harness import tuning
+from harness.tuning.cv_trial import cv_objective_values
+from harness.tuning.spec import SpecError
+from tests.conftest import ROOT, isolated_home, write_clip, write_labels
+
+from .tuning_helpers import run_cli, write_spec
+
+CV = 'folds = 2\ngroup_by = "none"'
+
+
+def test_a_cross_validated_spec_is_read_and_is_its_own_study(tmp_path: Path) -> None:
+    spec = tuning.load_spec(write_spec(tmp_path, "cv", objectives='["cv_val_auc_low"]', study_extra=CV), check_models=False)
+    assert (spec.folds, spec.group_by, spec.directions) == (2, "none", ["maximize"])
+    three = tuning.load_spec(write_spec(tmp_path, "cv3", objectives='["cv_val_auc_low"]', study_extra='folds = 3'),
+                             check_models=False)
+    assert three.group_by == "auto" and three.space_hash() != spec.space_hash()  # K folds' values are not K+1's
+    plain = tuning.load_spec(write_spec(tmp_path, "plain"), check_models=False)
+    assert plain.folds == 0
+
+
+@pytest.mark.parametrize(("objectives", "extra", "message"), [
+    ('["cv_val_auc_mean"]', "", "objective 'cv_val_auc_mean' needs a cross-validated study: set [study] folds = K"),
+    ('["val_auc"]', CV, "objective 'val_auc' is measured on the official split; choose from cv_val_auc_mean"),
+    ('["oof_auc"]', "folds = 1", "[study] folds = 1: give at least 2"),
+    ('["oof_auc"]', 'folds = 2\ngroup_by = "nofile.csv"', "group_by = 'nofile.csv': not auto, none or an existing"),
+    ('["oof_auc"]', CV + "\ngpus_per_trial = 2", "folds with gpus_per_trial > 1 is not supported yet"),
+])
+def test_bad_cross_validated_specs_are_one_line_naming_the_file(tmp_path: Path, objectives: str, extra: str,
+                                                                 message: str) -> None:
+    path = write_spec(tmp_path, "bad", objectives=objectives, study_extra=extra)
+    with pytest.raises(SpecError, match=f"^{path}: .*" + message.replace("[", r"\[").replace("]", r"\]")) as caught:
+        tuning.load_spec(path, check_models=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_windows_are_refused_in_a_cross_validated_study(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "win", objectives='["oof_auc"]', study_extra=CV)
+    path.write_text(path.read_text() + "\n[base.features]\nwindow_seconds = 1.0\n")
+    with pytest.raises(SpecError, match="windows and codec variants are not pooled into folds"):
+        tuning.load_spec(path, check_models=False)
+
+
+def test_the_pessimistic_objective_is_the_mean_less_the_spread() -> None:
+    metrics = {"cv_val_auc_mean": 0.8, "cv_val_auc_std": 0.1, "oof_auc": 0.77}
+    assert cv_objective_values(metrics, ("cv_val_auc_low", "oof_auc")) == pytest.approx([0.7, 0.77])
+
+
+# ---------------------------------------------------------------------------------- whole studies (slow)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """A 24-clip data set and an MLflow store."""
+    root = tmp_path_factory.mktemp("tune-cv")
+    data = root / "ds"
+    for split, n in (("train", 16), ("val", 8)):
+        for i in range(n):
+            write_clip(data / f"{split}set" / f"{split}{i}.mp4", seconds=1.0, freq=300 + 60 * i)
+    write_labels(data / "train_label.txt", [(f"train{i}.mp4", i % 2) for i in range(16)])
+    write_labels(data / "val_label.txt", [(f"val{i}.mp4", i % 2) for i in range(8)])
+    with isolated_home(root) as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.setenv("PYTHONPATH", str(ROOT))
+        from harness import tracking
+
+        tracking.setup()
+        yield root, data
+
+
+def _children(client, experiment_id: str, parent: str) -> list:  # noqa: ANN001
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
+@pytest.mark.slow
+def test_each_trial_is_a_cross_validation_and_its_value_comes_from_the_folds(home, tmp_path: Path, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, data = home
+    path = write_spec(tmp_path, "cv-study", trials=2, epochs=1, lrs=(3e-3, 6e-3), objectives='["cv_val_auc_low"]',
+                      study_extra=CV)
+    spec = tuning.load_spec(path, check_models=False)
+    storage = f"sqlite:///{tmp_path / 'cv.db'}"
+    result = tuning.run_study(spec, data_dir=data, storage=storage)
+    assert result.finished == 2 and result.worker_exitcodes == (0,)
+    client = MlflowClient()
+    trials = optuna.load_study(study_name=spec.name, storage=storage).trials
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in _children(client, result.experiment_id, result.parent_run_id)}
+    assert sorted(runs) == [0, 1]
+    for t in trials:  # study -> trial (a cross-validation) -> fold
+        run = runs[t.number]
+        assert t.state.name == "COMPLETE" and run.info.status == "FINISHED" and run.data.tags["harness.kind"] == "cv"
+        assert run.info.run_name == f"trial-{t.number:03d}" and run.data.tags["optuna.state"] == "COMPLETE"
+        folds = _children(client, result.experiment_id, run.info.run_id)
+        assert sorted(f.data.tags["cv.fold"] for f in folds) == ["0", "1"] and {f.info.status for f in folds} == {"FINISHED"}
+        m = run.data.metrics
+        assert t.value == pytest.approx(m["cv_val_auc_mean"] - m["cv_val_auc_std"])  # the folds' mean less their spread
+        assert float(run.data.params["train.lr"]) == t.params["lr"]
+    best = result.best
+    # The best trial's settings, trained once more on the official split: a model to submit.
+    code, out, err = run_cli(capsys, "train", "--like", best.run_id, "--data", str(data), "--experiment", "retrain")
+    assert code == 0, err
+    retrained = client.search_runs([client.get_experiment_by_name("retrain").experiment_id])[0]
+    assert retrained.info.status == "FINISHED" and float(retrained.data.params["train.lr"]) == best.params["lr"]
+    assert retrained.data.params["train.loss"] == trials[best.number].params["loss"]
+    # A cross-validation is no model: submitting it says what to do instead.
+    code, _, err = run_cli(capsys, "submit", "--run-id", best.run_id, "--data", str(data))
+    assert code == 2 and "is a cross-validation (harness.kind=cv) with no model of its own" in err
+
+
+@pytest.mark.slow
+def test_a_cross_validated_trial_is_pruned_between_folds(home, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, data = home
+    path = write_spec(tmp_path, "cv-pruned", trials=2, epochs=1, lrs=(3e-3, 6e-3), objectives='["cv_val_auc_mean"]',
+                      study_extra=CV, pruner='kind = "median"\nn_startup_trials = 1\nn_warmup_steps = 0')
+    spec = tuning.load_spec(path, check_models=False)
+    storage = f"sqlite:///{tmp_path / 'pruned.db'}"
+    # A finished trial no model can match (AUC 2.0 after each fold): the real one stops after fold 0.
+    study = tuning.storage.load_or_create_study(spec, tuning.open_storage(storage, spec.heartbeat))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=2.0,
+                                              intermediate_values={1: 2.0, 2: 2.0}, params={}, distributions={}))
+    started = time.monotonic()
+    result = tuning.run_study(spec, data_dir=data, storage=storage)
+    assert result.worker_exitcodes == (0,) and result.finished == 2 and time.monotonic() - started < 600
+    trial = optuna.load_study(study_name=spec.name, storage=storage).trials[1]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["epoch"] == 1  # one fold trained
+    client = MlflowClient()
+    run, = _children(client, result.experiment_id, result.parent_run_id)
+    assert run.info.status == "KILLED" and run.data.tags["pruned_at_fold"] == "0"
+    assert run.info.run_name == "trial-001 (pruned after fold 0)" and run.data.tags["optuna.state"] == "PRUNED"
+    assert "Pruned after fold 0 by the median pruner" in run.data.tags["mlflow.note.content"]
+    assert len(_children(client, result.experiment_id, run.info.run_id)) == 1
