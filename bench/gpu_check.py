@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from train_speed import build, model_only_rate  # noqa: E402
+from train_speed import LastRate, build, model_only_rate  # noqa: E402
 
 from harness import engine  # noqa: E402
 from harness.config import Augment, TrainConfig  # noqa: E402
@@ -61,18 +61,6 @@ def generated(n: int, shape: tuple[int, int], seed: int) -> SplitArrays:
     rng = np.random.default_rng(seed)
     return SplitArrays(inputs={"audio": rng.integers(0, 256, (n, *shape), dtype=np.uint8)},
                        labels=(np.arange(n) % 2).astype(np.int64), names=[f"g{i}" for i in range(n)])
-
-
-class LastRate:
-    def __init__(self) -> None:
-        self.rate = float("nan")
-
-    def on_start(self, info: dict) -> None: ...
-
-    def on_epoch(self, report) -> None:  # noqa: ANN001
-        self.rate = report.metrics["samples_per_s"]
-
-    def on_end(self, result) -> None: ...  # noqa: ANN001
 
 
 def fit_rate(cfg: TrainConfig, train: SplitArrays, val: SplitArrays, shape: tuple[int, int]) -> float:

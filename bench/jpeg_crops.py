@@ -32,6 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import engine  # noqa: E402
 from harness.config import Augment, RunConfig, TrainConfig, VideoFeatures  # noqa: E402
@@ -39,6 +40,7 @@ from harness.data.cache import load_split, prepare_features  # noqa: E402
 from harness.data.dataset import DeviceResident, SplitArrays  # noqa: E402
 from harness.data.jpeg_crops import JpegCrops  # noqa: E402
 from harness.data.labels import load_dataset  # noqa: E402
+from train_speed import LastRate  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "ffdv-phase1-sample"
 NO_AUGMENT = Augment(time_mask=0.0, freq_mask=0.0, time_shift=0.0, hflip=False, colour=0.0)
@@ -112,18 +114,6 @@ def tiled_splits(folder: Path, crops: np.ndarray, blobs: list[np.ndarray], n: in
     jpeg = SplitArrays(inputs={"video": JpegCrops(np.load(jpeg_path, mmap_mode="r"), spans, crops.shape[1:])},
                        labels=labels, names=names)
     return raw, jpeg
-
-
-class LastRate:
-    def __init__(self) -> None:
-        self.rate = float("nan")
-
-    def on_start(self, info: dict) -> None: ...
-
-    def on_epoch(self, report) -> None:  # noqa: ANN001
-        self.rate = report.metrics["samples_per_s"]
-
-    def on_end(self, result) -> None: ...  # noqa: ANN001
 
 
 def settings(cuda: bool) -> RunConfig:

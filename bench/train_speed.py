@@ -79,6 +79,20 @@ def model_only_rate(cfg: TrainConfig, shape: tuple[int, int], steps: int) -> flo
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
+class LastRate:
+    """Engine callback keeping the last epoch's samples/s (shared by gpu_check and jpeg_crops)."""
+
+    def __init__(self) -> None:
+        self.rate = float("nan")
+
+    def on_start(self, info: dict) -> None: ...
+
+    def on_epoch(self, report) -> None:  # noqa: ANN001
+        self.rate = report.metrics["samples_per_s"]
+
+    def on_end(self, result) -> None: ...  # noqa: ANN001
+
+
 class LogTime:
     """Notes the recorder's MLflow time after on_start and after each epoch's logging."""
 

@@ -13,9 +13,9 @@ import pytest
 from harness import tuning
 from harness.tuning.cv_trial import cv_objective_values
 from harness.tuning.spec import SpecError
-from tests.conftest import ROOT, isolated_home, write_clip, write_labels
+from tests.conftest import ROOT, isolated_home
 
-from .tuning_helpers import run_cli, write_spec
+from .tuning_helpers import run_cli, tiny_dataset, write_spec
 
 CV = 'folds = 2\ngroup_by = "none"'
 
@@ -64,12 +64,7 @@ def test_the_pessimistic_objective_is_the_mean_less_the_spread() -> None:
 def home(tmp_path_factory: pytest.TempPathFactory):
     """A 24-clip data set and an MLflow store."""
     root = tmp_path_factory.mktemp("tune-cv")
-    data = root / "ds"
-    for split, n in (("train", 16), ("val", 8)):
-        for i in range(n):
-            write_clip(data / f"{split}set" / f"{split}{i}.mp4", seconds=1.0, freq=300 + 60 * i)
-    write_labels(data / "train_label.txt", [(f"train{i}.mp4", i % 2) for i in range(16)])
-    write_labels(data / "val_label.txt", [(f"val{i}.mp4", i % 2) for i in range(8)])
+    data = tiny_dataset(root / "ds")
     with isolated_home(root) as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         mp.setenv("PYTHONPATH", str(ROOT))

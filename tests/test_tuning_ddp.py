@@ -14,9 +14,9 @@ import pytest
 from harness import tuning
 from harness.tuning.coordinator import device_groups
 from harness.tuning.rank import RankJob, pruner_table
-from tests.conftest import ROOT, isolated_home, write_clip, write_labels
+from tests.conftest import ROOT, isolated_home
 
-from .tuning_helpers import write_spec
+from .tuning_helpers import tiny_dataset, write_spec
 
 # ---------------------------------------------------------------------------------- the key
 
@@ -92,12 +92,7 @@ def test_the_ranks_job_carries_the_pruner_as_the_spec_wrote_it(tmp_path: Path) -
 def home(tmp_path_factory: pytest.TempPathFactory):
     """A 24-clip data set and an MLflow store; ranks run one torch thread each and time out in 30 s."""
     root = tmp_path_factory.mktemp("tune-ddp")
-    data = root / "ds"
-    for split, n in (("train", 16), ("val", 8)):
-        for i in range(n):
-            write_clip(data / f"{split}set" / f"{split}{i}.mp4", seconds=1.0, freq=300 + 60 * i)
-    write_labels(data / "train_label.txt", [(f"train{i}.mp4", i % 2) for i in range(16)])
-    write_labels(data / "val_label.txt", [(f"val{i}.mp4", i % 2) for i in range(8)])
+    data = tiny_dataset(root / "ds")
     with isolated_home(root) as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         mp.setenv("HARNESS_COLLECTIVE_TIMEOUT", "30")  # a rank left waiting would fail its trial in 30 s

@@ -52,6 +52,18 @@ max_retry = 1
     return path
 
 
+def tiny_dataset(root: Path) -> Path:
+    """24 one-second clips (16 train, 8 val, labels alternating) at `root`: a trial in seconds."""
+    from tests.conftest import write_clip, write_labels
+
+    for split, n in (("train", 16), ("val", 8)):
+        for i in range(n):
+            write_clip(root / f"{split}set" / f"{split}{i}.mp4", seconds=1.0, freq=300 + 60 * i)
+    write_labels(root / "train_label.txt", [(f"train{i}.mp4", i % 2) for i in range(16)])
+    write_labels(root / "val_label.txt", [(f"val{i}.mp4", i % 2) for i in range(8)])
+    return root
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """`harness ARGS` through `harness.cli.main` (the one place errors become exit codes):
     (exit code, stdout, stderr)."""
