@@ -62,7 +62,11 @@ CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progres
 IN_FLIGHT = 64  # tasks submitted ahead (4 a worker up to 16 workers): none waits, the parent's queue stays short
 SHARDS = "shards"
 LOCK = ".lock"
-FRESH_ITEMS = 8192  # log-mels kept in memory for packing (256 MB at 128x256); later ones are read back
+# Log-mels kept in memory for packing, in bytes (1024 log-mels at 128x256); later ones are read back
+# from their shards, still in the page cache: that costs 0.05 ms of CPU a clip (of about 3 ms), and
+# a budget in clips grew the command's peak memory with the clip count up to 256 MB (8192 clips;
+# windowed log-mels, a length per clip, had no bound in bytes at all).
+FRESH_BYTES = 32 << 20
 
 
 @dataclass
@@ -165,6 +169,7 @@ def prepare_features(
                     todo.append((str(folder), (str(s.path), stem)))
         report.repairs += _damage_notes(damaged, {stem for _, (_, stem) in todo})
         jobs = plan_tasks(todo, workers)
+        del todo, damaged  # a few hundred bytes a clip, not needed while packing
 
         start = time.perf_counter()
         fresh: dict[str, np.ndarray] = {}  # id -> the log-mel just computed
@@ -176,6 +181,7 @@ def prepare_features(
             else:
                 report.done = _run_pool(pool, cfg, jobs, on_progress, fresh, entries_of, manifest, drain=True)
         report.seconds = time.perf_counter() - start
+        del jobs
         for split in splits:
             entries = entries_of[str(out / SHARDS / split)]
             packed = pack_split(ds, cfg, out, split, entries=entries, stems=stems_of[split], manifest=manifest, fresh=fresh,
@@ -258,10 +264,14 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
     # quadratic (minutes of CPU) and held every task in memory.
     queued = iter(jobs)
     pending: dict[Future, tuple[str, list[tuple[str, str]]]] = {}
+    kept = sum(a.nbytes for a in fresh.values())  # bytes of log-mels in `fresh`
 
     def top_up() -> None:
         for folder, chunk in itertools.islice(queued, max(0, in_flight - len(pending))):
-            pending[pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk)] = (folder, chunk)
+            # Once the budget is spent the workers stop sending their log-mels back (a pipe write and
+            # an unpickled copy each, thrown away); the few tasks already in flight still send theirs.
+            send = kept < FRESH_BYTES
+            pending[pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk, send_data=send)] = (folder, chunk)
 
     try:
         top_up()
@@ -271,10 +281,12 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
                 result: ShardResult = fut.result()  # a worker crash or I/O error (not a clip failure) raises
                 folder, chunk = pending.pop(fut)
                 shard = Path(result.path)
-                entries[folder].update((m["id"], (shard, m)) for m in result.meta)
-                manifest.add_shard(shard_key(shard.parent.name, shard), result.record, [m["id"] for m in result.meta])
-                if result.data is not None and len(fresh) < FRESH_ITEMS:
+                ids = [m["id"] for m in result.meta]
+                entries[folder].update(zip(ids, zip(itertools.repeat(shard), result.meta)))
+                manifest.add_shard(shard_key(shard.parent.name, shard), result.record, ids)
+                if result.data is not None and kept < FRESH_BYTES:
                     fresh.update((m["id"], item_array(result.data, m)) for m in result.meta if "row" in m)
+                    kept += result.data.nbytes
                 finished += len(chunk)
                 if on_progress:
                     on_progress(finished, total)

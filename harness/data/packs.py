@@ -35,9 +35,9 @@ import numpy as np
 from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, write_file
 from harness.data.jpeg_crops import JpegCrops
-from harness.data.labels import Dataset
+from harness.data.labels import Dataset, Sample
 from harness.data.shards import item_array, span_row, variant_id
-from harness.fileio import atomic_write, dict_csv_text
+from harness.fileio import atomic_write, csv_text
 
 Features = AudioFeatures | VideoFeatures
 # item: the entry's id, so a changed clip repacks; fallback: face frames centre-cropped ("" for audio)
@@ -62,6 +62,13 @@ class Packed:
     repaired: str | None = None
 
 
+NOT_PREPARED = {"reason": "not prepared", "detail": "no cache entry"}  # the meta of a sample without an entry
+# A row of the pack: (its sample's index, its item id, its shard or None for a sample without
+# features, its meta entry). One small tuple a row rather than the index line as a dict: at 100k clips
+# those dicts were 1.3 KB a clip of the command's peak memory.
+PlanRow = tuple[int, str, Path | None, dict]
+
+
 def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: dict[str, tuple[Path, dict]],
                stems: list[str], manifest: Manifest, fresh: dict[str, np.ndarray] | None = None,
                full: bool = False) -> Packed:
@@ -72,64 +79,81 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     just computed (id -> array); `full` checks every CRC-32 of a current pack (`integrity.check_file`).
     Records the new pack in `manifest` (the caller saves it)."""
     samples = ds.split(split)
-    rows: list[dict[str, object]] = []
     result = Packed()
-    items: list[tuple[str, Path, dict] | None] = []  # (id, shard, meta) of each usable sample
-    row_shape = span_row(cfg)  # None: one array of cfg.shape per clip
-    variable = row_shape is not None
-    start = 0
-    for i, (s, stem) in enumerate(zip(samples, stems)):
-        shard, meta = entries.get(stem, (None, {"reason": "not prepared", "detail": "no cache entry"}))
-        label = "" if s.label is None else s.label
-        if "row" in meta:
-            fallback = "" if meta.get("fallback") is None else meta["fallback"]
-            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem, "fallback": fallback,
-                         "start": start, "frames": meta.get("frames", "")})
-            start += meta.get("frames", 0)
-            items.append((stem, shard, meta))
-            continue
-        result.failures.append(Failure(split, s.name, meta["reason"], meta["detail"]))
-        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": meta["reason"], "item": stem, "fallback": "",
-                     "start": start, "frames": 0})
-        items.append(None)
     if not samples:
         return result
-
+    row_shape = span_row(cfg)  # None: one array of cfg.shape per clip
+    variable = row_shape is not None
+    plan: list[PlanRow] = []
+    for i, (s, stem) in enumerate(zip(samples, stems)):
+        shard, meta = entries.get(stem, (None, NOT_PREPARED))
+        if "row" not in meta:
+            result.failures.append(Failure(split, s.name, meta["reason"], meta["detail"]))
+            shard = None
+        plan.append((i, stem, shard, meta))
     variants = isinstance(cfg, AudioFeatures) and cfg.codec_variants > 0 and split == "train"
     if variants:  # after every source row: the codec variants of the usable ones, each naming its source
-        for i, (s, stem) in enumerate(zip(samples, stems)):
-            for k in range(1, cfg.codec_variants + 1 if items[i] is not None else 1):
+        for i, stem in enumerate(stems[: len(samples)]):
+            if plan[i][2] is None:
+                continue
+            for k in range(1, cfg.codec_variants + 1):
                 found = entries.get(variant_id(stem, k))
-                if found is None or "row" not in found[1]:
-                    continue
-                shard, meta = found
-                rows.append({"name": s.name, "label": rows[i]["label"], "row": len(rows), "ok": 1, "reason": "",
-                             "item": meta["id"], "fallback": "", "start": start, "frames": meta.get("frames", ""),
-                             "source": i})
-                start += meta.get("frames", 0)
-                items.append((meta["id"], shard, meta))
+                if found is not None and "row" in found[1]:
+                    plan.append((i, found[1]["id"], *found))
     fields = INDEX_FIELDS + (SPAN_FIELDS if variable else ()) + (VARIANT_FIELDS if variants else ())
-    index_text = dict_csv_text(rows, fields)
-    shape = (start, *row_shape) if variable else (len(items), *cfg.shape)
+    index_bytes = csv_text(fields, _index_rows(samples, plan, variable, variants)).encode()
+    total = sum(meta.get("frames", 0) for _, _, shard, meta in plan if shard is not None) if variable else len(plan)
+    shape = (total, *row_shape) if variable else (total, *cfg.shape)
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
-    written = index_path.read_text(encoding="utf-8", errors="replace") if index_path.exists() else None
-    if written == index_text:  # same samples, same items: current, if the array is intact
-        problem = _check_pack(array_path, shape, index_text, split, manifest, full) if array_path.exists() else "missing"
+    written = _same_size_bytes(index_path, len(index_bytes))
+    if written == index_bytes:  # same samples, same items: current, if the array is intact
+        problem = _check_pack(array_path, shape, index_bytes, split, manifest, full) if array_path.exists() else "missing"
         if problem is None:
             return result
         result.repaired = f"repacked {split}: {array_path.name} {problem}"
-    elif written is not None and (recorded := manifest.pack(split)) is not None:
+    elif index_path.exists() and (recorded := manifest.pack(split)) is not None:
         # An index unlike the one written (rather than one that the dataset changed) is damage too.
         if (problem := check_file(index_path, recorded[1])[0]) is not None:
             result.repaired = f"repacked {split}: {index_path.name} {problem}"
+    del written
     with atomic_write(array_path, "wb") as f:
         writer = ChecksummedWriter(f)
         writer.write(_header(shape))
-        for row in _packed_rows(items, (0, *row_shape) if variable else cfg.shape, fresh or {}):
+        for row in _packed_rows(plan, (0, *row_shape) if variable else cfg.shape, fresh or {}):
             writer.write(np.ascontiguousarray(row, dtype=np.uint8).data)
-    index = write_file(index_path, index_text.encode())
+    index = write_file(index_path, index_bytes)
     manifest.add_pack(split, writer.record.stamped(array_path), index)
     return result
+
+
+def _index_rows(samples: list[Sample], plan: list[PlanRow], variable: bool, variants: bool) -> Iterator[list[object]]:
+    """The index line of each pack row, in the columns `pack_split` names (generated, never held)."""
+    start = 0
+    for row, (i, item, shard, meta) in enumerate(plan):
+        s = samples[i]
+        line: list[object] = [s.name, "" if s.label is None else s.label, row]
+        if shard is None:
+            line += [0, meta["reason"], item, ""]
+            frames: object = 0
+        else:
+            line += [1, "", item, "" if meta.get("fallback") is None else meta["fallback"]]
+            frames = meta.get("frames", "")
+        if variable:
+            line += [start, frames]
+            start += frames or 0
+        if variants:
+            line.append(i if row >= len(samples) else "")
+        yield line
+
+
+def _same_size_bytes(path: Path, size: int) -> bytes | None:
+    """The file's bytes when it has exactly `size` of them (else it cannot be equal: not read)."""
+    try:
+        if path.stat().st_size != size:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _header(shape: tuple[int, ...]) -> bytes:
@@ -139,7 +163,7 @@ def _header(shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split: str, manifest: Manifest,
+def _check_pack(array_path: Path, shape: tuple[int, ...], index_bytes: bytes, split: str, manifest: Manifest,
                 full: bool) -> str | None:
     """What is wrong with a split's array whose index is current, or None. A pack made before
     manifests existed is checked by its size and header alone, then recorded."""
@@ -155,7 +179,7 @@ def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split
             return f"unreadable ({e})"
         if found.shape != shape or found.dtype != np.uint8:
             return f"holds {found.dtype} {found.shape}, {shape} expected"
-        manifest.add_pack(split, Record.of_file(array_path), Record.of(index_text.encode()).stamped(array_path.with_suffix(".csv")))
+        manifest.add_pack(split, Record.of_file(array_path), Record.of(index_bytes).stamped(array_path.with_suffix(".csv")))
         return None
     array, index = recorded
     problem, current = check_file(array_path, array, full=full)
@@ -164,21 +188,19 @@ def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split
     return problem
 
 
-def _packed_rows(items: list[tuple[str, Path, dict] | None], shape: tuple[int, ...],
-                 fresh: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
-    """Each sample's array in order: just computed, read from its shard, or zeros (no features).
+def _packed_rows(plan: list[PlanRow], shape: tuple[int, ...], fresh: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
+    """Each pack row's array in order: just computed, read from its shard, or zeros (no features).
 
     Plain sequential writes rather than a memmap: a memmap's flush is an msync that waits for the
     disk (7 ms of the 20 ms that packing 200 log-mels took), and a fresh mapping adds page faults."""
     zeros = np.zeros(shape, np.uint8)
     loaded: dict[Path, np.ndarray] = {}
-    for item in items:
-        if item is None:
+    for _, item, shard, meta in plan:
+        if shard is None:
             yield zeros
             continue
-        stem, shard, meta = item
-        if stem in fresh:
-            yield fresh[stem]
+        if item in fresh:
+            yield fresh[item]
             continue
         if shard not in loaded:
             if len(loaded) > 64:  # bounded: shards come in label-file order, mostly one after another

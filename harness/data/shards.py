@@ -91,8 +91,8 @@ def stored(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
 @dataclass(frozen=True)
 class ShardResult:
     """What a worker sends back: the shard, its record, its meta, and its data when that is log-mels
-    (face crops, 300 KB a clip, are read back from the shard instead), so that the parent packs
-    without reading the shard again."""
+    the parent still keeps (face crops, 300 KB a clip, and log-mels past the parent's budget are read
+    back from the shard instead), so that the parent packs without reading the shard again."""
 
     path: str
     record: Record
@@ -100,8 +100,9 @@ class ShardResult:
     data: np.ndarray | None
 
 
-def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> ShardResult:
-    """Compute each (clip, id) of one split and write them as one shard."""
+def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]], *, send_data: bool = True) -> ShardResult:
+    """Compute each (clip, id) of one split and write them as one shard; the log-mels go back too
+    unless `send_data` is false (the parent keeps a bounded number for packing)."""
     from harness.data.media import MediaError
 
     arrays: list[np.ndarray] = []
@@ -129,7 +130,7 @@ def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> Sh
     data = _stacked(cfg, arrays)
     shard = Path(folder) / f"{jobs[0][1]}.npz"
     record = write_shard(shard, data, meta)
-    return ShardResult(str(shard), record, meta, data if isinstance(cfg, AudioFeatures) else None)
+    return ShardResult(str(shard), record, meta, data if send_data and isinstance(cfg, AudioFeatures) else None)
 
 
 def variant_id(stem: str, k: int) -> str:
