@@ -168,13 +168,13 @@ def prepare_features(
                 else:
                     todo.append((str(folder), (str(s.path), stem)))
         report.repairs += _damage_notes(damaged, {stem for _, (_, stem) in todo})
-        jobs = plan_tasks(todo, workers)
+        jobs, computing = plan_tasks(todo, workers), len(todo)
         del todo, damaged  # a few hundred bytes a clip, not needed while packing
 
         start = time.perf_counter()
         fresh: dict[str, np.ndarray] = {}  # id -> the log-mel just computed
         if on_progress:
-            on_progress(0, len(todo))
+            on_progress(0, computing)
         if jobs:
             if pool is None:
                 report.done = _run_own_pool(out, workers, cfg, jobs, on_progress, fresh, entries_of, manifest)
