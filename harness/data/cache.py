@@ -49,8 +49,8 @@ from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import Manifest, write_file
 from harness.data.labels import Dataset, Sample
 from harness.data.packs import INDEX_FIELDS, Failure, load_split, pack_split
-from harness.data.shards import (DamagedShard, ShardResult, extract, extract_chunk, init_worker, item_array, read_shards,
-                                 shard_key)
+from harness.data.shards import (DamagedShard, Entry, ShardResult, extract, extract_chunk, init_worker, item_array,
+                                 read_shards, shard_key)
 from harness.data.workers import spawn_pool, stop_pool, worker_pool
 from harness.fileio import dict_csv_text, remove_stale_temporaries
 
@@ -152,7 +152,7 @@ def prepare_features(
 
         todo: list[tuple[str, tuple[str, str]]] = []  # (shard folder, (clip, id)) of every clip to compute
         stems_of: dict[str, list[str]] = {}  # split -> each sample's id, in label-file order
-        entries_of: dict[str, dict[str, tuple[Path, dict]]] = {}  # shard folder -> id -> (shard, meta)
+        entries_of: dict[str, dict[str, Entry]] = {}  # shard folder -> id -> its entry
         damaged: list[DamagedShard] = []
         for split in splits:
             folder = out / SHARDS / split
@@ -238,7 +238,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
 
 def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
                   on_progress: Callable[[int, int], None] | None, fresh: dict[str, np.ndarray],
-                  entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest) -> int:
+                  entries: dict[str, dict[str, Entry]], manifest: Manifest) -> int:
     """`_run_pool` in a pool made for it; on any error or interrupt its workers are terminated at once,
     and what they were writing is removed."""
     try:
@@ -251,7 +251,7 @@ def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, 
 
 def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
               on_progress: Callable[[int, int], None] | None, fresh: dict[str, np.ndarray],
-              entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest, *, drain: bool = False,
+              entries: dict[str, dict[str, Entry]], manifest: Manifest, *, drain: bool = False,
               in_flight: int = IN_FLIGHT) -> int:
     """Run the tasks; record each new shard (per shard folder, and in the manifest) and the log-mels sent back.
 
@@ -281,11 +281,13 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
                 result: ShardResult = fut.result()  # a worker crash or I/O error (not a clip failure) raises
                 folder, chunk = pending.pop(fut)
                 shard = Path(result.path)
-                ids = [m["id"] for m in result.meta]
-                entries[folder].update(zip(ids, zip(itertools.repeat(shard), result.meta)))
+                own = {stem: stem for _, stem in chunk}  # the ids this process holds already: kept once
+                ids = [own.get(m["id"], m["id"]) for m in result.meta]
+                found = [Entry.of(shard, m) for m in result.meta]
+                entries[folder].update(zip(ids, found))
                 manifest.add_shard(shard_key(shard.parent.name, shard), result.record, ids)
                 if result.data is not None and kept < FRESH_BYTES:
-                    fresh.update((m["id"], item_array(result.data, m)) for m in result.meta if "row" in m)
+                    fresh.update((i, item_array(result.data, e)) for i, e in zip(ids, found) if e.ok)
                     kept += result.data.nbytes
                 finished += len(chunk)
                 if on_progress:

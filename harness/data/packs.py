@@ -36,7 +36,7 @@ from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, write_file
 from harness.data.jpeg_crops import JpegCrops
 from harness.data.labels import Dataset, Sample
-from harness.data.shards import item_array, span_row, variant_id
+from harness.data.shards import Entry, item_array, span_row, variant_id
 from harness.fileio import atomic_write, csv_text
 
 Features = AudioFeatures | VideoFeatures
@@ -65,20 +65,19 @@ class Packed:
     repaired: str | None = None
 
 
-NOT_PREPARED = {"reason": "not prepared", "detail": "no cache entry"}  # the meta of a sample without an entry
-# A row of the pack: (its sample's index, its item id, its shard or None for a sample without
-# features, its meta entry). One small tuple a row rather than the index line as a dict: at 100k clips
-# those dicts were 1.3 KB a clip of the command's peak memory.
-PlanRow = tuple[int, str, Path | None, dict]
+NOT_PREPARED = Entry(None, None, reason="not prepared", detail="no cache entry")  # a sample without an entry
+# A row of the pack: its sample's index, its item id, its entry. One small tuple a row rather than the
+# index line as a dict: at 100k clips those dicts were 1.3 KB a clip of the command's peak memory.
+PlanRow = tuple[int, str, Entry]
 
 
-def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: dict[str, tuple[Path, dict]],
+def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: dict[str, Entry],
                stems: list[str], manifest: Manifest, fresh: dict[str, np.ndarray] | None = None,
                full: bool = False) -> Packed:
     """Gather a split's shards into `<split>.npy` + `<split>.csv`, unless the pack on disk is current
     and matches its record.
 
-    `stems` are each sample's id, `entries` id -> (shard, meta) from verified shards, `fresh` arrays
+    `stems` are each sample's id, `entries` id -> entry from verified shards, `fresh` arrays
     just computed (id -> array); `full` checks every CRC-32 of a current pack (`integrity.check_file`).
     Records the new pack in `manifest` (the caller saves it)."""
     samples = ds.split(split)
@@ -89,23 +88,22 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
     variable = row_shape is not None
     plan: list[PlanRow] = []
     for i, (s, stem) in enumerate(zip(samples, stems)):
-        shard, meta = entries.get(stem, (None, NOT_PREPARED))
-        if "row" not in meta:
-            result.failures.append(Failure(split, s.name, meta["reason"], meta["detail"]))
-            shard = None
-        plan.append((i, stem, shard, meta))
+        entry = entries.get(stem, NOT_PREPARED)
+        if not entry.ok:
+            result.failures.append(Failure(split, s.name, entry.reason, entry.detail))
+        plan.append((i, stem, entry))
     variants = isinstance(cfg, AudioFeatures) and cfg.codec_variants > 0 and split == "train"
     if variants:  # after every source row: the codec variants of the usable ones, each naming its source
         for i, stem in enumerate(stems[: len(samples)]):
-            if plan[i][2] is None:
+            if not plan[i][2].ok:
                 continue
             for k in range(1, cfg.codec_variants + 1):
-                found = entries.get(variant_id(stem, k))
-                if found is not None and "row" in found[1]:
-                    plan.append((i, found[1]["id"], *found))
+                found = entries.get(item := variant_id(stem, k))
+                if found is not None and found.ok:
+                    plan.append((i, item, found))
     fields = INDEX_FIELDS + (SPAN_FIELDS if variable else ()) + (VARIANT_FIELDS if variants else ())
     index_bytes = csv_text(fields, _index_rows(samples, plan, variable, variants)).encode()
-    total = sum(meta.get("frames", 0) for _, _, shard, meta in plan if shard is not None) if variable else len(plan)
+    total = sum(e.frames or 0 for _, _, e in plan if e.ok) if variable else len(plan)
     shape = (total, *row_shape) if variable else (total, *cfg.shape)
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
     written = _same_size_bytes(index_path, len(index_bytes))
@@ -132,15 +130,15 @@ def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: di
 def _index_rows(samples: list[Sample], plan: list[PlanRow], variable: bool, variants: bool) -> Iterator[list[object]]:
     """The index line of each pack row, in the columns `pack_split` names (generated, never held)."""
     start = 0
-    for row, (i, item, shard, meta) in enumerate(plan):
+    for row, (i, item, entry) in enumerate(plan):
         s = samples[i]
         line: list[object] = [s.name, "" if s.label is None else s.label, row]
-        if shard is None:
-            line += [0, meta["reason"], item, ""]
+        if not entry.ok:
+            line += [0, entry.reason, item, ""]
             frames: object = 0
         else:
-            line += [1, "", item, "" if meta.get("fallback") is None else meta["fallback"]]
-            frames = meta.get("frames", "")
+            line += [1, "", item, "" if entry.fallback is None else entry.fallback]
+            frames = "" if entry.frames is None else entry.frames
         if variable:
             line += [start, frames]
             start += frames or 0
@@ -199,13 +197,14 @@ def _packed_rows(plan: list[PlanRow], shape: tuple[int, ...], fresh: dict[str, n
     zeros = np.zeros(shape, np.uint8)
     loaded: dict[Path, np.ndarray] = {}
     held = 0
-    for _, item, shard, meta in plan:
-        if shard is None:
+    for _, item, entry in plan:
+        if not entry.ok:
             yield zeros
             continue
         if item in fresh:
             yield fresh[item]
             continue
+        shard = entry.shard
         if shard not in loaded:
             if held > LOADED_BYTES:  # shards come in label-file order, mostly one after another
                 loaded.clear()
@@ -213,7 +212,7 @@ def _packed_rows(plan: list[PlanRow], shape: tuple[int, ...], fresh: dict[str, n
             with np.load(shard) as z:
                 loaded[shard] = z["data"]
             held += loaded[shard].nbytes
-        yield item_array(loaded[shard], meta)
+        yield item_array(loaded[shard], entry)
 
 
 def load_split(out: Path, split: str) -> tuple[np.ndarray | JpegCrops, list[dict[str, str]]]:
