@@ -49,8 +49,8 @@ from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import Manifest, write_file
 from harness.data.labels import Dataset, Sample
 from harness.data.packs import INDEX_FIELDS, Failure, load_split, pack_split
-from harness.data.shards import (DamagedShard, ShardResult, extract, extract_chunk, init_worker, item_array, read_shards,
-                                 shard_key)
+from harness.data.shards import (DamagedShard, Entry, ShardResult, extract, extract_chunk, init_worker, item_array,
+                                 read_shards, shard_key)
 from harness.data.workers import spawn_pool, stop_pool, worker_pool
 from harness.fileio import dict_csv_text, remove_stale_temporaries
 
@@ -62,7 +62,11 @@ CHUNK = 8  # clips per task: amortises inter-process overhead, keeps the progres
 IN_FLIGHT = 64  # tasks submitted ahead (4 a worker up to 16 workers): none waits, the parent's queue stays short
 SHARDS = "shards"
 LOCK = ".lock"
-FRESH_ITEMS = 8192  # log-mels kept in memory for packing (256 MB at 128x256); later ones are read back
+# Log-mels kept in memory for packing, in bytes (1024 log-mels at 128x256); later ones are read back
+# from their shards, still in the page cache: that costs 0.05 ms of CPU a clip (of about 3 ms), and
+# a budget in clips grew the command's peak memory with the clip count up to 256 MB (8192 clips;
+# windowed log-mels, a length per clip, had no bound in bytes at all).
+FRESH_BYTES = 32 << 20
 
 
 @dataclass
@@ -148,7 +152,7 @@ def prepare_features(
 
         todo: list[tuple[str, tuple[str, str]]] = []  # (shard folder, (clip, id)) of every clip to compute
         stems_of: dict[str, list[str]] = {}  # split -> each sample's id, in label-file order
-        entries_of: dict[str, dict[str, tuple[Path, dict]]] = {}  # shard folder -> id -> (shard, meta)
+        entries_of: dict[str, dict[str, Entry]] = {}  # shard folder -> id -> its entry
         damaged: list[DamagedShard] = []
         for split in splits:
             folder = out / SHARDS / split
@@ -164,18 +168,20 @@ def prepare_features(
                 else:
                     todo.append((str(folder), (str(s.path), stem)))
         report.repairs += _damage_notes(damaged, {stem for _, (_, stem) in todo})
-        jobs = plan_tasks(todo, workers)
+        jobs, computing = plan_tasks(todo, workers), len(todo)
+        del todo, damaged  # a few hundred bytes a clip, not needed while packing
 
         start = time.perf_counter()
         fresh: dict[str, np.ndarray] = {}  # id -> the log-mel just computed
         if on_progress:
-            on_progress(0, len(todo))
+            on_progress(0, computing)
         if jobs:
             if pool is None:
                 report.done = _run_own_pool(out, workers, cfg, jobs, on_progress, fresh, entries_of, manifest)
             else:
                 report.done = _run_pool(pool, cfg, jobs, on_progress, fresh, entries_of, manifest, drain=True)
         report.seconds = time.perf_counter() - start
+        del jobs
         for split in splits:
             entries = entries_of[str(out / SHARDS / split)]
             packed = pack_split(ds, cfg, out, split, entries=entries, stems=stems_of[split], manifest=manifest, fresh=fresh,
@@ -232,7 +238,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
 
 def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
                   on_progress: Callable[[int, int], None] | None, fresh: dict[str, np.ndarray],
-                  entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest) -> int:
+                  entries: dict[str, dict[str, Entry]], manifest: Manifest) -> int:
     """`_run_pool` in a pool made for it; on any error or interrupt its workers are terminated at once,
     and what they were writing is removed."""
     try:
@@ -245,7 +251,7 @@ def _run_own_pool(out: Path, workers: int, cfg: Features, jobs: list[tuple[str, 
 
 def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[str, str]]]],
               on_progress: Callable[[int, int], None] | None, fresh: dict[str, np.ndarray],
-              entries: dict[str, dict[str, tuple[Path, dict]]], manifest: Manifest, *, drain: bool = False,
+              entries: dict[str, dict[str, Entry]], manifest: Manifest, *, drain: bool = False,
               in_flight: int = IN_FLIGHT) -> int:
     """Run the tasks; record each new shard (per shard folder, and in the manifest) and the log-mels sent back.
 
@@ -258,10 +264,14 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
     # quadratic (minutes of CPU) and held every task in memory.
     queued = iter(jobs)
     pending: dict[Future, tuple[str, list[tuple[str, str]]]] = {}
+    kept = sum(a.nbytes for a in fresh.values())  # bytes of log-mels in `fresh`
 
     def top_up() -> None:
         for folder, chunk in itertools.islice(queued, max(0, in_flight - len(pending))):
-            pending[pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk)] = (folder, chunk)
+            # Once the budget is spent the workers stop sending their log-mels back (a pipe write and
+            # an unpickled copy each, thrown away); the few tasks already in flight still send theirs.
+            send = kept < FRESH_BYTES
+            pending[pool.submit(extract_chunk, _for_split(cfg, folder), folder, chunk, send_data=send)] = (folder, chunk)
 
     try:
         top_up()
@@ -271,10 +281,14 @@ def _run_pool(pool: Executor, cfg: Features, jobs: list[tuple[str, list[tuple[st
                 result: ShardResult = fut.result()  # a worker crash or I/O error (not a clip failure) raises
                 folder, chunk = pending.pop(fut)
                 shard = Path(result.path)
-                entries[folder].update((m["id"], (shard, m)) for m in result.meta)
-                manifest.add_shard(shard_key(shard.parent.name, shard), result.record, [m["id"] for m in result.meta])
-                if result.data is not None and len(fresh) < FRESH_ITEMS:
-                    fresh.update((m["id"], item_array(result.data, m)) for m in result.meta if "row" in m)
+                own = {stem: stem for _, stem in chunk}  # the ids this process holds already: kept once
+                ids = [own.get(m["id"], m["id"]) for m in result.meta]
+                found = [Entry.of(shard, m) for m in result.meta]
+                entries[folder].update(zip(ids, found))
+                manifest.add_shard(shard_key(shard.parent.name, shard), result.record, ids)
+                if result.data is not None and kept < FRESH_BYTES:
+                    fresh.update((i, item_array(result.data, e)) for i, e in zip(ids, found) if e.ok)
+                    kept += result.data.nbytes
                 finished += len(chunk)
                 if on_progress:
                     on_progress(finished, total)

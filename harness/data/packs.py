@@ -35,15 +35,18 @@ import numpy as np
 from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import CacheDamaged, ChecksummedWriter, Manifest, Record, check_file, write_file
 from harness.data.jpeg_crops import JpegCrops
-from harness.data.labels import Dataset
-from harness.data.shards import item_array, span_row, variant_id
-from harness.fileio import atomic_write, dict_csv_text
+from harness.data.labels import Dataset, Sample
+from harness.data.shards import Entry, item_array, span_row, variant_id
+from harness.fileio import atomic_write, csv_text
 
 Features = AudioFeatures | VideoFeatures
 # item: the entry's id, so a changed clip repacks; fallback: face frames centre-cropped ("" for audio)
 INDEX_FIELDS = ("name", "label", "row", "ok", "reason", "item", "fallback")
 SPAN_FIELDS = ("start", "frames")  # windowed log-mels: where each clip's frames lie in the array
 VARIANT_FIELDS = ("source",)  # a training split with codec variants: the source row of a variant row
+# Shards' data kept at once while packing, in bytes: 64 shards were 16 MB of log-mels but 150 MB of
+# raw face crops (8 clips of 301 KB a shard), a fixed part of the command's peak memory.
+LOADED_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -62,74 +65,97 @@ class Packed:
     repaired: str | None = None
 
 
-def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: dict[str, tuple[Path, dict]],
+NOT_PREPARED = Entry(None, None, reason="not prepared", detail="no cache entry")  # a sample without an entry
+# A row of the pack: its sample's index, its item id, its entry. One small tuple a row, and the index
+# lines generated from it, rather than each line held as a dict: those were about 0.5 KB a clip of
+# the command's peak memory (50 MB at 100k clips).
+PlanRow = tuple[int, str, Entry]
+
+
+def pack_split(ds: Dataset, cfg: Features, out: Path, split: str, *, entries: dict[str, Entry],
                stems: list[str], manifest: Manifest, fresh: dict[str, np.ndarray] | None = None,
                full: bool = False) -> Packed:
     """Gather a split's shards into `<split>.npy` + `<split>.csv`, unless the pack on disk is current
     and matches its record.
 
-    `stems` are each sample's id, `entries` id -> (shard, meta) from verified shards, `fresh` arrays
+    `stems` are each sample's id, `entries` id -> entry from verified shards, `fresh` arrays
     just computed (id -> array); `full` checks every CRC-32 of a current pack (`integrity.check_file`).
     Records the new pack in `manifest` (the caller saves it)."""
     samples = ds.split(split)
-    rows: list[dict[str, object]] = []
     result = Packed()
-    items: list[tuple[str, Path, dict] | None] = []  # (id, shard, meta) of each usable sample
-    row_shape = span_row(cfg)  # None: one array of cfg.shape per clip
-    variable = row_shape is not None
-    start = 0
-    for i, (s, stem) in enumerate(zip(samples, stems)):
-        shard, meta = entries.get(stem, (None, {"reason": "not prepared", "detail": "no cache entry"}))
-        label = "" if s.label is None else s.label
-        if "row" in meta:
-            fallback = "" if meta.get("fallback") is None else meta["fallback"]
-            rows.append({"name": s.name, "label": label, "row": i, "ok": 1, "reason": "", "item": stem, "fallback": fallback,
-                         "start": start, "frames": meta.get("frames", "")})
-            start += meta.get("frames", 0)
-            items.append((stem, shard, meta))
-            continue
-        result.failures.append(Failure(split, s.name, meta["reason"], meta["detail"]))
-        rows.append({"name": s.name, "label": label, "row": i, "ok": 0, "reason": meta["reason"], "item": stem, "fallback": "",
-                     "start": start, "frames": 0})
-        items.append(None)
     if not samples:
         return result
-
+    row_shape = span_row(cfg)  # None: one array of cfg.shape per clip
+    variable = row_shape is not None
+    plan: list[PlanRow] = []
+    for i, (s, stem) in enumerate(zip(samples, stems)):
+        entry = entries.get(stem, NOT_PREPARED)
+        if not entry.ok:
+            result.failures.append(Failure(split, s.name, entry.reason, entry.detail))
+        plan.append((i, stem, entry))
     variants = isinstance(cfg, AudioFeatures) and cfg.codec_variants > 0 and split == "train"
     if variants:  # after every source row: the codec variants of the usable ones, each naming its source
-        for i, (s, stem) in enumerate(zip(samples, stems)):
-            for k in range(1, cfg.codec_variants + 1 if items[i] is not None else 1):
-                found = entries.get(variant_id(stem, k))
-                if found is None or "row" not in found[1]:
-                    continue
-                shard, meta = found
-                rows.append({"name": s.name, "label": rows[i]["label"], "row": len(rows), "ok": 1, "reason": "",
-                             "item": meta["id"], "fallback": "", "start": start, "frames": meta.get("frames", ""),
-                             "source": i})
-                start += meta.get("frames", 0)
-                items.append((meta["id"], shard, meta))
+        for i, stem in enumerate(stems[: len(samples)]):
+            if not plan[i][2].ok:
+                continue
+            for k in range(1, cfg.codec_variants + 1):
+                found = entries.get(item := variant_id(stem, k))
+                if found is not None and found.ok:
+                    plan.append((i, item, found))
     fields = INDEX_FIELDS + (SPAN_FIELDS if variable else ()) + (VARIANT_FIELDS if variants else ())
-    index_text = dict_csv_text(rows, fields)
-    shape = (start, *row_shape) if variable else (len(items), *cfg.shape)
+    index_bytes = csv_text(fields, _index_rows(samples, plan, variable, variants)).encode()
+    total = sum(e.frames or 0 for _, _, e in plan if e.ok) if variable else len(plan)
+    shape = (total, *row_shape) if variable else (total, *cfg.shape)
     index_path, array_path = out / f"{split}.csv", out / f"{split}.npy"
-    written = index_path.read_text(encoding="utf-8", errors="replace") if index_path.exists() else None
-    if written == index_text:  # same samples, same items: current, if the array is intact
-        problem = _check_pack(array_path, shape, index_text, split, manifest, full) if array_path.exists() else "missing"
+    written = _same_size_bytes(index_path, len(index_bytes))
+    if written == index_bytes:  # same samples, same items: current, if the array is intact
+        problem = _check_pack(array_path, shape, index_bytes, split, manifest, full) if array_path.exists() else "missing"
         if problem is None:
             return result
         result.repaired = f"repacked {split}: {array_path.name} {problem}"
-    elif written is not None and (recorded := manifest.pack(split)) is not None:
+    elif index_path.exists() and (recorded := manifest.pack(split)) is not None:
         # An index unlike the one written (rather than one that the dataset changed) is damage too.
         if (problem := check_file(index_path, recorded[1])[0]) is not None:
             result.repaired = f"repacked {split}: {index_path.name} {problem}"
+    del written
     with atomic_write(array_path, "wb") as f:
         writer = ChecksummedWriter(f)
         writer.write(_header(shape))
-        for row in _packed_rows(items, (0, *row_shape) if variable else cfg.shape, fresh or {}):
+        for row in _packed_rows(plan, (0, *row_shape) if variable else cfg.shape, fresh or {}):
             writer.write(np.ascontiguousarray(row, dtype=np.uint8).data)
-    index = write_file(index_path, index_text.encode())
+    index = write_file(index_path, index_bytes)
     manifest.add_pack(split, writer.record.stamped(array_path), index)
     return result
+
+
+def _index_rows(samples: list[Sample], plan: list[PlanRow], variable: bool, variants: bool) -> Iterator[list[object]]:
+    """The index line of each pack row, in the columns `pack_split` names (generated, never held)."""
+    start = 0
+    for row, (i, item, entry) in enumerate(plan):
+        s = samples[i]
+        line: list[object] = [s.name, "" if s.label is None else s.label, row]
+        if not entry.ok:
+            line += [0, entry.reason, item, ""]
+            frames: object = 0
+        else:
+            line += [1, "", item, "" if entry.fallback is None else entry.fallback]
+            frames = "" if entry.frames is None else entry.frames
+        if variable:
+            line += [start, frames]
+            start += frames or 0
+        if variants:
+            line.append(i if row >= len(samples) else "")
+        yield line
+
+
+def _same_size_bytes(path: Path, size: int) -> bytes | None:
+    """The file's bytes when it has exactly `size` of them (else it cannot be equal: not read)."""
+    try:
+        if path.stat().st_size != size:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _header(shape: tuple[int, ...]) -> bytes:
@@ -139,7 +165,7 @@ def _header(shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split: str, manifest: Manifest,
+def _check_pack(array_path: Path, shape: tuple[int, ...], index_bytes: bytes, split: str, manifest: Manifest,
                 full: bool) -> str | None:
     """What is wrong with a split's array whose index is current, or None. A pack made before
     manifests existed is checked by its size and header alone, then recorded."""
@@ -155,7 +181,7 @@ def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split
             return f"unreadable ({e})"
         if found.shape != shape or found.dtype != np.uint8:
             return f"holds {found.dtype} {found.shape}, {shape} expected"
-        manifest.add_pack(split, Record.of_file(array_path), Record.of(index_text.encode()).stamped(array_path.with_suffix(".csv")))
+        manifest.add_pack(split, Record.of_file(array_path), Record.of(index_bytes).stamped(array_path.with_suffix(".csv")))
         return None
     array, index = recorded
     problem, current = check_file(array_path, array, full=full)
@@ -164,28 +190,30 @@ def _check_pack(array_path: Path, shape: tuple[int, ...], index_text: str, split
     return problem
 
 
-def _packed_rows(items: list[tuple[str, Path, dict] | None], shape: tuple[int, ...],
-                 fresh: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
-    """Each sample's array in order: just computed, read from its shard, or zeros (no features).
+def _packed_rows(plan: list[PlanRow], shape: tuple[int, ...], fresh: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
+    """Each pack row's array in order: just computed, read from its shard, or zeros (no features).
 
     Plain sequential writes rather than a memmap: a memmap's flush is an msync that waits for the
     disk (7 ms of the 20 ms that packing 200 log-mels took), and a fresh mapping adds page faults."""
     zeros = np.zeros(shape, np.uint8)
     loaded: dict[Path, np.ndarray] = {}
-    for item in items:
-        if item is None:
+    held = 0
+    for _, item, entry in plan:
+        if not entry.ok:
             yield zeros
             continue
-        stem, shard, meta = item
-        if stem in fresh:
-            yield fresh[stem]
+        if item in fresh:
+            yield fresh[item]
             continue
+        shard = entry.shard
         if shard not in loaded:
-            if len(loaded) > 64:  # bounded: shards come in label-file order, mostly one after another
+            if held > LOADED_BYTES:  # shards come in label-file order, mostly one after another
                 loaded.clear()
+                held = 0
             with np.load(shard) as z:
                 loaded[shard] = z["data"]
-        yield item_array(loaded[shard], meta)
+            held += loaded[shard].nbytes
+        yield item_array(loaded[shard], entry)
 
 
 def load_split(out: Path, split: str) -> tuple[np.ndarray | JpegCrops, list[dict[str, str]]]:

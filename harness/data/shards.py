@@ -17,6 +17,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,8 +92,8 @@ def stored(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
 @dataclass(frozen=True)
 class ShardResult:
     """What a worker sends back: the shard, its record, its meta, and its data when that is log-mels
-    (face crops, 300 KB a clip, are read back from the shard instead), so that the parent packs
-    without reading the shard again."""
+    the parent still keeps (face crops, 300 KB a clip, and log-mels past the parent's budget are read
+    back from the shard instead), so that the parent packs without reading the shard again."""
 
     path: str
     record: Record
@@ -100,8 +101,9 @@ class ShardResult:
     data: np.ndarray | None
 
 
-def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> ShardResult:
-    """Compute each (clip, id) of one split and write them as one shard."""
+def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]], *, send_data: bool = True) -> ShardResult:
+    """Compute each (clip, id) of one split and write them as one shard; the log-mels go back too
+    unless `send_data` is false (the parent keeps a bounded number for packing)."""
     from harness.data.media import MediaError
 
     arrays: list[np.ndarray] = []
@@ -129,7 +131,7 @@ def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]]) -> Sh
     data = _stacked(cfg, arrays)
     shard = Path(folder) / f"{jobs[0][1]}.npz"
     record = write_shard(shard, data, meta)
-    return ShardResult(str(shard), record, meta, data if isinstance(cfg, AudioFeatures) else None)
+    return ShardResult(str(shard), record, meta, data if send_data and isinstance(cfg, AudioFeatures) else None)
 
 
 def variant_id(stem: str, k: int) -> str:
@@ -155,11 +157,36 @@ def _stacked(cfg: Features, arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays) if arrays else np.zeros((0, *cfg.shape), np.uint8)
 
 
-def item_array(data: np.ndarray, meta: dict) -> np.ndarray:
-    """One clip's array from its shard's `data`, by its meta entry (a row, or a run of frames)."""
-    if "frames" in meta:
-        return data[meta["start"] : meta["start"] + meta["frames"]]
-    return data[meta["row"]]
+class Entry(NamedTuple):
+    """A cache item as the parent keeps it: its shard and the fields of its meta entry.
+
+    One small tuple an item: the meta dict and a tuple around it were 240 bytes of the parent's
+    memory a clip (24 MB at 100k clips), this is 96."""
+
+    shard: Path | None  # None: no entry at all (see `reason`)
+    row: int | None  # its row in the shard's `data`; None: no features (`reason`, `detail` say why)
+    start: int | None = None  # arrays of their own length (`span_row`): where it starts in `data` ...
+    frames: int | None = None  # ... and its length in rows
+    fallback: int | None = None  # face crops: frames that fell back to the centre square
+    reason: str = ""
+    detail: str = ""
+
+    @classmethod
+    def of(cls, shard: Path, meta: dict) -> Entry:
+        """The entry of one item of a shard's meta list."""
+        return cls(shard, meta.get("row"), meta.get("start"), meta.get("frames"), meta.get("fallback"),
+                   meta.get("reason", ""), meta.get("detail", ""))
+
+    @property
+    def ok(self) -> bool:
+        return self.row is not None
+
+
+def item_array(data: np.ndarray, entry: Entry) -> np.ndarray:
+    """One item's array from its shard's `data`, by its entry (a row, or a run of frames)."""
+    if entry.frames is not None:
+        return data[entry.start : entry.start + entry.frames]
+    return data[entry.row]
 
 
 def write_shard(path: Path, data: np.ndarray, meta: list[dict[str, object]]) -> Record:
@@ -183,14 +210,14 @@ def shard_key(split: str, shard: Path) -> str:
 
 
 def read_shards(folder: Path, split: str, manifest: Manifest, *, full: bool = False
-                ) -> tuple[dict[str, tuple[Path, dict]], list[DamagedShard]]:
-    """id -> (shard, its meta entry) for every clip in a split's sound shards, and the damaged ones.
+                ) -> tuple[dict[str, Entry], list[DamagedShard]]:
+    """id -> entry for every item in a split's sound shards, and the damaged ones.
 
     A shard with a record must match it (`integrity.check_file`: quick, or every CRC-32 when `full`);
     a shard without one (written by a run interrupted before it saved the manifest, or before
     manifests existed) must parse in full, which checks its zip members' own CRC-32s, and is then
     recorded. A damaged shard is deleted; the manifest forgets shards that are gone."""
-    entries: dict[str, tuple[Path, dict]] = {}
+    entries: dict[str, Entry] = {}
     damaged: list[DamagedShard] = []
     present = set()
     for shard in sorted(folder.glob("*.npz")):
@@ -220,7 +247,7 @@ def read_shards(folder: Path, split: str, manifest: Manifest, *, full: bool = Fa
             manifest.drop_shard(key)
             continue
         manifest.add_shard(key, current, [m["id"] for m in meta])  # a no-op when nothing changed
-        entries.update((m["id"], (shard, m)) for m in meta)
+        entries.update((m["id"], Entry.of(shard, m)) for m in meta)
     for key in [k for k in manifest.shards if k.startswith(f"{split}/") and k not in present]:
         manifest.drop_shard(key)
     return entries, damaged
