@@ -33,7 +33,11 @@ def _with_bad_clips(root: Path) -> Path:
 def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
     ds = load_dataset(_with_bad_clips(small_dataset))
     cfg = AudioFeatures(width=64)
-    report = prepare_features(ds, cfg, cache_root=tmp_path / "cache", workers=2)
+    progress: list[tuple[int, int]] = []
+    report = prepare_features(ds, cfg, cache_root=tmp_path / "cache", workers=2, on_progress=lambda *p: progress.append(p))
+    # The progress bar's feed: from 0 to every clip, never backwards, against one total.
+    assert progress[0] == (0, 14) and progress[-1] == (14, 14) and {t for _, t in progress} == {14}
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
 
     reasons = {f.name: f.reason for f in report.failures}
     assert reasons == {

@@ -46,7 +46,7 @@ class DatasetError(BadInput):
         self.line = line
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__ a clip: a million of them are held while preparing
 class Sample:
     name: str  # as written in the label file, relative to the split folder
     split: str
