@@ -2,20 +2,23 @@
 groups that never straddle folds (planted re-encoded copies found by the audit), group files."""
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from harness.config import AudioFeatures
 from harness.crossval import check_group_by, clip_groups, cv_summary, plan_folds
-from harness.data.cache import feature_dir, prepare_features
-from harness.data.dataset import SplitArrays
+from harness.data.cache import extract, feature_dir, prepare_features
+from harness.data.dataset import DeviceResident, SplitArrays, batches, load_arrays
+from harness.data.features import eval_windows
 from harness.data.folds import StackedRows, assign_folds, group_ids, pool, read_group_file, subset
 from harness.data.labels import load_dataset
 from harness.errors import BadInput
-from tests.conftest import write_labels
+from tests.conftest import write_clip, write_labels
 from tests.test_audit_support import planted_dataset, reencode
 
 
@@ -29,6 +32,7 @@ def test_stacked_rows_read_like_the_concatenation() -> None:
     idx = np.array([5, 0, 4, 3, 3])
     np.testing.assert_array_equal(stacked[idx], whole[idx])
     np.testing.assert_array_equal(stacked[0:1], whole[0:1])
+    np.testing.assert_array_equal(stacked[np.array([[5, 0], [1, 4]])], whole[np.array([[5, 0], [1, 4]])])  # windows' index
     assert stacked.shape == (6, 3) and len(stacked) == 6
     with pytest.raises(ValueError):
         StackedRows([a, np.zeros((2, 4), a.dtype)])
@@ -47,6 +51,118 @@ def test_pool_and_subset_keep_each_clip_with_its_own_row() -> None:
     part = subset(pooled, np.array([4, 1]))
     assert part.names == ["v1", "t2"] and part.labels.tolist() == [0, 1]
     np.testing.assert_array_equal(part.arrays(np.arange(2))["audio"][:, 0], [11, 2])
+
+
+def test_stacked_rows_with_a_gap_read_each_part_where_it_starts() -> None:
+    a, b = np.arange(4).reshape(2, 2), np.arange(10, 16).reshape(3, 2)
+    stacked = StackedRows([a, b], starts=[0, 4], length=7)  # rows 2-3: a gap (no sample reads it)
+    assert stacked.shape == (7, 2) and stacked.nbytes == a.nbytes + b.nbytes
+    np.testing.assert_array_equal(stacked[np.array([5, 1, 4, 0])], [b[1], a[1], b[0], a[0]])
+    np.testing.assert_array_equal(np.asarray(stacked), np.concatenate([a, np.zeros((2, 2), a.dtype), b]))
+    np.testing.assert_array_equal(np.asarray(StackedRows([a, b])), np.concatenate([a, b]))  # the accelerator's copy
+    for bad in ([2], [3], [7], [-1]):  # gap rows, rows past either end
+        with pytest.raises(IndexError):
+            stacked[np.array(bad)]
+    with pytest.raises(ValueError, match="overlap"):
+        StackedRows([a, b], starts=[0, 1], length=7)
+
+
+def test_pool_shifts_codec_variants_into_the_pooled_rows_and_leaves_gaps_for_other_inputs() -> None:
+    """Fusion with codec variants: the audio array holds clips then copies, the crops clips only, so
+    the val split's rows start after the train split's copies in both."""
+    audio_t = np.array([0, 1, 2, 100, 101, 200, 201], np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
+    video_t = np.arange(3, dtype=np.uint8)[:, None] * np.ones((1, 4), np.uint8)
+    train = SplitArrays(inputs={"audio": audio_t, "video": video_t}, labels=np.array([0, 1]), names=["t0", "t2"],
+                        rows=np.array([0, 2]), variants=np.array([[3, 4], [-1, -1], [5, 6]]))  # t1: no copies, dropped
+    audio_v = np.array([50, 51], np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
+    video_v = np.array([50, 51], np.uint8)[:, None] * np.ones((1, 4), np.uint8)
+    val = SplitArrays(inputs={"audio": audio_v, "video": video_v}, labels=np.array([1, 0]), names=["v0", "v1"])
+    pooled, _ = pool({"train": train, "val": val})
+    assert pooled.rows.tolist() == [0, 2, 7, 8]
+    assert pooled.variants.tolist()[:3] == [[3, 4], [-1, -1], [5, 6]] and (pooled.variants[3:] == -1).all()
+    evaluation = pooled.arrays(np.arange(4))
+    np.testing.assert_array_equal(evaluation["audio"][:, 0, 0], [0, 2, 50, 51])
+    np.testing.assert_array_equal(evaluation["video"][:, 0], [0, 2, 50, 51])
+    rng = np.random.default_rng(0)
+    drawn = [set(), set(), set(), set()]
+    for _ in range(30):  # training: a clip reads itself or its own copies; val clips have none
+        for i, value in enumerate(pooled.arrays(np.arange(4), rng)["audio"][:, 0, 0].tolist()):
+            drawn[i].add(value)
+    assert drawn == [{0, 100, 101}, {2, 200, 201}, {50}, {51}]
+    fold = subset(pooled, np.array([3, 1]))
+    assert fold.variants is pooled.variants
+    np.testing.assert_array_equal(fold.arrays(np.arange(2))["video"][:, 0], [51, 2])
+
+
+WINDOWED = AudioFeatures(window_seconds=1.0, eval_windows=3, codec_variants=1)
+
+
+@pytest.fixture(scope="module")
+def windowed_splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AudioFeatures, SplitArrays, SplitArrays]:
+    """Audio clips of 0.6-3 s (the shortest under a window: tiled), prepared whole at the native hop
+    with one codec variant per training clip; the train and val splits as loaded for training."""
+    root = tmp_path_factory.mktemp("pooled") / "ds"
+    for split, lengths in (("train", (0.6, 1.5, 2.2, 3.0)), ("val", (1.2, 2.6, 0.7))):
+        for i, seconds in enumerate(lengths):
+            write_clip(root / f"{split}set" / f"{split}{i}.mp4", seconds=seconds, freq=300 + 150 * i, video=False)
+        write_labels(root / f"{split}_label.txt", [(f"{split}{i}.mp4", i % 2) for i in range(len(lengths))])
+    ds = load_dataset(root)
+    report = prepare_features(ds, WINDOWED, cache_root=root.parent / "cache", workers=1, splits=("train", "val"))
+    assert not report.failures
+    folder = feature_dir(ds, WINDOWED, root.parent / "cache")
+    train, val = (load_arrays(folder, split, features=WINDOWED) for split in ("train", "val"))
+    assert train.variants is not None and val.variants is None
+    return root, WINDOWED, train, val
+
+
+def test_pooled_windowed_clips_read_their_own_windows(windowed_splits) -> None:
+    root, cfg, train, val = windowed_splits
+    pooled, keys = pool({"train": train, "val": val})
+    assert keys == [f"train/train{i}.mp4" for i in range(4)] + [f"val/val{i}.mp4" for i in range(3)]
+    assert (pooled.window, pooled.eval_windows) == (train.window, 3) and len(pooled.inputs["audio"]) == \
+        len(train.inputs["audio"]) + len(val.inputs["audio"])
+    evaluation = pooled.arrays(np.arange(len(pooled)))["audio"]
+    assert evaluation.shape == (7, 3, 128, train.window)
+    for i, key in enumerate(keys):  # the very windows that predict cuts from the clip itself
+        split, name = key.split("/")
+        clip = extract(root / f"{split}set" / name, cfg)[0]
+        np.testing.assert_array_equal(evaluation[i], eval_windows(clip, cfg), err_msg=key)
+    # the train part draws exactly as the train split does (same rows, same copies, same windows)
+    part = subset(pooled, np.arange(4))
+    for seed in range(3):
+        np.testing.assert_array_equal(part.arrays(np.arange(4), np.random.default_rng(seed))["audio"],
+                                      train.arrays(np.arange(4), np.random.default_rng(seed))["audio"])
+    # a val clip trains on its own frames only: no copies were made of it
+    val_frames = [extract(root / "valset" / f"val{i}.mp4", cfg)[0] for i in range(3)]
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        drawn = pooled.arrays(np.arange(4, 7), rng)["audio"]
+        for window, frames in zip(drawn, val_frames):
+            looped = np.tile(frames, (2 + train.window // len(frames), 1))  # a short clip is tiled
+            assert any((looped[s : s + train.window].T == window).all() for s in range(len(frames)))
+
+
+def test_a_pooled_windowed_fold_batches_alike_on_the_host_and_the_accelerator_path(windowed_splits) -> None:
+    """DeviceResident (tried on the CPU) copies the stacked frames whole and cuts the same windows
+    and copies from the same draws as the host batches."""
+    _, _, train, val = windowed_splits
+    pooled, _ = pool({"train": train, "val": val})
+    fold = subset(pooled, np.array([6, 0, 3, 5, 1]))
+    resident = DeviceResident(fold, torch.device("cpu"))
+    assert len(resident) == 5 and not DeviceResident.fits(fold, torch.device("cpu"))  # host batches on the CPU
+    on_device = [(b["audio"].numpy(), y.numpy()) for b, y in resident.batches(2, generator=np.random.default_rng(4))]
+    on_host = [(b["audio"].numpy(), y.numpy()) for b, y in batches(fold, 2, shuffle=True, generator=np.random.default_rng(4))]
+    assert len(on_device) == len(on_host) == 2
+    for (a, ya), (b, yb) in zip(on_device, on_host):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ya, yb)
+    assert fold.nbytes == 5 * 128 * train.window
+
+
+def test_pooling_splits_with_other_window_settings_is_refused(windowed_splits) -> None:
+    _, _, train, val = windowed_splits
+    with pytest.raises(ValueError, match="window settings differ"):
+        pool({"train": train, "val": dataclasses.replace(val, eval_windows=5)})
 
 
 def test_folds_are_stratified_and_keep_groups_whole() -> None:

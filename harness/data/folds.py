@@ -1,8 +1,16 @@
 """Folds for grouped cross-validation: the labelled clips pooled, split K ways by label and by group.
 
 `pool` joins the cached train and val splits into one `SplitArrays` without copying a byte: each
-input becomes a `StackedRows` over the two memmaps, and `SplitArrays.rows` maps a pooled sample to
-its row there. `subset` then picks a fold's samples by index, as `SplitArrays.rows` allows.
+input becomes a `StackedRows` over the splits' memmaps, and `SplitArrays.rows` maps a pooled sample
+to its row there. `subset` then picks a fold's samples by index, as `SplitArrays.rows` allows.
+
+Row numbers live in one pooled *index-row* space: each split's index rows (its clips, then, with codec
+variants, its clips' re-encoded copies) follow the earlier splits' (`_index_rows`). Per-row arrays of
+a split with fewer rows (face crops beside audio with copies) leave a gap there that no sample reads.
+Windowed audio is the exception: its array holds frames end to end, so the frames are stacked as
+they are and each split's `spans` shifted by the frames before it. Codec-variant tables are shifted
+into the same index-row space; a split without variants (val) gets none (-1), so its clips train as
+themselves in a fold, as they would if they were training clips prepared without copies.
 
 `assign_folds` uses sklearn's StratifiedGroupKFold: every fold holds about the same share of fakes,
 and the clips of one group (near-duplicates from the audit, a speaker or source video from a
@@ -12,6 +20,7 @@ Pooled clips are keyed `split/name`, the audit's key, so a name used in both spl
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,54 +34,129 @@ GROUP_HEADER = ("video_name", "group")
 
 class StackedRows:
     """Rows of several arrays of equal row shape read as one array (`a[idx]` with an index array or a
-    slice), without concatenating them: the memmaps of the cache stay on disk."""
+    slice), without concatenating them: the memmaps of the cache stay on disk.
 
-    def __init__(self, parts: Sequence[np.ndarray]) -> None:
-        if len({(p.shape[1:], p.dtype) for p in parts}) != 1:
+    `starts` (default: end to end) places part i at row `starts[i]` of a `length`-row array; rows
+    between one part's end and the next part's start are a gap that must not be read (IndexError),
+    and read as zeros in `np.asarray(stacked)`, the whole array in memory (the accelerator's copy)."""
+
+    def __init__(self, parts: Sequence[np.ndarray], starts: Sequence[int] | None = None, length: int | None = None) -> None:
+        if len({(p.shape[1:], np.dtype(p.dtype)) for p in parts}) != 1:
             raise ValueError("stacked arrays must share their row shape and dtype")
         self.parts = list(parts)
-        self.starts = np.cumsum([0] + [len(p) for p in parts])
-        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
-        self.dtype = parts[0].dtype
+        ends = np.cumsum([len(p) for p in parts])
+        begins = np.concatenate([[0], ends[:-1]]) if starts is None else np.asarray(starts, dtype=np.int64)
+        total = int(begins[-1] + len(parts[-1])) if length is None else int(length)
+        overlap = (np.diff(begins) < [len(p) for p in parts[:-1]]).any()
+        if len(begins) != len(parts) or overlap or begins[-1] + len(parts[-1]) > total:
+            raise ValueError("stacked arrays overlap or overrun the stacked length")
+        self.starts = np.append(begins, total)
+        self.shape = (total, *parts[0].shape[1:])
+        self.dtype = np.dtype(parts[0].dtype)
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the parts (a gap holds none)."""
+        return int(sum(p.nbytes for p in self.parts))
+
     def __getitem__(self, idx: np.ndarray | slice) -> np.ndarray:
-        rows = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64)
+        """Rows `idx` (a slice or an index array of any shape: windows index (clips, frames))."""
+        picked = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64)
+        rows = picked.reshape(-1)
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         part = np.searchsorted(self.starts, rows, side="right") - 1
         for p in np.unique(part):
             where = np.flatnonzero(part == p)
-            out[where] = self.parts[p][rows[where] - self.starts[p]]
-        return out
+            if p < 0 or p >= len(self.parts):
+                raise IndexError(f"rows {rows[where][:3].tolist()} lie outside the stacked arrays ({len(self)} rows)")
+            local = rows[where] - self.starts[p]
+            if local.max() >= len(self.parts[p]):
+                raise IndexError(f"row {int(rows[where][local.argmax()])} lies in a gap between stacked arrays")
+            out[where] = self.parts[p][local]
+        return out.reshape(*picked.shape, *self.shape[1:])
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("stacked arrays cannot be read as one array without a copy")
+        out = np.zeros(self.shape, dtype=self.dtype)
+        for part, start in zip(self.parts, self.starts):
+            out[start : start + len(part)] = part[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _index_rows(split: SplitArrays) -> int:
+    """How many index rows `split`'s row numbers (`rows`, `variants`, `spans`) run over: its per-row
+    arrays' lengths (windowed audio: its spans')."""
+    sizes = [len(a) for name, a in split.inputs.items() if not (name == "audio" and split.window)]
+    sizes += [len(t) for t in (split.spans, split.variants) if t is not None]
+    return max(sizes)
+
+
+def _placed(tables: Sequence[np.ndarray], starts: np.ndarray, total: int, width: int, fill: int) -> np.ndarray:
+    """(total, width) int64 filled with `fill`, with table i's rows from row `starts[i]`."""
+    out = np.full((total, width), fill, dtype=np.int64)
+    for table, start in zip(tables, starts):
+        out[start : start + len(table), : table.shape[1]] = table
+    return out
 
 
 def pool(splits: Mapping[str, SplitArrays]) -> tuple[SplitArrays, list[str]]:
-    """The labelled splits as one (in the given order) and each pooled clip's key, `split/name`."""
+    """The labelled splits as one (in the given order) and each pooled clip's key, `split/name`.
+
+    Whole-clip images, windowed audio (spans shifted by the frames before) and codec variants (rows
+    shifted into the pooled index rows) alike; the splits must share their inputs and window settings.
+
+    Raises:
+        ValueError: splits with other inputs, windows or evaluation windows.
+    """
     parts = list(splits.values())
-    inputs, rows, offset = {}, [], 0
-    for name in parts[0].inputs:
-        inputs[name] = StackedRows([p.inputs[name] for p in parts])
-    for p in parts:
-        own = np.arange(len(p)) if p.rows is None else p.rows
-        rows.append(own + offset)
-        offset += len(next(iter(p.inputs.values())))
+    first = parts[0]
+    if any(set(p.inputs) != set(first.inputs) or (p.window, p.eval_windows) != (first.window, first.eval_windows)
+           or (p.spans is None) != (first.spans is None) for p in parts):
+        raise ValueError(f"cannot pool splits {', '.join(splits)}: their inputs or window settings differ")
+    sizes = [_index_rows(p) for p in parts]
+    starts = np.cumsum([0] + sizes)  # each split's first index row in the pool
+    total = int(starts[-1])
+    inputs = {}
+    for name in first.inputs:
+        arrays = [p.inputs[name] for p in parts]
+        frames = name == "audio" and first.window  # frames end to end, found through `spans`
+        inputs[name] = StackedRows(arrays) if frames else StackedRows(arrays, starts[:-1], total)
+    rows = np.concatenate([(np.arange(len(p)) if p.rows is None else p.rows) + start for p, start in zip(parts, starts)])
+    spans = None
+    if first.spans is not None:
+        frame_starts = np.cumsum([0] + [len(p.inputs["audio"]) for p in parts])
+        shifted = [p.spans + [[offset, 0]] for p, offset in zip(parts, frame_starts)]
+        spans = _placed(shifted, starts, total, 2, 0)  # a gap row: no frames
+    variants = None
+    if any(p.variants is not None for p in parts):
+        tables = [np.where(p.variants >= 0, p.variants + start, -1) for p, start in zip(parts, starts) if p.variants is not None]
+        where = [start for p, start in zip(parts, starts) if p.variants is not None]
+        variants = _placed(tables, np.asarray(where), total, max(t.shape[1] for t in tables), -1)
     present = {}
     for name in {n for p in parts for n in p.present}:
         present[name] = np.concatenate([p.present.get(name, np.ones(len(p), bool)) for p in parts])
     pooled = SplitArrays(inputs=inputs, labels=np.concatenate([p.labels for p in parts]),
-                         names=[n for p in parts for n in p.names], present=present, rows=np.concatenate(rows))
+                         names=[n for p in parts for n in p.names], present=present, rows=rows, spans=spans,
+                         window=first.window, variants=variants, eval_windows=first.eval_windows,
+                         decode_device=first.decode_device)
     keys = [f"{split}/{n}" for split, p in splits.items() for n in p.names]
     return pooled, keys
 
 
 def subset(data: SplitArrays, idx: np.ndarray) -> SplitArrays:
-    """Samples `idx` of `data`, reading the same arrays (no copy)."""
+    """Samples `idx` of `data`, reading the same arrays (no copy), with its windows and variants."""
     idx = np.asarray(idx, dtype=np.int64)
     rows = idx if data.rows is None else data.rows[idx]
-    return SplitArrays(inputs=data.inputs, labels=data.labels[idx], names=[data.names[i] for i in idx],
-                       present={k: m[idx] for k, m in data.present.items()}, rows=rows)
+    return dataclasses.replace(data, labels=data.labels[idx], names=[data.names[i] for i in idx],
+                               present={k: m[idx] for k, m in data.present.items()}, rows=rows)
 
 
 def read_group_file(path: Path) -> dict[str, str]:
