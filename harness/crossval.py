@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.callbacks import Callback
-from harness.config import RunConfig, check_track, flat, to_dict
+from harness.config import AudioFeatures, RunConfig, check_track, flat, to_dict
 from harness.data.dataset import SplitArrays, load_arrays
 from harness.data.folds import assign_folds, group_ids, pool, read_group_file, subset
 from harness.data.labels import Dataset, DatasetError, load_dataset
@@ -90,9 +90,12 @@ def clip_groups(ds: Dataset, group_by: str | Path, *, cache_root: Path, workers:
     return dict(read_group_file(Path(group_by)))
 
 
-def plan_folds(features: dict[str, Path], groups: dict[str, object] | None, k: int, *, seed: int) -> FoldPlan:
-    """Pool the usable train and val clips of the feature folders and deal them into `k` folds."""
-    data, keys = pool({"train": load_arrays(features, "train"), "val": load_arrays(features, "val")})
+def plan_folds(features: dict[str, Path], groups: dict[str, object] | None, k: int, *, seed: int,
+               audio: AudioFeatures | None = None) -> FoldPlan:
+    """Pool the usable train and val clips of the feature folders and deal them into `k` folds
+    (`audio`: the audio settings, which say how windows are cut when the cache holds whole log-mels).
+    Training draws of a pooled clip read its codec variants where its split has them (train)."""
+    data, keys = pool({split: load_arrays(features, split, features=audio) for split in ("train", "val")})
     if not len(data):
         raise DatasetError(next(iter(features.values())), "no usable labelled clips to cross-validate on")
     ids = group_ids(keys, groups)
@@ -100,13 +103,9 @@ def plan_folds(features: dict[str, Path], groups: dict[str, object] | None, k: i
 
 
 def check_settings(cfg: RunConfig) -> None:
-    """Settings cross-validation cannot run yet, refused before any work (ConfigError): pooled folds
-    read whole-clip images; windowed log-mels and codec variants are not pooled."""
-    from harness.errors import ConfigError
-
-    if cfg.features.windowed or cfg.features.codec_variants:
-        raise ConfigError("--folds with --window-seconds or --codec-variants is not supported yet: "
-                          "cross-validate whole-clip images, or train windowed runs on the official split")
+    """Settings cross-validation cannot run, refused before any work. None now: whole-clip images,
+    windowed log-mels and codec variants all pool into folds (`harness.data.folds.pool`). Kept for
+    the CLI's call (`harness train --folds`), the place for a setting folds cannot take."""
 
 
 def cross_validate(
@@ -155,7 +154,8 @@ def cross_validate(
     check_track(ds.track, cfg.modality, where=ds.root)
     check_names(cfg)
     features = features_for(ds, cfg, cache_root, workers=workers)
-    plan = plan_folds(features, clip_groups(ds, how, cache_root=cache_root, workers=workers), folds, seed=cfg.train.seed)
+    plan = plan_folds(features, clip_groups(ds, how, cache_root=cache_root, workers=workers), folds, seed=cfg.train.seed,
+                      audio=cfg.features)
     T = tracking.tags
     n_groups = len(np.unique(plan.groups))
     parent = _cv_parent(cfg, ds, experiment, run_name or f"{readable_run_name(cfg)}-cv{folds}", folds, str(group_by), n_groups,

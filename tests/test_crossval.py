@@ -82,3 +82,38 @@ def test_bad_group_file_and_too_many_folds_are_refused_before_any_run(tmp_path: 
 
         client = tracking.setup()
         assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_windowed_folds_with_codec_variants_finish_and_score_every_clip(tmp_path: Path, capsys) -> None:
+    """The competition-grade audio settings cross-validated: windows of 1 s scored as 5 windows a
+    clip, one codec variant of each training clip drawn in training; the val split's clips, which
+    have no variants, train as themselves in the folds that hold them."""
+    planted_dataset(tmp_path / "ds", per_class=3)
+    with isolated_home(tmp_path / "home"):
+        code, out, err = _run(["train", "--data", str(tmp_path / "ds"), "--folds", "2", "--group-by", "none",
+                               "--window-seconds", "1.0", "--codec-variants", "1", "--experiment", "cvwin", *TINY], capsys)
+        assert code == 0, err
+        parent_id = out.split("parent run id: ")[1].split()[0]
+        from harness import tracking
+
+        client = tracking.setup()
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "FINISHED" and parent.data.params["features.window_seconds"] == "1.0"
+        assert parent.data.params["features.codec_variants"] == "1"
+        children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+        assert sorted(r.data.tags["cv.fold"] for r in children) == ["0", "1"]
+        assert all(r.info.status == "FINISHED" and r.data.params["features.window_seconds"] == "1.0" for r in children)
+        assert 0.0 <= parent.data.metrics["oof_auc"] <= 1.0
+        rows = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent_id, "oof.csv", str(tmp_path / "dl"))).read_text())))
+        assert sorted((r["split"], r["video_name"]) for r in rows) == sorted(
+            [("train", n) for n in _names(tmp_path / "ds" / "train_label.txt")] + [("val", n) for n in _names(tmp_path / "ds" / "val_label.txt")])
+        for child in children:  # each clip's out-of-fold score is its fold run's (windowed) val prediction
+            preds = Path(client.download_artifacts(child.info.run_id, "val_predictions.csv", str(tmp_path / child.info.run_id)))
+            scored = {r["name"]: float(r["score"]) for r in csv.DictReader(io.StringIO(preds.read_text()))}
+            mine = [r for r in rows if r["fold"] == child.data.tags["cv.fold"]]
+            assert len(mine) == len(scored) and all(float(r["score"]) == pytest.approx(scored[r["video_name"]], abs=1e-6) for r in mine)
+        assert "analysis/confidently_wrong.png" in {a.path for a in client.list_artifacts(parent_id, "analysis")}
+
+
+def _names(label_file: Path) -> list[str]:
+    return [line.split(",")[0] for line in label_file.read_text().split()[1:]]

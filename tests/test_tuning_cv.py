@@ -1,7 +1,7 @@
-"""Cross-validated studies (`folds = K` in a study spec): the keys and their refusals, and (slow) a
-study whose trials are grouped K-fold cross-validations: the run tree study -> trial -> fold, the
-trial's value read from its folds, pruning between folds, and `harness train --like` training the
-best trial's settings on the official split."""
+"""Cross-validated studies (`folds = K` in a study spec): the keys, their refusals and the windowed
+settings they accept, and (slow) a study whose trials are grouped K-fold cross-validations: the run
+tree study -> trial -> fold, the trial's value read from its folds, pruning between folds, and
+`harness train --like` training the best trial's settings on the official split."""
 from __future__ import annotations
 
 import time
@@ -45,11 +45,16 @@ def test_bad_cross_validated_specs_are_one_line_naming_the_file(tmp_path: Path, 
     assert "\n" not in str(caught.value)
 
 
-def test_windows_are_refused_in_a_cross_validated_study(tmp_path: Path) -> None:
+def test_a_cross_validated_study_can_search_windows_over_codec_variants(tmp_path: Path) -> None:
+    """Windows and codec variants pool into folds (`harness.data.folds.pool`): such a spec loads."""
     path = write_spec(tmp_path, "win", objectives='["oof_auc"]', study_extra=CV)
-    path.write_text(path.read_text() + "\n[base.features]\nwindow_seconds = 1.0\n")
-    with pytest.raises(SpecError, match="windows and codec variants are not pooled into folds"):
-        tuning.load_spec(path, check_models=False)
+    text = path.read_text().replace("epochs = 2\n", "epochs = 2\nwindow_seconds = [1.0, 1.5]\n", 1)
+    path.write_text(text + "\n[base.features]\nwindow_seconds = 1.0\ncodec_variants = 1\n")
+    spec = tuning.load_spec(path, check_models=False)
+    assert spec.folds == 2 and "window_seconds" in spec.searched
+    assert spec.base.features.windowed and spec.base.features.codec_variants == 1
+    # every window length reads one cache entry: whole log-mels with one copy of each training clip
+    assert {(f.codec_variants, f.windowed) for f in spec.feature_configs()} == {(1, True)}
 
 
 def test_the_pessimistic_objective_is_the_mean_less_the_spread() -> None:
