@@ -102,12 +102,6 @@ def plan_folds(features: dict[str, Path], groups: dict[str, object] | None, k: i
     return FoldPlan(data=data, keys=keys, groups=ids, folds=assign_folds(data.labels, ids, k, seed=seed))
 
 
-def check_settings(cfg: RunConfig) -> None:
-    """Settings cross-validation cannot run, refused before any work. None now: whole-clip images,
-    windowed log-mels and codec variants all pool into folds (`harness.data.folds.pool`). Kept for
-    the CLI's call (`harness train --folds`), the place for a setting folds cannot take."""
-
-
 def cross_validate(
     cfg: RunConfig,
     *,

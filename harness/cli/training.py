@@ -83,10 +83,6 @@ def train(
     ), features=replace(base.features, window_seconds=window_seconds, eval_windows=eval_windows,
                         trim_silence=trim_silence, codec_variants=codec_variants),
         video=replace(base.video, crop_storage=crop_storage, crop_quality=crop_quality))
-    if folds is not None:
-        from harness.crossval import check_settings
-
-        check_settings(cfg)
     if nproc is not None:
         _check_nproc(nproc, cfg.train.device)
     from harness.run import check_names  # imports torch and timm: after the cheap checks
