@@ -317,9 +317,14 @@ def _alive(pid: int) -> bool:
 
 
 def _start_long_run(home: Path, data: Path, env: dict[str, str]) -> tuple[subprocess.Popen, dict[int, int]]:
-    """`harness train --nproc 2` for many epochs; returns once epoch 1 is recorded (training is on)."""
+    """`harness train --nproc 2` for many epochs; returns once epoch 1 is recorded (training is on).
+
+    No early stopping: these tiny epochs reach val AUC 1.0 in a few, and on a quiet machine the run
+    could end (patience spent) before the test stopped or killed a rank."""
+    config = home / "no-early-stopping.toml"
+    config.write_text("[train]\npatience = 0\n")
     parent = subprocess.Popen([sys.executable, "-m", "harness", "train", "--data", str(data), "--nproc", "2",
-                               "--epochs", "200", "--experiment", "ddp", *TINY], env=env,
+                               "--config", str(config), "--epochs", "200", "--experiment", "ddp", *TINY], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
