@@ -18,8 +18,8 @@ demo: $(STAMP)  ## prepare -> train -> submit on the built-in demo dataset (a fe
 	$(BIN)/harness submit --run-id last --out submissions/demo
 	@echo "next: $(BIN)/harness tune --trials 50   then   $(BIN)/harness ui"
 
-test: $(STAMP)  ## the test suite
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## the test suite, on 2 workers (pytest-xdist; a test file stays on one worker, so its fixtures are shared)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)  ## speed ratios (see bench/)
 	$(BIN)/python bench/prepare_speed.py
