@@ -8,7 +8,7 @@ each trial's value comes from K times more clips, and its spread is on record.
 The run tree stays study -> trial -> fold: the trial's run is the cross-validation's parent
 (`harness.kind=cv`, named `trial-007`, nested under the study's parent run) and each fold is its
 child. Pruning happens between folds: after each fold the mean of the finished folds' best values
-is reported at step = fold, and a pruned trial's run ends KILLED with `pruned_at_fold`.
+is reported at step fold + 1, and a pruned trial's run ends KILLED with `pruned_at_fold`.
 
 Objectives (`harness.tuning.objectives.CV_OBJECTIVES`): `cv_val_auc_mean`, its pessimistic
 `cv_val_auc_low` (mean - std over folds), `oof_auc` and `oof_auc_ci_low` (the lower end of the
