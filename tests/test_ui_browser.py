@@ -303,7 +303,7 @@ def test_the_study_parent_run_links_to_its_best_trial(page, ui: Ui, store: Store
     page.get_by_role("link", name=f"study-{STUDY}", exact=True).click()
     page.get_by_text("About this run").wait_for()
     description = page.get_by_text(re.compile(r"^Optuna study browser")).first
-    assert description.is_visible()
+    description.wait_for(state="visible")  # the description renders after the run's header
     best = page.get_by_role("link", name=re.compile(r"^trial \d+$"))  # "Best: trial N" and the leaderboard's ranks
     hrefs = {best.nth(i).get_attribute("href") for i in range(best.count())}
     assert any(h and h.endswith(f"/runs/{store.best_run_id}") for h in hrefs), hrefs
@@ -317,7 +317,8 @@ def test_the_study_parent_run_links_to_its_best_trial(page, ui: Ui, store: Store
 def test_the_registry_champion_version_shows_its_signature(page, ui: Ui, store: Store, shots: Path):
     page.goto(f"{base_of(ui.url)}#/models/{store.model_name}/versions/{store.champion_version}?workflowType=machine_learning")
     page.get_by_text("champion", exact=False).first.wait_for()
-    assert page.get_by_role("link", name=store.trial_names[store.champion_run_id], exact=True).is_visible()  # Source run
+    # The source run's link renders after the version's own fields (its run is fetched next): wait for it.
+    page.get_by_role("link", name=store.trial_names[store.champion_run_id], exact=True).wait_for(state="visible")
     page.get_by_text("Inputs (1)").click()
     page.get_by_text("Outputs (1)").click()
     schema = page.get_by_text("Schema", exact=True).locator("xpath=ancestor::*[.//*[contains(text(), 'Outputs')]][1]")
