@@ -116,7 +116,7 @@ def main() -> None:
         predictor, load_s = build_predictor(args, work)
         if args.threads:
             torch.set_num_threads(args.threads)
-        cfg = predictor.cfg.features
+        cfg = predictor.cfg.audio
         longest = max(clips, key=lambda p: decode_audio(p, cfg.sample_rate)[1])
         clip = ten_second_clip(longest, work / "clip10s.mp4")
         audio, declared = decode_audio(clip, cfg.sample_rate)

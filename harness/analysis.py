@@ -1,19 +1,8 @@
 """The low-FPR end of a run's val scores, and how to compare two models on the same clips.
 
-The challenge breaks AUC ties by TPR at FPR = 1e-3, a point of the curve fixed by the handful of
-reals scored most fake; one val split measures it very roughly (with 500 reals, FPR 1e-3 is "no
-real above the threshold"). So each run records, beside the point values:
-
-- `val_tpr_fpr1e-3` and `val_tpr_fpr1e-2` with percentile bootstrap intervals (`_ci_low`,
-  `_ci_high`): resampled (label, score) pairs, resamples with one class skipped;
-- the most confidently wrong clips: the reals scored most fake and the fakes scored most real (top
-  20 each, name and score, `confidently_wrong.csv`), and a thumbnail sheet of what the model saw
-  for them (`confidently_wrong.png`: the log-mel image, or the middle face crop);
-- `paired_auc_difference`: the AUC of a candidate minus a reference on the same clips, with a
-  paired bootstrap interval (the same resample for both), which the promotion gate reads.
-
-Everything here takes numpy arrays; the thumbnails come from a callable, so the module knows
-nothing of the cache or MLflow. sklearn and matplotlib are imported where used.
+AUC ties break by TPR at FPR = 1e-3, fixed by the few reals scored most fake, so each run records
+`val_tpr_fpr1e-3` and `1e-2` with bootstrap intervals and its most confidently wrong clips (CSV and a
+thumbnail sheet); `paired_auc_difference` is the promotion gate's comparison (`harness.pack`).
 """
 from __future__ import annotations
 
@@ -26,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.fileio import csv_text, write_text
-from harness.metrics import has_both_classes, tpr_at_fpr, validate
+from harness.metrics import _ranking, _weighted_aucs, has_both_classes, percentiles, tpr_at_fpr, validate
 
 LOW_FPRS = (1e-3, 1e-2)
 TOP_WRONG = 20
@@ -37,27 +26,12 @@ def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _percentiles(values: list[float], alpha: float) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
 def tpr_intervals(labels: np.ndarray, scores: np.ndarray, fprs: Sequence[float] = LOW_FPRS, *, n_boot: int = N_BOOT,
                   alpha: float = 0.05, seed: int = 0) -> dict[float, tuple[float, float]]:
-    """Percentile bootstrap `(low, high)` of TPR at each of `fprs` (as `harness.metrics.tpr_at_fpr`);
-    (nan, nan) when no resample holds both classes.
-
-    The clips are sorted once; a resample is how often it draws each clip, so its ROC curve is two
-    cumulative sums over the tie groups (the points sklearn's `roc_curve(drop_intermediate=False)`
-    gives, plus repeats that do not move the interpolation): O(N) per resample, no sort: 1000 resamples of 150,000 clips
-    took 15 s on a busy 2-core machine, a sklearn call per resample several times that.
-    """
+    """Percentile bootstrap `(low, high)` of TPR at each of `fprs`; (nan, nan) with no two-class resample.
+    Each resample's ROC is two cumulative sums over tie groups (1000 x 150,000 clips: 15 s)."""
     labels, scores = validate(labels, scores)
-    order = np.argsort(-scores, kind="stable")
-    y, s = labels[order], scores[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # the tie groups, highest score first
+    order, y, starts = _ranking(labels, -scores)  # highest score first
     values: dict[float, list[float]] = {f: [] for f in fprs}
     for idx in _resamples(len(labels), n_boot, seed):
         counts = np.bincount(idx, minlength=len(labels))[order]
@@ -70,17 +44,11 @@ def tpr_intervals(labels: np.ndarray, scores: np.ndarray, fprs: Sequence[float] 
         curve_tpr = np.r_[0.0, np.cumsum(pos) / total_pos]
         for f in fprs:
             values[f].append(float(np.interp(f, curve_fpr, curve_tpr)))
-    return {f: _percentiles(v, alpha) for f, v in values.items()}
+    return {f: percentiles(v, alpha) for f, v in values.items()}
 
 
 def low_fpr_metrics(labels: np.ndarray, scores: np.ndarray, *, prefix: str = "val_", n_boot: int = N_BOOT) -> dict[str, float]:
-    """`<prefix>tpr_fpr1e-3` and `1e-2`, each with `_ci_low` and `_ci_high`; nan with one class.
-
-    Example:
-        >>> m = low_fpr_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]), n_boot=50)
-        >>> m["val_tpr_fpr1e-3"]
-        1.0
-    """
+    """`<prefix>tpr_fpr1e-3` and `1e-2`, each with `_ci_low` and `_ci_high`; nan with one class."""
     out = {}
     intervals = tpr_intervals(labels, scores, LOW_FPRS, n_boot=n_boot)
     for fpr in LOW_FPRS:
@@ -100,12 +68,9 @@ class Wrong:
     score: float
 
 
-def confidently_wrong(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, *, top: int = TOP_WRONG) -> tuple[list[Wrong], list[Wrong]]:
-    """(reals scored most fake, fakes scored most real), `top` of each, worst first (ties by name).
-
-    Every real is listed by its score whatever the threshold: at FPR 1e-3 the reals at the top of
-    the ranking are what decides the tie-break, wrong at 0.5 or not.
-    """
+def confidently_wrong(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, *,
+                      top: int = TOP_WRONG) -> tuple[list[Wrong], list[Wrong]]:
+    """(reals scored most fake, fakes scored most real), `top` of each, worst first (ties by name)."""
     labels, scores = validate(labels, scores)
     reals = sorted(np.flatnonzero(labels == 0).tolist(), key=lambda i: (-scores[i], names[i]))[:top]
     fakes = sorted(np.flatnonzero(labels == 1).tolist(), key=lambda i: (scores[i], names[i]))[:top]
@@ -133,48 +98,30 @@ class PairedComparison:
         return {**asdict(self), "better": self.better}
 
 
-def paired_auc_difference(labels: np.ndarray, candidate: np.ndarray, reference: np.ndarray, *, n_boot: int = N_BOOT,
-                          alpha: float = 0.05, seed: int = 0) -> PairedComparison:
-    """Bootstrap the AUC difference `candidate - reference`, resampling clips once for both models, so
-    the clips' own difficulty cancels out (a paired test; DeLong's would do too, this needs no normality).
-
-    Each model's clips are sorted once; a resample's AUC is then a weighted count over tie groups
-    (ties count half, as in sklearn), O(N) without a sort or a sklearn call per resample."""
+def paired_auc_difference(labels: np.ndarray, candidate: np.ndarray, reference: np.ndarray, *,
+                          groups: np.ndarray | None = None, n_boot: int = N_BOOT, alpha: float = 0.05,
+                          seed: int = 0) -> PairedComparison:
+    """Paired bootstrap of `candidate - reference` AUC (one resample for both); `groups` are resampled whole."""
     labels, candidate = validate(labels, candidate)
     _, reference = validate(labels, reference)
+    if groups is not None and np.shape(groups) != labels.shape:
+        raise ValueError(f"groups must hold one id per clip: {np.shape(groups)} for {len(labels)} clips")
     if not has_both_classes(labels):
         return PairedComparison(len(labels), math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
     ranked = [_ranking(labels, scores) for scores in (candidate, reference)]
+    # Clip i's draw count is its group's: unique ids in sorted order, so ids 0..N-1 reproduce the clip bootstrap.
+    member_of = np.arange(len(labels)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    units = int(member_of.max()) + 1
     diffs = []
-    for idx in _resamples(len(labels), n_boot, seed):
-        counts = np.bincount(idx, minlength=len(labels))
-        a, b = (_weighted_auc(counts, *r) for r in ranked)
+    for idx in _resamples(units, n_boot, seed):
+        counts = np.bincount(idx, minlength=units)[member_of]
+        a, b = (_weighted_aucs(counts[order][None], y, starts)[0] for order, y, starts in ranked)
         if math.isfinite(a):
             diffs.append(a - b)
-    ones = np.ones(len(labels), dtype=np.int64)
-    a, b = (_weighted_auc(ones, *r) for r in ranked)
-    low, high = _percentiles(diffs, alpha)
+    a, b = (float(_weighted_aucs(np.ones((1, len(labels)), dtype=np.int64), y, starts)[0]) for _, y, starts in ranked)
+    low, high = percentiles(diffs, alpha)
     share = float(np.mean(np.array(diffs) > 0)) if diffs else math.nan
     return PairedComparison(len(labels), a, b, a - b, low, high, share)
-
-
-def _ranking(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order by ascending score, labels in that order, start of each tie group)."""
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    return order, labels[order], np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-
-
-def _weighted_auc(counts: np.ndarray, order: np.ndarray, y: np.ndarray, starts: np.ndarray) -> float:
-    """AUC with clip i counted `counts[i]` times (= sklearn's roc_auc_score with sample_weight); nan with one class."""
-    c = counts[order]
-    neg = np.add.reduceat(c * (y == 0), starts).astype(float)
-    pos = np.add.reduceat(c * (y == 1), starts).astype(float)
-    pairs = neg.sum() * pos.sum()
-    if pairs == 0:
-        return math.nan
-    below = np.cumsum(neg) - neg  # negatives scored strictly lower than each tie group
-    return float(np.sum(pos * (below + 0.5 * neg)) / pairs)
 
 
 Thumbnails = Callable[[list[int]], list[np.ndarray]]  # split positions -> one uint8 image each (H, W) or (H, W, 3)
@@ -183,8 +130,7 @@ Thumbnails = Callable[[list[int]], list[np.ndarray]]  # split positions -> one u
 def write_low_fpr_analysis(folder: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray, *,
                            thumbnails: Thumbnails | None = None, title: str = "", prefix: str = "val_",
                            n_boot: int = N_BOOT) -> dict[str, float]:
-    """Write low_fpr.json, confidently_wrong.csv and (with `thumbnails`) confidently_wrong.png into
-    `folder`; return the metrics (`low_fpr_metrics` with `prefix`) for the run."""
+    """low_fpr.json, confidently_wrong.csv (and .png with `thumbnails`) in `folder`; the metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     metrics = low_fpr_metrics(labels, scores, prefix=prefix, n_boot=n_boot) if has_both_classes(np.asarray(labels)) else {}
     reals, fakes = confidently_wrong(names, labels, scores)
@@ -201,13 +147,12 @@ def write_low_fpr_analysis(folder: Path, names: Sequence[str], labels: np.ndarra
 
 def save_wrong_sheet(path: Path, reals: list[Wrong], fakes: list[Wrong], thumbnails: Thumbnails, *, title: str = "",
                      columns: int = 10) -> Path:
-    """A PNG sheet: the reals scored most fake, then the fakes scored most real, each tile titled with
-    its name and score (a bare Agg figure, as `harness.plots`)."""
+    """A PNG sheet of the reals scored most fake, then the fakes scored most real, each titled with name and score."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    blocks = [(f"reals scored most fake (top {len(reals)})", reals), (f"fakes scored most real (top {len(fakes)})", fakes)]
-    blocks = [(label, listed) for label, listed in blocks if listed]
+    blocks = [(f"{kind} (top {len(listed)})", listed) for kind, listed in
+              (("reals scored most fake", reals), ("fakes scored most real", fakes)) if listed]
     rows_per = [math.ceil(len(listed) / columns) for _, listed in blocks]
     fig = Figure(figsize=(1.6 * columns, 1.9 * sum(rows_per) + 0.6))
     FigureCanvasAgg(fig)
@@ -217,36 +162,29 @@ def save_wrong_sheet(path: Path, reals: list[Wrong], fakes: list[Wrong], thumbna
         images = thumbnails([w.index for w in listed])
         for i, (w, image) in enumerate(zip(listed, images)):
             ax = fig.add_subplot(grid[row + i // columns, i % columns])
-            ax.imshow(image, cmap="magma" if image.ndim == 2 else None, aspect="auto", origin="lower" if image.ndim == 2 else "upper")
-            ax.set_title(f"{_short(w.name)}\n{w.score:.4f}", fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            mel = image.ndim == 2  # a log-mel: low frequencies at the bottom
+            ax.imshow(image, cmap="magma" if mel else None, aspect="auto", origin="lower" if mel else "upper")
+            short = w.name if len(w.name) <= 18 else "..." + w.name[-15:]
+            ax.set(xticks=[], yticks=[])
+            ax.set_title(f"{short}\n{w.score:.4f}", fontsize=7)
             if i == 0:
                 ax.set_ylabel(label.split(" (")[0].replace(" scored ", "\nscored "), fontsize=7)
         row += n_rows
-    fig.suptitle(f"{title}: most confidently wrong val clips (score = probability of fake)" if title else
-                 "most confidently wrong val clips (score = probability of fake)", fontsize=9)
+    fig.suptitle(f"{title}: " * bool(title) + "most confidently wrong val clips (score = probability of fake)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     return path
 
 
-def _short(name: str, width: int = 18) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
-
-
 def split_thumbnails(data) -> Thumbnails:  # noqa: ANN001 - harness.data.dataset.SplitArrays
-    """Thumbnails from a split's cached inputs: the log-mel image of an audio input, else the middle
-    face crop of the video input."""
+    """Thumbnails from a split's cached inputs: the log-mel (the middle window), else the middle face crop."""
 
     def take(positions: list[int]) -> list[np.ndarray]:
         arrays = data.arrays(np.asarray(positions, dtype=np.int64))
         if "audio" in arrays:
-            audio = arrays["audio"]
-            # Windowed audio reads (clips, eval windows, H, W): show the middle window of each clip.
+            audio = arrays["audio"]  # windowed: (clips, eval windows, H, W)
             return list(audio[:, audio.shape[1] // 2] if audio.ndim == 4 else audio)
-        video = arrays["video"]
-        return [clip[len(clip) // 2] for clip in video]
+        return [clip[len(clip) // 2] for clip in arrays["video"]]
 
     return take

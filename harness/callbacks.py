@@ -1,8 +1,5 @@
-"""How the training engine talks to the outside: plain data and a small callback protocol.
-
-The engine knows nothing of MLflow or Optuna; tracking and tuning implement `Callback`.
-A callback may raise `StopTraining` from `on_epoch` (a pruner does) to end the run early; the engine
-then keeps the best checkpoint so far and reports `stopped_by`.
+"""How the training engine talks to the outside (tracking and tuning implement `Callback`). A callback may
+raise `StopTraining` from `on_epoch` (a pruner does): the engine keeps the best checkpoint so far.
 """
 from __future__ import annotations
 

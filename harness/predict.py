@@ -1,41 +1,17 @@
 """Checkpoint + clips -> probability of fake: the one scoring path behind `harness predict`,
 `harness submit` and a promoted bundle's `api.py`.
 
-A `Predictor` is built from a run's settings and its safetensors checkpoint, from a recorded run
-(`from_run`, through `harness.tracking`) or from a bundle folder (`from_bundle`, no MLflow at all:
-this module imports neither mlflow nor harness.tracking until `from_run` is called). A bundle is
-read through `harness.bundle.format`, which checks that its weights lie inside it, are safetensors
-and match the sha256 its config.json records, before anything is loaded.
+A `Predictor` comes from a run's settings and safetensors checkpoint, a recorded run (`from_run`, the only
+path importing mlflow) or a bundle folder (`from_bundle`, checked by `harness.bundle_format` first). A clip
+is scored from the arrays the feature cache would make of it (`harness.data.cache.extract`, JPEG-stored
+crops re-encoded alike), by `modalities.build_model` with strictly loaded weights, in eval mode, fp32.
+TTA (audio, `tta=N` > 1) averages N circular time shifts spread over training's +-`time_shift * strength`
+of the width (over the whole width when training did not shift); a windowed audio model instead
+aggregates `eval_windows` evenly spaced windows by `train.aggregate`, as validation does (tta 1).
 
-Scoring one clip:
-
-  features  `harness.data.cache.extract` for each of the model's inputs: the function the feature
-            cache runs, so a clip is scored from the very arrays training would have made of it
-            (face crops that training read from JPEG storage go through the same JPEG encoding and
-            the CPU decoder: the pixels the model learned on);
-  model     `modalities.build_model(cfg, pretrained=False)` with the checkpoint loaded strictly from
-            safetensors (nothing unpickles), in eval mode under `torch.inference_mode`, fp32, each
-            input normalised by its backbone's pretrained mean/std;
-  TTA       audio models only: with `tta=N` (N > 1) the probability is the mean over N circular
-            shifts of the log-mel's time axis,
-            evenly spaced over the shifts training saw: from -m to +m columns, m = the run's
-            `augment.time_shift * augment.strength` times the image width (over the whole width,
-            k * W / N, when training did not shift). N = 1 (the default) scores the image as it is.
-  windows   a windowed audio model (`features.window_seconds`) scores `features.eval_windows` evenly
-            spaced windows of the clip's whole log-mel (`features.eval_windows`, a short clip tiled)
-            and aggregates them by `train.aggregate`, exactly as validation in training does; TTA
-            shifts do not apply (the windows are its test-time augmentation), so tta is recorded as 1.
-
-Input paths given on a command line go through `check_paths` first: one that does not exist or
-cannot be read is a usage error (exit 2), never a row at the fallback score.
-Clips without usable features (missing, empty, undecodable, no audio or video, truncated, too
-short, silent) make `score` raise a `MediaError`; the batch form `score_many` catches it, scores the
-clip `FALLBACK_SCORE` and says why in the `Scored` row. A fusion model raises only when neither input
-can be made: with one, the other branch's head scores the clip.
-
-Fallback: 0.5, the uninformative score. AUC, the challenge's metric, ranks clips: 0.5 puts a clip we
-cannot judge in the middle of the ranking rather than betting on either class (the train prior would
-rank it as confidently as the class mix happens to be, and 0 or 1 would put it at an extreme).
+A missing or unreadable command-line path is a usage error (`check_paths`, exit 2). A clip without usable
+features makes `score` raise a `MediaError`; `score_many` gives it `FALLBACK_SCORE` and the reason (a
+fusion model only when neither input can be made). 0.5 puts a clip we cannot judge mid-ranking for AUC.
 """
 from __future__ import annotations
 
@@ -49,8 +25,7 @@ from typing import IO
 import numpy as np
 
 from harness.config import RunConfig
-from harness.data.media import is_media
-from harness.data.media import MediaError
+from harness.data.media import MediaError, is_media
 from harness.errors import BadInput, NotFound
 
 FALLBACK_SCORE = 0.5
@@ -81,19 +56,11 @@ def format_score(score: float) -> str:
 
 def write_scores(rows: Iterable[Scored], stream: IO[str]) -> None:
     """`path,score` lines, CSV-quoted where a path needs it: what `harness predict` and `api.py` print."""
-    writer = csv.writer(stream, lineterminator="\n")
-    for row in rows:
-        writer.writerow([row.path, format_score(row.score)])
+    csv.writer(stream, lineterminator="\n").writerows([row.path, format_score(row.score)] for row in rows)
 
 
 def check_paths(paths: Iterable[str | Path]) -> None:
-    """Refuse, before any scoring, an input path that does not exist or cannot be read: a typo is a
-    usage error, not a clip to score at the fallback (that is for files that exist but do not decode).
-
-    Raises:
-        NotFound: a path that does not exist.
-        BadInput: a path this process may not read (a folder: may not list).
-    """
+    """Refuse, before scoring, a path that does not exist or cannot be read: a usage error, not a fallback."""
     for p in map(Path, paths):
         if not p.exists():
             raise NotFound(f"{p}: no such file or folder")
@@ -102,15 +69,11 @@ def check_paths(paths: Iterable[str | Path]) -> None:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given (whatever their extension); folders replaced by the clips and audio files they
-    hold, recursively, in name order."""
+    """Files as given; folders replaced by the media files they hold, recursively, in name order."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            # The dataset's own rule for what a clip or face image is (harness.data.media).
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_media(f) and not f.name.startswith(".")))
-        else:
-            out.append(p)
+        out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_media(f) and not f.name.startswith("."))
+                   if p.is_dir() else [p])
     return out
 
 
@@ -118,31 +81,31 @@ def tta_shifts(cfg: RunConfig, n: int) -> list[int]:
     """The circular time shifts (columns) averaged over for `n`-fold TTA; [0] for n = 1."""
     if n < 1:
         raise ValueError(f"tta must be at least 1, got {n}")
-    width = cfg.features.width
     if n == 1:
         return [0]
-    aug = cfg.train.augment
-    reach = aug.time_shift * aug.strength * width
+    width = cfg.audio.width
+    reach = cfg.train.augment.time_shift * cfg.train.augment.strength * width
     if reach >= 1:
         return [round(float(s)) for s in np.linspace(-reach, reach, n)]
     return [round(k * width / n) for k in range(n)]
 
 
+def is_demo_data(folder: str | Path | None) -> bool:
+    """Whether `folder` holds the synthetic demo dataset (`harness demo-data` marks it)."""
+    from harness.data.demo.dataset import MARKER
+
+    return folder is not None and (Path(folder) / MARKER).is_file()
+
+
 class Predictor:
     """A loaded model and its feature settings; `score(path)` and `score_many(paths)`."""
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        weights: Path | str,
-        *,
-        tta: int = 1,
-        device: str = "cpu",
-        stats: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-        fallback: float = FALLBACK_SCORE,
-        batch_size: int = BATCH_SIZE,
-        source: str = "",
-    ) -> None:
+    demo = False  # trained on the synthetic demo dataset (set by from_run and from_bundle)
+
+    def __init__(self, cfg: RunConfig, weights: Path | str, *, tta: int = 1, device: str = "cpu",
+                 stats: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                 fallback: float = FALLBACK_SCORE, batch_size: int = BATCH_SIZE, source: str = "",
+                 state: dict | None = None) -> None:
         import torch
         from safetensors.torch import load_file
 
@@ -153,9 +116,8 @@ class Predictor:
             raise ValueError(f"fallback score must lie in [0, 1], got {fallback}")
         self.cfg = cfg
         self.weights = Path(weights)
-        # TTA shifts the log-mel's time axis: it applies to models that read audio; others score as is
-        # (and record tta = 1, so that a bundle or a report never claims shifts that were not made).
-        shifted = "audio" in cfg.inputs and not cfg.features.windowed
+        # Only audio is shifted; other models record tta = 1, so no report claims shifts never made.
+        shifted = "audio" in cfg.inputs and not cfg.audio.windowed
         self.shifts = tta_shifts(cfg, tta) if shifted else [0]
         self.tta = tta if shifted else 1
         self.fallback = float(fallback)
@@ -165,68 +127,51 @@ class Predictor:
             self.device = pick_device(device)
         except RuntimeError as e:  # no CUDA, or a device name torch does not know
             raise BadInput(f"--device {device}: {e}") from None
-        if self.device.type == "cpu":
-            _use_available_cpus(torch)
+        if self.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+            # every CPU this process may run on (torch may count physical cores only; sched_getaffinity: Linux)
+            available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            if torch.get_num_threads() < available:
+                torch.set_num_threads(available)
         model = build_model(cfg, pretrained=False)
-        try:
-            model.load_state_dict(load_file(str(self.weights)), strict=True)  # safetensors: tensors only, no pickle
+        try:  # safetensors: tensors only, no pickle (a pack hands each member its part of its file)
+            model.load_state_dict(load_file(str(self.weights)) if state is None else state, strict=True)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0].rstrip(":")
             raise WeightsMismatch(f"{self.weights}: the weights do not fit a {cfg.train.backbone} {cfg.modality} "
                                   f"model ({first})") from None
-        # timm's pretrained config (data, works offline) unless the bundle recorded its own
-        stats = stats or input_stats(cfg, model)
+        stats = stats or input_stats(cfg, model)  # timm's pretrained config (offline) unless the bundle has its own
         self.stats = {name: (tuple(float(v) for v in m), tuple(float(v) for v in s)) for name, (m, s) in stats.items()}
         self.model = model.to(self.device).eval()
         self.inputs = Inputs(self.stats).to(self.device)
 
-    # ----------------------------------------------------------------------------------- builders
-
     @classmethod
-    def from_run(cls, run: str, *, tta: int = 1, device: str = "cpu") -> Predictor:
-        """The best checkpoint of a recorded run (downloaded once into .cache/runs).
-
-        Args:
-            run: a run id, or `best` / `last` (see `harness.tracking.resolve_run_id`).
-
-        Raises:
-            NotFound: an unknown run, or one without a checkpoint.
-            BadInput: text that cannot be a run id (`../../x`).
-        """
+    def from_run(cls, run: str, *, tta: int = 1, device: str = "cpu") -> Predictor | PackPredictor:
+        """The best checkpoint of run `run` (an id, `best` or `last`), or a pack's `PackPredictor`."""
         from harness import tracking  # lazy: the only import of mlflow on this path
-        from harness.tracking import registry
+        from harness.tracking.tags import DATA_PATH
 
-        client = tracking.setup()
-        run_id = registry.find_run(client, run).info.run_id
-        cfg, weights = tracking.load_run_config(client, run_id)
-        return cls(cfg, weights, tta=tta, device=device, source=f"run {run_id}")
+        found = tracking.resolve_run(tracking.setup(), run)
+        source = f"run {found.run_id}"
+        predictor = PackPredictor(found.weights, device=device, source=source) if found.pack else \
+            cls(found.config, found.weights, tta=tta, device=device, source=source)
+        predictor.demo = is_demo_data(found.run.data.tags.get(DATA_PATH))
+        return predictor
 
     @classmethod
-    def from_bundle(cls, folder: Path | str, *, tta: int | None = None, device: str = "cpu") -> Predictor:
-        """A promoted bundle (see `harness.bundle.format`), its config and weights checked first.
-        `tta` None: the bundle's own, the setting its prediction.csv was made with.
-
-        Raises:
-            NotABundle: no config.json (also a FileNotFoundError).
-            BundleError: weights outside the bundle, not safetensors, or not the recorded sha256.
-        """
-        from harness.bundle.format import read_config
+    def from_bundle(cls, folder: Path | str, *, tta: int | None = None, device: str = "cpu") -> Predictor | PackPredictor:
+        """A promoted bundle, checked first, or a pack's `PackPredictor`; `tta` None: the bundle's own."""
+        from harness.bundle_format import read_config
 
         bundle = read_config(folder)
-        return cls(
-            bundle.run_config, bundle.weights, tta=bundle.tta if tta is None else tta, device=device,
-            stats=bundle.stats, fallback=bundle.fallback, source=f"bundle {bundle.folder} (run {bundle.run_id})",
-        )
-
-    # ------------------------------------------------------------------------------------ scoring
+        source = f"bundle {bundle.folder} (run {bundle.run_id})"
+        predictor = PackPredictor(bundle.weights, device=device, fallback=bundle.fallback, source=source) if bundle.pack \
+            else cls(bundle.run_config, bundle.weights, tta=bundle.tta if tta is None else tta, device=device,
+                     stats=bundle.stats, fallback=bundle.fallback, source=source)
+        predictor.demo = bundle.demo
+        return predictor
 
     def features(self, path: Path | str) -> dict[str, np.ndarray]:
-        """The uint8 inputs of one clip (or face image), as the cache would hold them.
-
-        A fusion model gets `<input>_present` flags and zeros for an input that failed, so a clip with
-        unreadable video still gets a score from its audio (and the reverse). Raises a MediaError
-        (MissingFile when there is no file) when no input can be made.
-        """
+        """One clip's uint8 inputs as the cache would hold them; fusion: zeros and `<input>_present` for a failed one."""
         from harness.data.cache import extract
         from harness.data.features import eval_windows
 
@@ -253,27 +198,25 @@ class Predictor:
         return out
 
     def _windowed(self, name: str) -> bool:
-        return name == "audio" and self.cfg.features.windowed
+        return name == "audio" and self.cfg.audio.windowed
 
     def input_shape(self, name: str) -> tuple[int, ...]:
         """One clip's array of input `name` as `features` makes it: (K, H, W) windows for windowed audio."""
         shape = tuple(self.cfg.features_for(name).shape)
-        return (self.cfg.features.eval_windows, *shape) if self._windowed(name) else shape
+        return (self.cfg.audio.eval_windows, *shape) if self._windowed(name) else shape
 
     def score_inputs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Probability of fake for a batch of stacked inputs (as `features` makes them, stacked along
-        a first axis), TTA applied; float64 (N,)."""
+        """Probability of fake (float64) for stacked inputs as `features` makes them, TTA applied."""
         import torch
 
         from harness.engine import aggregate_scores, call_model, fake_probability
 
         for name in self.cfg.inputs:
-            want = self.input_shape(name)
-            if batch[name].shape[1:] != tuple(want):
+            if batch[name].shape[1:] != (want := self.input_shape(name)):
                 raise ValueError(f"expected {name} inputs of shape (N, {', '.join(map(str, want))}), got {batch[name].shape}")
         n = len(batch[self.cfg.inputs[0]])
         out = np.empty(n, dtype=np.float64)
-        windows = self.cfg.features.eval_windows if self._windowed("audio") else 1
+        windows = self.cfg.audio.eval_windows if self._windowed("audio") else 1
         step = max(1, self.batch_size // (len(self.shifts) * windows))
         with torch.inference_mode():
             for start in range(0, n, step):
@@ -288,8 +231,7 @@ class Predictor:
         return out
 
     def score_images(self, images: np.ndarray) -> np.ndarray:
-        """Probability of fake for a single-input model's stacked inputs: (N, H, W) log-mels or
-        (N, frames, size, size, 3) face crops."""
+        """Probability of fake for a single-input model's stacked inputs (log-mels or face crops)."""
         if len(self.cfg.inputs) != 1:
             raise ValueError(f"a {self.cfg.modality} model reads {' and '.join(self.cfg.inputs)}: use score_inputs")
         return self.score_inputs({self.cfg.inputs[0]: np.asarray(images)})
@@ -298,9 +240,8 @@ class Predictor:
         """Probability of fake for one clip. Raises a MediaError when it has no usable input."""
         return float(self.score_inputs({k: v[None] for k, v in self.features(path).items()})[0])
 
-    def score_many(
-        self, paths: Sequence[Path | str], *, on_progress: Callable[[int, int], None] | None = None
-    ) -> list[Scored]:
+    def score_many(self, paths: Sequence[Path | str], *,
+                   on_progress: Callable[[int, int], None] | None = None) -> list[Scored]:
         """One row per path, in order; clips without features get the fallback score and the reason."""
         rows: list[Scored | None] = [None] * len(paths)
         pending: list[tuple[int, dict[str, np.ndarray]]] = []
@@ -316,23 +257,53 @@ class Predictor:
                 pending.append((i, self.features(path)))
             except MediaError as e:
                 rows[i] = Scored(str(path), self.fallback, False, e.reason, e.detail)
-            if len(pending) >= self.batch_size:
+            if len(pending) >= self.batch_size or (pending and i == len(paths) - 1):
                 flush()
             if on_progress:
                 on_progress(i + 1, len(paths))
-        if pending:
-            flush()
         return rows  # type: ignore[return-value] - every slot is filled
 
 
-def _use_available_cpus(torch) -> None:  # noqa: ANN001 - the torch module
-    """Use every CPU this process may run on (torch's default may count physical cores only), unless
-    OMP_NUM_THREADS says otherwise (on a machine shared with other busy processes, 1 thread is faster)."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        available = os.cpu_count() or 1
-    if torch.get_num_threads() < available:
-        torch.set_num_threads(available)
+class PackPredictor:
+    """A saved pack as one scorer: a `Predictor` per member (no TTA), combined by `combine_members`."""
+
+    demo = False
+    tta, shifts = 1, [0]
+
+    def __init__(self, weights: Path | str, *, device: str = "cpu", fallback: float = FALLBACK_SCORE,
+                 source: str = "") -> None:
+        from safetensors.torch import load_file
+
+        from harness.pack.model import read_members
+
+        self.weights = Path(weights)
+        self.specs = read_members(self.weights.parent)
+        state = load_file(str(self.weights))
+        self.source = source or str(self.weights)
+        self.fallback = float(fallback)
+        self.members = []
+        for i, spec in enumerate(self.specs):
+            prefix = f"members.{i}.model."  # PackedModel's keys: members.<i>.model.<the member's own>
+            own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            self.members.append(Predictor(spec.config, self.weights, device=device, fallback=fallback, state=own,
+                                          source=f"{self.source} member {i + 1}"))
+        self.member_weights = np.array([s.weight for s in self.specs], dtype=np.float64)
+        self.cfg = self.specs[0].config  # the first member's settings: track and dataset checks
+
+    def score_many(self, paths: Sequence[Path | str], *,
+                   on_progress: Callable[[int, int], None] | None = None) -> list[Scored]:
+        """One row per path, in order, as `Predictor.score_many`."""
+        rows = [m.score_many(paths, on_progress=on_progress) for m in self.members]
+        ok = np.array([[r.ok for r in member] for member in rows]).T
+        scores = combine_members(np.array([[r.score for r in member] for member in rows]).T, ok,
+                                 self.member_weights, self.fallback)
+        first = rows[0]  # a clip no member could read: the first member's reason
+        return [Scored(str(p), float(s), True) if ok[i].any() else
+                Scored(str(p), float(s), False, first[i].reason, first[i].detail) for i, (p, s) in enumerate(zip(paths, scores))]
+
+
+def combine_members(scores: np.ndarray, ok: np.ndarray, weights: np.ndarray, fallback: float) -> np.ndarray:
+    """Per clip, the weighted mean of the members (columns) that could score it (`ok`), else `fallback`."""
+    w = ok * np.asarray(weights, dtype=np.float64)
+    total = w.sum(axis=1)
+    return np.where(total > 0, (scores * w).sum(axis=1) / np.where(total > 0, total, 1), fallback)

@@ -1,25 +1,100 @@
-"""Shared test material: the real shared clips and small clips generated with PyAV."""
+"""Shared test material: the real shared clips, small clips generated with PyAV, an MLflow store,
+and the helpers several test files need."""
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-import numpy as np
-import pytest
+# One torch/BLAS thread a process, for this process and every harness it starts: two pytest workers on two
+# cores with a thread per core each oversubscribe the machine (the slow tests ran 15-20% longer that way).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402 - after the thread count, which BLAS reads at import
+import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "ffdv-phase1-sample"
+T = TypeVar("T")
+
+
+# `pytest` alone runs the fast subset on two workers (addopts in pyproject.toml: -m "not slow" -n auto).
+# Tests named by node id (tests/test_x.py::test_y) run as asked, slow or not, in this process.
+def _names_tests(config: pytest.Config) -> bool:
+    return any("::" in arg for arg in config.args)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # Two workers whatever the machine: the DDP and tuning tests start two processes each and time their
+    # deaths. None for named tests or one file: a file runs on one worker anyway (--dist loadfile), and
+    # starting workers costs more than that saves.
+    one_file = len(config.args) == 1 and config.args[0].endswith(".py")
+    return 0 if _names_tests(config) or one_file else 2
+
+
+# The files that take longest with their slow tests (`make test --durations`, 2026-12-07): run first, so that
+# the two workers (`--dist loadfile` hands out whole files in collection order) end together instead of one
+# running the tuning studies alone at the end (12:14 on two cores before, the slowest file last).
+LONGEST_FIRST = ("test_server.py", "test_tuning_studies.py", "test_ddp.py", "test_ui_browser.py", "test_tuning_ddp.py",
+                 "test_submit.py", "test_windowed_run.py", "test_tuning_cv.py", "test_pack_cli.py", "test_run_lifecycle.py",
+                 "test_engine.py", "test_gate_submit.py", "test_pyfunc.py", "test_tracking.py", "test_cache_processes.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    user_chose_marks = any(arg.startswith("-m") for arg in config.invocation_params.args)
+    if _names_tests(config) and not user_chose_marks and config.option.markexpr == "not slow":
+        config.option.markexpr = ""  # the default filter steps aside for tests named explicitly
+
+
+def require(what: str, available: bool, why: str) -> None:
+    """Go on when `available`; else skip the test, saying why, or under CI (`CI=true`) fail it:
+    a green CI means that the tests needing PostgreSQL, Chromium or the shared clips ran."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{what} is required under CI=true: {why}", pytrace=False)
+    pytest.skip(f"no {what}: {why}")
 
 
 @pytest.fixture(scope="session")
 def shared_sample() -> Path:
     """The 10 real phase-1 clips, read in place (never copied into the repo)."""
-    if not (SHARED_SAMPLE / "trainset_label.txt").exists():
-        pytest.skip(f"shared real clips not found at {SHARED_SAMPLE}")
+    require("shared real clips", (SHARED_SAMPLE / "trainset_label.txt").exists(), f"not found at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "the condition") -> T:
+    """Call `predicate` every `interval` s until it returns something truthy, and return that;
+    after `timeout` s fail, naming `what`. The predicate may assert, to end the wait early (a
+    process that died while it was waited for)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
 
 
 def write_clip(
@@ -95,6 +170,37 @@ def isolated_home(root: Path, *, cache: bool = True) -> Iterator[pytest.MonkeyPa
             mp.setenv("HARNESS_CACHE", str(root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         yield mp
+
+
+class Store(NamedTuple):
+    client: MlflowClient
+    experiment_id: str
+    home: Path
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema made, once per test process: stores copy it
+    (creating the schema runs MLflow's migrations, about a second of CPU per store)."""
+    from harness import tracking
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    tracking.setup(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Iterator[Store]:
+    """A test module's own MLflow store (`isolated_home` in a temporary folder) and an experiment
+    "tests" in it whose artifacts go to home/artifacts."""
+    from harness import tracking
+
+    home = tmp_path_factory.mktemp("store")
+    shutil.copyfile(empty_store, home / "mlflow.db")
+    with isolated_home(home):
+        client = tracking.setup()
+        experiment_id = tracking.get_or_create_experiment(client, "tests", artifact_location=(home / "artifacts").as_uri())
+        yield Store(client, experiment_id, home)
 
 
 def write_labels(path: Path, rows: list[tuple[str, int]], header: str = "video_name,target") -> Path:

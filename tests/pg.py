@@ -2,21 +2,20 @@
 
 Needs the server binaries (Debian: `apt-get install -y postgresql`, found under
 /usr/lib/postgresql/*/bin). PostgreSQL refuses to run as root, so as root the server runs as the
-`postgres` user the package creates (via runuser). `postgres_or_skip` skips a test, saying why, where
-none of this is possible.
+`postgres` user the package creates (via runuser). `required_postgres` skips a test, saying why, where
+none of this is possible, and fails it under CI (`CI=true`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.conftest import free_port, require
 
 
 def server_bin() -> Path | None:
@@ -27,12 +26,6 @@ def server_bin() -> Path | None:
         return found[-1].parent
     pg_ctl = shutil.which("pg_ctl")
     return Path(pg_ctl).parent if pg_ctl and shutil.which("initdb") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def why_unavailable() -> str | None:
@@ -70,7 +63,7 @@ def throwaway_postgres(database: str = "harness") -> Iterator[str]:
     if as_root:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
-    port = _free_port()
+    port = free_port()
 
     def run(*args: str) -> None:
         command = [str(bindir / args[0]), *args[1:]]
@@ -97,9 +90,8 @@ def throwaway_postgres(database: str = "harness") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def postgres_or_skip(database: str = "harness") -> Iterator[str]:
+def required_postgres(database: str = "harness") -> Iterator[str]:
     reason = why_unavailable()
-    if reason is not None:
-        pytest.skip(f"no throwaway PostgreSQL: {reason}")
+    require("throwaway PostgreSQL", reason is None, reason or "")
     with throwaway_postgres(database) as url:
         yield url

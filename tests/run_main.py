@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from click.testing import CliRunner
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):  # a tuple too: `code, out, err = run_main(...)`
     exit_code: int
     stdout: str
     stderr: str

@@ -12,7 +12,6 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from harness.analysis import (
-    _percentiles,
     _resamples,
     confidently_wrong,
     low_fpr_metrics,
@@ -22,7 +21,7 @@ from harness.analysis import (
     write_low_fpr_analysis,
 )
 from harness.data.dataset import SplitArrays
-from harness.metrics import tpr_at_fpr
+from harness.metrics import percentiles, tpr_at_fpr
 
 
 def test_tpr_intervals_match_sklearn_on_every_resample() -> None:
@@ -36,7 +35,7 @@ def test_tpr_intervals_match_sklearn_on_every_resample() -> None:
         for f in expected:
             expected[f].append(float(np.interp(f, fprs, tprs)))
     for f, values in expected.items():
-        assert got[f] == pytest.approx(_percentiles(values, 0.05))
+        assert got[f] == pytest.approx(percentiles(values, 0.05))
         assert got[f][0] <= tpr_at_fpr(y, s, f) + 0.2 and got[f][0] < got[f][1]
 
 
@@ -105,5 +104,5 @@ def test_paired_bootstrap_matches_sklearn_on_every_resample() -> None:
     a, b = np.round(rng.random(200) + 0.3 * y, 2), np.round(rng.random(200) + 0.2 * y, 1)  # ties in both
     found = paired_auc_difference(y, a, b, n_boot=100, seed=4)
     diffs = [roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]) for i in _resamples(200, 100, 4) if 0 < y[i].sum() < 200]
-    assert (found.low, found.high) == pytest.approx(_percentiles(diffs, 0.05))
+    assert (found.low, found.high) == pytest.approx(percentiles(diffs, 0.05))
     assert found.candidate_auc == pytest.approx(roc_auc_score(y, a)) and found.reference_auc == pytest.approx(roc_auc_score(y, b))

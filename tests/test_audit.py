@@ -3,13 +3,18 @@ re-encoded copies across splits, a test split at another sample rate. The table 
 thread pool here (no worker processes to start); test_audit_cli.py runs the real command."""
 from __future__ import annotations
 
+import dataclasses
+import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
-from harness.audit import AuditResult, audit_dataset, dataset_groups, groups, to_json, write_outputs
+from harness.audit import AuditResult, Pair, audit_dataset, dataset_groups, groups, render, to_json, write_outputs
+from harness.audit.stats import MODEL_FEATURE
 from harness.data.labels import load_dataset
 from tests.conftest import write_labels
 from tests.test_audit_support import planted_dataset, speech_like, write_av
@@ -67,6 +72,41 @@ def test_audit_json_holds_the_documented_keys_and_plots_the_flagged_features(pla
     table = (out / "table.csv").read_text().splitlines()
     assert len(table) == 1 + len(result.table.rows) and table[0].startswith("split,name,label,error,file_size")
     assert len((out / "duplicates.csv").read_text().splitlines()) == 1 + len(result.duplicates)
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["80-column terminal", "pipe"])
+def test_the_report_fits_80_columns_without_folding_a_name(planted, terminal: bool) -> None:
+    """Issue 23 item 8: in a log file or an 80-column terminal the tables split names mid-word and
+    ended with an empty column. Challenge clip names are 32 hex digits (a pair of them is 84
+    characters wide), and duration_audio_declared is the longest feature name."""
+    _, _, result = planted
+    longest = dataclasses.replace(result.shortcuts[0], feature="duration_audio_declared")
+    pairs = [Pair("train/2359ab528cd84d273ca9db9719fadde9.mp4", "val/4268ee7e106040e43df97caa70f69829.mp4", "audio", 0.934)]
+    flagged = dataclasses.replace(result, features=[longest, *result.features], shortcuts=[longest, *result.shortcuts],
+                                  duplicates=pairs + result.duplicates)
+    clean = dataclasses.replace(result, shortcuts=[], findings=[])
+    for shown in (flagged, clean):
+        stream = io.StringIO()
+        render(shown, Console(file=stream, width=80, force_terminal=terminal))
+        text = stream.getvalue()
+        assert ("\x1b[" in text) == terminal  # colour on a terminal only
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+        assert max(map(len, lines)) <= 80
+        top = next(i for i, line in enumerate(lines) if line.startswith("feature "))
+        assert lines[top].split()[-1] == ("verdict" if shown.shortcuts else "direction")  # no empty column at the end
+        table = lines[top + 2 : lines.index("", top)]
+        rows = {line[2:].split("  ")[0]: line.split() for line in table if line.startswith("  ") and line[2] != " "}
+        splits = dict.fromkeys(f.split for f in shown.features)
+        assert [line.strip() for line in table if not line.startswith(" ")] == list(splits)  # a row per split
+        if shown.shortcuts:  # each on one line, its name whole, marked
+            for f in shown.shortcuts:
+                assert rows["all metadata (model)" if f.feature == MODEL_FEATURE else f.feature][-1] == "SHORTCUT"
+        else:  # the three strongest of each split and the model, whole
+            strongest = {f.feature for split in splits for f in [f for f in shown.features if f.split == split][:3]}
+            assert set(rows) == strongest | {"all metadata (model)"}
+        for p in shown.duplicates:  # a above b, each whole on its line
+            at = next(i for i, line in enumerate(lines) if line.split() == [p.a, p.kind, f"{p.similarity:.3f}"])
+            assert lines[at + 1].strip() == p.b
 
 
 def test_a_second_audit_reuses_the_cached_table(planted) -> None:

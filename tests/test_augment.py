@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.augment import image_augment, jpeg_uint8, mixup, spec_augment
+from harness.augment import image_augment, jpeg_uint8, mixup_inputs, spec_augment
 from harness.config import Augment
 
 OFF = Augment(time_mask=0, freq_mask=0, time_shift=0, hflip=False, colour=0)
@@ -43,8 +43,8 @@ def test_mixup_mixes_pairs_and_targets() -> None:
     torch.manual_seed(0)
     x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
     y = torch.tensor([0.0, 1.0])
-    mx, my = mixup(x, y, 0.4, torch.Generator().manual_seed(0))
-    assert torch.allclose(mx.mean(dim=(1, 2, 3)), my)  # the image mix and the label mix agree
+    mixed, my = mixup_inputs({"x": x}, y, 0.4, torch.Generator().manual_seed(0))
+    assert torch.allclose(mixed["x"].mean(dim=(1, 2, 3)), my)  # the image mix and the label mix agree
 
 
 def test_image_flip_and_crop_keep_shape() -> None:

@@ -10,10 +10,11 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from harness.bundle import format as F
+from harness import bundle_format as F
 from harness.bundle.build import write_archive
 from harness.bundle.source import copy_source
 from harness.config import to_dict
@@ -54,7 +55,10 @@ def test_a_bundle_reads_back_and_scores_like_its_checkpoint(weights: Path, predi
     read = F.read_config(bundle)
     assert read.run_config == CFG and read.weights == bundle / F.WEIGHTS and read.tta == 3 and read.fallback == 0.5
     loaded = Predictor.from_bundle(bundle)
-    assert loaded.tta == 3 and loaded.source == f"bundle {bundle} (run {'r' * 32})"
+    assert loaded.tta == 3 and loaded.source == f"bundle {bundle} (run {'r' * 32})" and not loaded.demo
+    config = json.loads((bundle / F.CONFIG).read_text())
+    (bundle / F.CONFIG).write_text(json.dumps({**config, "data": {"name": "demo", "demo": True}}))
+    assert F.read_config(bundle).demo  # `harness predict --bundle` warns that the scores mean nothing on real clips
     clip = write_clip(tmp_path / "c.mp4", seconds=1.5)
     assert Predictor.from_bundle(bundle, tta=1).score(clip) == pytest.approx(predictor.score(clip), abs=1e-6)
 
@@ -142,18 +146,29 @@ def test_archive_is_reproducible(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def test_source_at_a_known_commit_comes_from_git(tmp_path: Path) -> None:
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip("not a git checkout")
-    note = copy_source(tmp_path, head.stdout.strip(), "false")
-    assert note.startswith(f"git archive of commit {head.stdout.strip()}")
+def head_run(commit: str | None = None) -> SimpleNamespace:
+    """A run recorded at `commit` (default: this checkout's HEAD), as the bundle reads it."""
+    if commit is None:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    return SimpleNamespace(info=SimpleNamespace(run_id="r" * 32), data=SimpleNamespace(tags={"git.commit": commit,
+                                                                                           "git.dirty": "false"}))
+
+
+def test_source_comes_from_the_runs_commit_or_the_bundle_is_refused(tmp_path: Path) -> None:
+    run = head_run()
+    note = copy_source(tmp_path, run)
+    assert note == f"git archive of commit {run.data.tags['git.commit']}"
     assert (tmp_path / "pyproject.toml").is_file() and (tmp_path / "harness" / "predict.py").is_file()
+    assert (tmp_path / "harness" / "bundle" / "build.py").is_file()
+    assert not (tmp_path / "README.md").exists()  # the bundle writes its own, not the project's
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in {".py", ".toml", ".md"}]
-    unknown = copy_source(tmp_path / "now", "unknown", "unknown")
-    assert unknown.startswith("the run's commit is unknown")
-    assert (tmp_path / "now" / "harness" / "submit" / "__init__.py").is_file()
-    assert (tmp_path / "now" / "harness" / "bundle" / "format.py").is_file()
+    # No copy of today's tree instead: a run without a usable commit is refused, saying what to do.
+    with pytest.raises(F.BundleError, match=r"^run r{32} records no git commit .*harness train --like r{32}"):
+        copy_source(tmp_path / "unknown", head_run("unknown"))
+    with pytest.raises(F.BundleError, match=r"^run r{32} trained at commit 0{40}, which .* does not hold: fetch it"):
+        copy_source(tmp_path / "elsewhere", head_run("0" * 40))
+    assert not (tmp_path / "unknown").exists() and not (tmp_path / "elsewhere").exists()
 
 
 def test_bundle_api_refuses_a_missing_path_before_loading(weights: Path, predictor: Predictor, tmp_path: Path) -> None:
@@ -161,10 +176,22 @@ def test_bundle_api_refuses_a_missing_path_before_loading(weights: Path, predict
     import sys
 
     bundle = make_bundle(tmp_path / "b", weights, predictor)
-    copy_source(bundle, "unknown", "unknown")
+    copy_source(bundle, head_run())
     shutil.copyfile(ROOT / "harness" / "bundle" / "api.py", bundle / F.API)
     clip = write_clip(tmp_path / "c.mp4", seconds=1.5)
     done = subprocess.run([sys.executable, "api.py", str(clip), str(tmp_path / "typo.mp4")], cwd=bundle,
                           capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'typo.mp4'}: no such file or folder"]
+
+
+def test_the_pyfunc_model_code_runs_without_mlflows_type_hint_warning() -> None:
+    """MLflow runs harness/bundle/pyfunc_model.py when it saves and loads the model; it used to print
+    MLflow's "Add type hints" UserWarning, in raw ANSI escapes, twice on every submit."""
+    import sys
+
+    code = f"import runpy; runpy.run_path({str(F.PYFUNC_CODE)!r})"
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "type hints" not in done.stderr and "\x1b[" not in done.stderr, done.stderr[-2000:]

@@ -49,7 +49,7 @@ def test_build_report_and_pack(small_dataset: Path, tmp_path: Path) -> None:
         "empty.mp4": "empty file",
         "test1.mp4": "undecodable",
     }
-    assert report.total == 14 and report.done == 14 and report.reused == 0
+    assert report.total == 14 and report.done == 7 and report.reused == 0  # done + reused + failed = total
 
     images, index = load_split(report.cache, "train")
     assert images.shape == (10, 128, 64) and images.dtype == np.uint8

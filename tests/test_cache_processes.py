@@ -13,8 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ import pytest
 from harness.config import AudioFeatures
 from harness.data.cache import LOCK, feature_dir, load_split
 from harness.data.labels import load_dataset
-from tests.conftest import write_labels
+from tests.conftest import wait_until, write_labels
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +50,11 @@ def running(pid: int) -> bool:
         return False
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(0.05)
+def waiting_for_lock(path: Path) -> set[int]:
+    """The processes blocked in flock() on `path`: the `->` lines of /proc/locks (pid, then dev:inode)."""
+    inode = str(path.stat().st_ino)
+    return {int(fields[5]) for fields in map(str.split, Path("/proc/locks").read_text().splitlines())
+            if fields[1] == "->" and fields[6].rsplit(":", 1)[1] == inode}
 
 
 def test_two_prepares_on_one_folder_compute_each_clip_once(small_dataset: Path, tmp_path: Path) -> None:
@@ -79,8 +76,8 @@ def test_two_prepares_on_one_folder_compute_each_clip_once(small_dataset: Path, 
         procs = [subprocess.Popen([sys.executable, "-c", code, str(small_dataset), str(cache)], env=ENV,
                                   stdout=subprocess.PIPE, text=True) for _ in range(2)]
         assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
-        time.sleep(0.5)  # both are at the lock now (nothing else comes before it)
-        assert all(p.poll() is None for p in procs)
+        wait_until(lambda: waiting_for_lock(folder / LOCK) == {p.pid for p in procs}, 60,
+                   what="both prepares to wait at the lock")
     finally:
         os.close(fd)
     results = sorted(tuple(json.loads(p.communicate(timeout=120)[0].strip())) for p in procs)
@@ -117,7 +114,7 @@ def stop_mid_run(data: Path, cache: Path, log: Path, sig: int) -> tuple[int, lis
     processes it had started."""
     proc = start_prepare(data, cache, log)
     try:
-        wait_for(lambda: any(cache.glob("*/*/shards/train/*.npz")) or proc.poll() is not None, 120, "the first shard")
+        wait_until(lambda: any(cache.glob("*/*/shards/train/*.npz")) or proc.poll() is not None, 120, what="the first shard")
         assert proc.poll() is None, f"prepare ended before it could be interrupted:\n{log.read_text()}"
         started = children(proc.pid)
         assert len(started) >= 3, started  # two workers and the resource tracker
@@ -141,7 +138,7 @@ def test_sigterm_stops_the_workers_and_a_rerun_resumes(many_clips: Path, tmp_pat
     code, started = stop_mid_run(many_clips, tmp_path / "c", tmp_path / "log", signal.SIGTERM)
     assert code == 130, (tmp_path / "log").read_text()
     assert "Traceback" not in (tmp_path / "log").read_text()
-    wait_for(lambda: not any(running(pid) for pid in started), 5, f"workers and resource tracker {started} to end")
+    wait_until(lambda: not any(running(pid) for pid in started), 5, what=f"workers and resource tracker {started} to end")
     done, reused = resumed(many_clips, tmp_path / "c")
     assert reused >= 1 and done + reused == 120
     folder = next((tmp_path / "c").glob("*/video-*"))
@@ -153,6 +150,6 @@ def test_sigterm_stops_the_workers_and_a_rerun_resumes(many_clips: Path, tmp_pat
 def test_workers_end_when_prepare_is_killed(many_clips: Path, tmp_path: Path) -> None:
     code, started = stop_mid_run(many_clips, tmp_path / "c", tmp_path / "log", signal.SIGKILL)
     assert code == -signal.SIGKILL
-    wait_for(lambda: not any(running(pid) for pid in started), 10, f"orphaned workers {started} to end")
+    wait_until(lambda: not any(running(pid) for pid in started), 10, what=f"orphaned workers {started} to end")
     done, reused = resumed(many_clips, tmp_path / "c")  # the lock died with its holder
     assert reused >= 1 and done + reused == 120

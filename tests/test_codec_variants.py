@@ -1,4 +1,4 @@
-"""Codec variants (`features.codec_variants`): re-encoded copies of training clips, cached as extra
+"""Codec variants (`audio.codec_variants`): re-encoded copies of training clips, cached as extra
 rows tied to their source, drawn from in training and never seen in validation or test."""
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def test_training_clips_get_variants_tied_to_their_source(tmp_path: Path, window
     cfg = AudioFeatures(codec_variants=2, window_seconds=window)
     prepare_features(ds, cfg, cache_root=tmp_path / "cache", workers=1)
     folder = feature_dir(ds, cfg, tmp_path / "cache")
-    train = load_arrays(folder, "train", features=cfg)
+    train = load_arrays(folder, "train", audio=cfg)
     assert train.names == ["train0.mp4", "train1.mp4", "train2.mp4"]  # one sample per clip, as before
     assert train.variants.tolist() == [[3, 4], [5, 6], [7, 8]]
-    val = load_arrays(folder, "val", features=cfg)
+    val = load_arrays(folder, "val", audio=cfg)
     assert val.variants is None and "source" not in (folder / "val.csv").read_text().splitlines()[0]
     # training draws the source or a copy; evaluation always reads the source
     rng = np.random.default_rng(0)

@@ -33,7 +33,7 @@ def test_defaults_and_the_tutorial_settings_are_valid() -> None:
 
 def test_validation_imports_neither_torch_nor_cv2() -> None:
     code = ("import sys\nfrom harness.config import RunConfig, TrainConfig\n"
-            "try:\n    TrainConfig(loss='foo')\nexcept ValueError:\n    pass\n"
+            "from harness.errors import ConfigError\ntry:\n    TrainConfig(loss='foo')\nexcept ConfigError:\n    pass\n"
             "print(','.join(m for m in ('torch', 'cv2', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
@@ -48,7 +48,7 @@ def test_validation_imports_neither_torch_nor_cv2() -> None:
         (lambda: TrainConfig(device="tpu"), "train.device: unknown device 'tpu'; choose from auto, cpu, cuda or cuda:N"),
         (lambda: TrainConfig(device="cuda:x"), "train.device: unknown device 'cuda:x'"),
         (lambda: AudioFeatures(interpolation="cubic"),
-         "features.interpolation: unknown interpolation 'cubic'; choose from area, linear"),
+         "audio.interpolation: unknown interpolation 'cubic'; choose from area, linear"),
         (lambda: VideoFeatures(detector="dlib"), "video.detector: unknown face detector 'dlib'; choose from haar"),
         (lambda: TrainConfig(backbone=""), 'train.backbone: must not be empty, got ""'),
         (lambda: TrainConfig(video_backbone=" "), 'train.video_backbone: must not be empty, got " "'),
@@ -95,17 +95,17 @@ RANGES = [
     (Augment, "mixup", -0.2, "train.augment.mixup: must be >= 0"),
     (Augment, "colour", -0.2, "train.augment.colour: must be >= 0"),
     (Augment, "strength", -1.0, "train.augment.strength: must be >= 0"),
-    (AudioFeatures, "sample_rate", 0, "features.sample_rate: must be > 0, got 0"),
-    (AudioFeatures, "n_mels", 0, "features.n_mels: must be >= 1, got 0"),
-    (AudioFeatures, "n_fft", 1, "features.n_fft: must be >= 2"),
-    (AudioFeatures, "hop_length", 0, "features.hop_length: must be >= 1"),
-    (AudioFeatures, "width", 0, "features.width: must be >= 1"),
-    (AudioFeatures, "height", 0, "features.height: must be >= 1"),
-    (AudioFeatures, "fmin", -1.0, "features.fmin: must be >= 0"),
-    (AudioFeatures, "top_db", 0.0, "features.top_db: must be > 0"),
-    (AudioFeatures, "min_seconds", -0.5, "features.min_seconds: must be >= 0"),
-    (AudioFeatures, "silence_dbfs", 3.0, "features.silence_dbfs: must be <= 0"),
-    (AudioFeatures, "truncated_ratio", 1.5, "features.truncated_ratio: must lie in [0, 1]"),
+    (AudioFeatures, "sample_rate", 0, "audio.sample_rate: must be > 0, got 0"),
+    (AudioFeatures, "n_mels", 0, "audio.n_mels: must be >= 1, got 0"),
+    (AudioFeatures, "n_fft", 1, "audio.n_fft: must be >= 2"),
+    (AudioFeatures, "hop_length", 0, "audio.hop_length: must be >= 1"),
+    (AudioFeatures, "width", 0, "audio.width: must be >= 1"),
+    (AudioFeatures, "height", 0, "audio.height: must be >= 1"),
+    (AudioFeatures, "fmin", -1.0, "audio.fmin: must be >= 0"),
+    (AudioFeatures, "top_db", 0.0, "audio.top_db: must be > 0"),
+    (AudioFeatures, "min_seconds", -0.5, "audio.min_seconds: must be >= 0"),
+    (AudioFeatures, "silence_dbfs", 3.0, "audio.silence_dbfs: must be <= 0"),
+    (AudioFeatures, "truncated_ratio", 1.5, "audio.truncated_ratio: must lie in [0, 1]"),
     (VideoFeatures, "frames", 0, "video.frames: must be >= 1, got 0"),
     (VideoFeatures, "size", 0, "video.size: must be >= 1"),
     (VideoFeatures, "margin", -0.1, "video.margin: must be >= 0"),
@@ -137,7 +137,7 @@ def test_boundary_values_are_accepted(cls: type, values: dict) -> None:
 
 
 def test_fmax_must_lie_above_fmin() -> None:
-    with pytest.raises(ConfigError, match=r"^features.fmax: must be above fmin \(4000\), got 3000$"):
+    with pytest.raises(ConfigError, match=r"^audio.fmax: must be above fmin \(4000\), got 3000$"):
         AudioFeatures(fmin=4000.0, fmax=3000.0)
 
 
@@ -160,7 +160,7 @@ def test_replace_validates_too() -> None:
     [
         ({"train": {"epochs": "1"}}, 'train.epochs: expected an integer, got "1"'),
         ({"train": {"pretrained": "false"}}, 'train.pretrained: expected true or false, got "false"'),
-        ({"features": {"n_mels": "64"}}, 'features.n_mels: expected an integer, got "64"'),
+        ({"audio": {"n_mels": "64"}}, 'audio.n_mels: expected an integer, got "64"'),
         ({"train": {"lr": "0.001"}}, 'train.lr: expected a number, got "0.001"'),
         ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer, got 2.5"),
         ({"train": {"epochs": True}}, "train.epochs: expected an integer, got true"),
@@ -169,7 +169,7 @@ def test_replace_validates_too() -> None:
         ({"train": {"augment": {"hflip": 1}}}, "train.augment.hflip: expected true or false, got 1"),
         ({"video": {"frames": [8]}}, "video.frames: expected an integer, got [8]"),
         ({"modality": 1}, "modality: expected a string, got 1"),
-        ({"features": {"fmax": "none"}}, 'features.fmax: expected a number, got "none"'),
+        ({"audio": {"fmax": "none"}}, 'audio.fmax: expected a number, got "none"'),
     ],
     ids=["epochs-str", "pretrained-str", "n_mels-str", "lr-str", "epochs-float", "epochs-bool", "lr-bool", "loss-int",
          "hflip-int", "frames-list", "modality-int", "fmax-str"],
@@ -181,8 +181,8 @@ def test_from_dict_checks_each_type_and_names_the_key(values: dict, message: str
 
 
 def test_an_int_is_a_float_and_null_fits_an_optional() -> None:
-    cfg = from_dict(RunConfig, {"train": {"lr": 1, "max_params": 150000}, "features": {"fmax": None, "height": None}})
-    assert cfg.train.lr == 1 and cfg.train.max_params == 150000 and cfg.features.fmax is None
+    cfg = from_dict(RunConfig, {"train": {"lr": 1, "max_params": 150000}, "audio": {"fmax": None, "height": None}})
+    assert cfg.train.lr == 1 and cfg.train.max_params == 150000 and cfg.audio.fmax is None
 
 
 def test_unknown_keys_and_non_tables_are_named() -> None:
@@ -202,10 +202,17 @@ def test_where_prefixes_the_message() -> None:
 
 
 def test_saved_settings_round_trip() -> None:
-    cfg = RunConfig(modality="fusion", features=SEED_AUDIO, video=VideoFeatures(frames=2, size=32),
+    cfg = RunConfig(modality="fusion", audio=SEED_AUDIO, video=VideoFeatures(frames=2, size=32),
                     train=TrainConfig(loss="focal", augment=Augment(mixup=0.2, hflip=False), video_backbone="resnet18"))
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
-    assert from_dict(RunConfig, to_dict(cfg)).features.key() == SEED_AUDIO.key()
+    assert from_dict(RunConfig, to_dict(cfg)).audio.key() == SEED_AUDIO.key()
+
+
+def test_settings_saved_under_the_old_section_name_still_load() -> None:
+    """[features] was the audio section's name: runs, bundles and packs saved with it load as [audio]."""
+    assert from_dict(RunConfig, {"features": {"n_mels": 64}}).audio.n_mels == 64
+    with pytest.raises(ConfigError, match=r"^features: unknown setting"):  # both names: the old one is not read
+        from_dict(RunConfig, {"features": {"n_mels": 64}, "audio": {"n_mels": 32}})
 
 
 def test_config_file_errors_name_the_file(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import typer
 
 from harness.data.dataset import Shard, batch_indices
 from harness.distributed import LaunchOutcome, RankFailure
-from tests.conftest import ROOT, isolated_home, write_clip, write_labels
+from tests.conftest import ROOT, isolated_home, wait_until, write_clip, write_labels
 
 TINY = ["--device", "cpu", "--backbone", "test_byobnet.r160_in1k", "--no-pretrained", "--batch-size", "4"]
 
@@ -139,24 +139,15 @@ def test_nproc_inside_torchrun_is_refused(small_dataset: Path, tmp_path: Path) -
     assert exit_.value.code == 2
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    with isolated_home(tmp_path_factory.mktemp("store")):
-        from harness import tracking
-
-        client = tracking.setup()
-        yield client, tracking.get_or_create_experiment(client, "t")
-
-
 @pytest.fixture
 def recorded_run(store):
     """A RUNNING run in a throwaway store, as rank 0 leaves it when it dies."""
-    client, experiment_id = store
+    client, experiment_id, _ = store
     return client, client.create_run(experiment_id).info.run_id
 
 
 def test_a_dead_rank_fails_the_run_with_its_reason(recorded_run) -> None:
-    from harness.run import close_after_ranks
+    from harness.tracking import close_after_ranks
 
     client, run_id = recorded_run
     reason = close_after_ranks(LaunchOutcome(run_id, [RankFailure(1, -9, 5), RankFailure(0, 1, 5)]))
@@ -166,7 +157,7 @@ def test_a_dead_rank_fails_the_run_with_its_reason(recorded_run) -> None:
 
 
 def test_rank_zero_s_own_error_stands_when_it_failed_first(recorded_run) -> None:
-    from harness.run import close_after_ranks
+    from harness.tracking import close_after_ranks
 
     client, run_id = recorded_run
     client.set_tag(run_id, "error", "TrainingDiverged: train loss became nan in epoch 1")
@@ -177,7 +168,7 @@ def test_rank_zero_s_own_error_stands_when_it_failed_first(recorded_run) -> None
 
 
 def test_an_interrupt_closes_a_run_rank_zero_left_running(recorded_run) -> None:
-    from harness.run import close_after_ranks
+    from harness.tracking import close_after_ranks
 
     client, run_id = recorded_run
     assert close_after_ranks(LaunchOutcome(run_id, interrupted=True)) == "interrupted"
@@ -274,7 +265,7 @@ def test_nproc_2_records_one_finished_run(ddp_home) -> None:
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         mp.setenv("HARNESS_HOME", str(home))
         run_id = done.stdout.split("run id:")[1].split()[0]
-        _, weights = tracking.load_run_config(tracking.setup(), run_id)
+        weights = tracking.resolve_run(tracking.setup(), run_id).weights
     assert not any(k.startswith("module.") for k in load_file(str(weights)))  # the unwrapped module
 
 
@@ -326,17 +317,19 @@ def _start_long_run(home: Path, data: Path, env: dict[str, str]) -> tuple[subpro
     parent = subprocess.Popen([sys.executable, "-m", "harness", "train", "--data", str(data), "--nproc", "2",
                                "--config", str(config), "--epochs", "200", "--experiment", "ddp", *TINY], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    def first_epoch_logged() -> bool:
         assert parent.poll() is None, parent.stderr.read()[-3000:]
         runs = _runs(env)
-        if runs and runs[0][1]["epoch/val_auc"]:
-            ranks = _ranks_of(parent.pid)
-            assert sorted(ranks) == [0, 1]
-            return parent, ranks
-        time.sleep(1)
-    parent.kill()
-    raise AssertionError("the run never logged its first epoch")
+        return bool(runs and runs[0][1]["epoch/val_auc"])
+
+    try:
+        wait_until(first_epoch_logged, 300, interval=1, what="the run's first epoch")
+    except AssertionError:
+        parent.kill()
+        raise
+    ranks = _ranks_of(parent.pid)
+    assert sorted(ranks) == [0, 1]
+    return parent, ranks
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from harness.crossval import check_group_by, clip_groups, cv_summary, plan_folds
 from harness.data.cache import extract, feature_dir, prepare_features
 from harness.data.dataset import DeviceResident, SplitArrays, batches, load_arrays
 from harness.data.features import eval_windows
-from harness.data.folds import StackedRows, assign_folds, group_ids, pool, read_group_file, subset
+from harness.data.folds import StackedRows, assign_folds, check_group_file, group_ids, pool, read_group_file, subset
 from harness.data.labels import load_dataset
 from harness.errors import BadInput
 from tests.conftest import write_clip, write_labels
@@ -110,7 +110,7 @@ def windowed_splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Aud
     report = prepare_features(ds, WINDOWED, cache_root=root.parent / "cache", workers=1, splits=("train", "val"))
     assert not report.failures
     folder = feature_dir(ds, WINDOWED, root.parent / "cache")
-    train, val = (load_arrays(folder, split, features=WINDOWED) for split in ("train", "val"))
+    train, val = (load_arrays(folder, split, audio=WINDOWED) for split in ("train", "val"))
     assert train.variants is not None and val.variants is None
     return root, WINDOWED, train, val
 
@@ -204,8 +204,24 @@ def test_group_file_is_read_and_its_problems_named(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(BadInput, match=message):
             read_group_file(bad)
-    with pytest.raises(BadInput, match="not auto, none or an existing"):
+    with pytest.raises(BadInput, match="not auto, none, method or an existing"):
         check_group_by(str(tmp_path / "missing.csv"))
+
+
+def test_a_group_file_that_names_no_clip_is_refused_and_one_that_misses_some_warns(tmp_path: Path) -> None:
+    keys = ["train/a.mp4", "train/b.mp4", "val/c.mp4", "val/d.mp4"]
+    path = tmp_path / "groups.csv"
+    write_labels(path, [("speaker1.wav", 1), ("speaker2.wav", 2)], header="video_name,group")
+    with pytest.raises(BadInput) as refused:
+        check_group_file(path, keys)
+    assert str(refused.value) == (f"--group-by {path}: none of its 2 names is a clip of the dataset (the file has "
+                                  "'speaker1.wav', the dataset 'train/a.mp4' or 'a.mp4')")
+    write_labels(path, [("a.mp4", 1), ("val/c.mp4", 1), ("x.mp4", 2)], header="video_name,group")
+    assert check_group_file(path, keys) == [
+        f"--group-by {path}: 2 of 4 clips are in no group there (each is a group of its own)",
+        f"--group-by {path}: 1 of its 3 names match no clip (e.g. 'x.mp4')"]
+    write_labels(path, [("a.mp4", 1), ("b.mp4", 1), ("c.mp4", 2), ("val/d.mp4", 2)], header="video_name,group")
+    assert check_group_file(path, keys) == []
 
 
 def test_cv_summary_is_mean_and_spread_over_folds() -> None:

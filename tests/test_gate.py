@@ -39,12 +39,12 @@ def test_intervals_come_from_predictions_when_the_run_lacks_them() -> None:
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 50)
     scores = rng.random(100) + 0.4 * labels
-    old_run = SimpleNamespace(data=SimpleNamespace(metrics={"best_val_auc": 0.7}))
+    old_run = SimpleNamespace(data=SimpleNamespace(metrics={"summary/best_val_auc": 0.7}))
     v = run_intervals(old_run, _predictions([str(i) for i in range(100)], labels, scores))
     assert v["auc_low"] <= v["auc"] <= v["auc_high"] and v["tpr_low"] <= v["tpr"] <= v["tpr_high"]
     recorded = {"best_val_auc": 0.9, "val_auc_ci_low": 0.8, "val_auc_ci_high": 0.95, "best_val_tpr_fpr1e-3": 0.2,
                 "val_tpr_fpr1e-3_ci_low": 0.1, "val_tpr_fpr1e-3_ci_high": 0.3}
-    new_run = SimpleNamespace(data=SimpleNamespace(metrics=recorded))
+    new_run = SimpleNamespace(data=SimpleNamespace(metrics={f"summary/{k}": v for k, v in recorded.items()}))
     assert run_intervals(new_run, None) == {"auc": 0.9, "auc_low": 0.8, "auc_high": 0.95, "tpr": 0.2, "tpr_low": 0.1,
                                             "tpr_high": 0.3}
     assert math.isnan(run_intervals(old_run, None)["tpr"])

@@ -56,7 +56,7 @@ def test_image_track_trains_submits_and_the_bundle_scores_an_image(image_dataset
     trained = runner.invoke(app, ["train", *common, "--modality", "image", "--backbone", "test_efficientnet.r160_in1k",
                                   "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--device", "cpu"])
     assert trained.exit_code == 0, trained.output
-    assert "image: test_efficientnet" in trained.output and "faces=1x112x112x3" in trained.output.replace("\n", "")
+    assert "test_efficientnet.r160_in1k" in trained.output and "image 3x112x112, faces 1x112x112x3" in trained.output
     out = tmp_path / "sub"
     submitted = runner.invoke(app, ["submit", *common, "--run-id", "last", "--out", str(out)])
     assert submitted.exit_code == 0, submitted.output

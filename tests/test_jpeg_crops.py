@@ -14,7 +14,7 @@ from harness.config import RunConfig, TrainConfig, VideoFeatures
 from harness.data.cache import PrepareReport, feature_dir, load_split, prepare_features
 from harness.data.dataset import DeviceResident, batches, load_arrays
 from harness.data.integrity import CacheDamaged
-from harness.data.jpeg_crops import JpegCrops, encode_clip, round_trip
+from harness.data.jpeg_crops import JpegCrops, encode_clip
 from harness.data.labels import load_dataset
 from harness.data.shards import extract
 from tests.conftest import isolated_home
@@ -58,8 +58,9 @@ def test_jpeg_crops_read_like_the_raw_array() -> None:
     assert np.array_equal(stored[1:4], whole[1:4])
     assert np.array_equal(stored[np.array([5, 2, 0, 5])], whole[[5, 2, 0, 5]])
     assert np.array_equal(stored.decode(np.array([3, 1])).numpy(), whole[[3, 1]])
-    # What prediction does to one clip's crops is what the reader gives back for it.
-    assert np.array_equal(round_trip(crops[3], 90), whole[3])
+    # One clip's blob read alone gives back what the split's reader gives for it.
+    blob = encode_clip(crops[3], 90)
+    assert np.array_equal(JpegCrops(blob, np.array([[0, len(blob)]]), crops[3].shape)[0], whole[3])
 
 
 def test_a_lower_quality_is_smaller_and_further_from_the_raw_crops() -> None:
@@ -117,10 +118,9 @@ def test_a_raw_cache_is_never_read_as_jpeg(prepared: dict[str, PrepareReport], s
     assert feature_dir(ds, JPEG, raw.cache.parent.parent) == jpeg.cache
     other = VideoFeatures(frames=4, crop_storage="jpeg", crop_quality=75)
     assert len({RAW.key(), JPEG.key(), other.key()}) == 3  # the quality names its own cache too
-    # Raw storage keeps the key it had before storage was a setting: existing caches stay valid.
-    assert RAW.cache_settings() == {k: v for k, v in asdict(RAW).items() if k not in ("crop_storage", "crop_quality")}
+    assert RAW.cache_settings() == asdict(RAW)  # one plain key of every setting
     assert '"crop_storage": "jpeg"' in (jpeg.cache / "settings.json").read_text()
-    assert "crop_storage" not in (raw.cache / "settings.json").read_text()
+    assert '"crop_storage": "raw"' in (raw.cache / "settings.json").read_text()
 
 
 def test_training_batches_come_out_in_the_raw_layout(prepared: dict[str, PrepareReport]) -> None:
@@ -176,11 +176,13 @@ def test_predict_scores_the_pixels_training_read(prepared: dict[str, PrepareRepo
 
 # -------------------------------------------------------------------------------- the commands
 
-def test_a_bad_crop_storage_is_refused_naming_the_key() -> None:
-    bad = run_main("prepare", "--modality", "video", "--crop-storage", "png")
-    assert bad.exit_code == 2 and "video.crop_storage: unknown crop storage 'png'; choose from raw, jpeg" in bad.stderr
-    low = run_main("train", "--modality", "video", "--crop-quality", "0")
-    assert low.exit_code == 2 and "video.crop_quality: must lie in [1, 100], got 0" in low.stderr
+def test_a_bad_crop_storage_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with isolated_home(tmp_path):  # refused before anything is made: no demo, no cache, no store
+        bad = run_main("prepare", "--modality", "video", "--crop-storage", "png")
+        assert bad.exit_code == 2 and "video.crop_storage: unknown crop storage 'png'; choose from raw, jpeg" in bad.stderr
+        low = run_main("train", "--modality", "video", "--crop-quality", "0")
+        assert low.exit_code == 2 and "video.crop_quality: must lie in [1, 100], got 0" in low.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # trains a model

@@ -81,8 +81,20 @@ def test_unlisted_files_are_a_warning(small_dataset: Path) -> None:
     assert any("1 file(s) not listed in train_label.txt" in w and "stray.mp4" in w for w in ds.warnings)
 
 
+def test_an_empty_split_is_a_warning(small_dataset: Path) -> None:
+    for clip in (small_dataset / "valset").iterdir():
+        clip.unlink()
+    write_labels(small_dataset / "val_label.txt", [])  # the header only
+    ds = load_dataset(small_dataset)
+    assert ds.split("val") == [] and len(ds.split("train")) == 4
+    assert ds.warnings == [f"{small_dataset / 'val_label.txt'}: lists no clips: the val split is empty"]
+
+
 def test_missing_folder_and_empty_dataset(tmp_path: Path) -> None:
     assert "dataset folder not found" in _error(tmp_path / "nope")
+    (tmp_path / "labels.csv").write_text("video_name,target\n")
+    assert _error(tmp_path / "labels.csv") == (f"{tmp_path / 'labels.csv'}: a file, not a dataset folder "
+                                                "(trainset/, valset/, testset/ and label files)")
     (tmp_path / "empty").mkdir()
     assert "no trainset/, valset/ or testset/" in _error(tmp_path / "empty")
 

@@ -20,7 +20,7 @@ TINY = TrainConfig(backbone="test_efficientnet.r160_in1k", pretrained=False, epo
 
 
 def config(modality: str) -> RunConfig:
-    return RunConfig(modality=modality, features=AudioFeatures(width=64), video=VideoFeatures(frames=2, size=32), train=TINY)
+    return RunConfig(modality=modality, audio=AudioFeatures(width=64), video=VideoFeatures(frames=2, size=32), train=TINY)
 
 
 @pytest.mark.parametrize("modality", ["audio", "video", "fusion"])
@@ -34,7 +34,7 @@ def test_the_gates_count_every_parameter_of_the_module(modality: str) -> None:
 def test_fusion_over_the_cap_is_refused_though_each_branch_fits() -> None:
     cfg = config("fusion")
     one = check_run(config("audio")).params
-    capped = RunConfig(modality="fusion", features=cfg.features, video=cfg.video,
+    capped = RunConfig(modality="fusion", audio=cfg.audio, video=cfg.video,
                        train=TrainConfig(**{**TINY.__dict__, "max_params": one * 1.5}))
     assert check_run(config("audio")).ok
     report = check_run(capped)
@@ -122,7 +122,7 @@ def test_fusion_trains_with_clips_missing_one_input(tmp_path: Path) -> None:
 
 def test_submission_scores_each_test_clip_from_what_it_has(fusion_weights: Path, tmp_path: Path) -> None:
     from harness.data.labels import load_dataset
-    from harness.submit import _score_test_split
+    from harness.submit import score_test_split
     from tests.conftest import write_labels
 
     root = tmp_path / "ds"
@@ -135,7 +135,7 @@ def test_submission_scores_each_test_clip_from_what_it_has(fusion_weights: Path,
     names = ["video_only.mp4", "broken.mp4", "both.mp4", "audio_only.mp4"]
     (root / "test_template.csv").write_text("video_name,score\n" + "".join(f"{n},0\n" for n in names))
     predictor = Predictor(config("fusion"), fusion_weights)
-    scores, fallbacks = _score_test_split(load_dataset(root), predictor, names, cache_root=tmp_path / "cache",
+    scores, fallbacks = score_test_split(load_dataset(root), predictor, names, cache_root=tmp_path / "cache",
                                           workers=1, on_progress=None)
     direct = {r.path.rsplit("/", 1)[-1]: r.score for r in predictor.score_many([root / "testset" / n for n in names])}
     assert scores == pytest.approx([direct[n] for n in names], abs=1e-6)  # the cache path scores as the API does

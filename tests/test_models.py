@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from harness import models
+from harness.errors import BadInput
 from harness.models import ModelRuleError, WeightsUnavailableError
 
 UNROUTABLE = "https://10.255.255.1"  # no hub answers there: a probe times out, is refused or fails TLS
@@ -165,7 +166,7 @@ def test_weights_file_round_trip(tmp_path: Path, suffix: str) -> None:
 def test_weights_file_with_foreign_keys_refused(tmp_path: Path) -> None:
     path = tmp_path / "foreign.safetensors"
     save_file({"_conv_stem.weight": torch.zeros(64, 3, 7, 7)}, str(path))
-    with pytest.raises(ValueError, match="backbone tensors"):
+    with pytest.raises(BadInput, match="backbone tensors"):
         models.create_model("resnet18", pretrained=True, weights=path)
 
 

@@ -78,4 +78,6 @@ def test_no_pyplot_and_lazy_matplotlib(tmp_path):
         f"p.save_evaluation_plots(y, s, pathlib.Path({str(tmp_path)!r}))\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "pr.png", "roc.png", "score_hist.png"]

@@ -26,7 +26,7 @@ from harness.predict import (
     tta_shifts,
     write_scores,
 )
-from tests.conftest import isolated_home, write_clip
+from tests.conftest import write_clip
 from tests.run_main import run_main
 
 CFG = RunConfig(train=TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False))
@@ -148,21 +148,11 @@ def test_rows_print_as_csv() -> None:
 
 # ----------------------------------------------------------------------------- a recorded run
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    from harness import tracking
-
-    home = tmp_path_factory.mktemp("home")
-    with isolated_home(home, cache=False):
-        client = tracking.setup()
-        yield client, tracking.get_or_create_experiment(client, "predict-tests")
-
-
 def recorded_run(store, files: dict[str, Path]) -> str:
     """A FINISHED run whose checkpoint/ holds `files` (no training: artifacts are all from_run reads)."""
     from harness import tracking
 
-    client, experiment_id = store
+    client, experiment_id, _ = store
     with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="recorded", config=CFG) as rec:
         for name, path in files.items():
             assert path.name == name
@@ -258,3 +248,21 @@ def test_cli_predict_refuses_a_run_id_that_is_no_id(store, ref: str, clips: list
     result = run_main("predict", str(clips[0]), "--run-id", ref)
     assert result.exit_code == 2 and result.stdout == ""
     assert one_line(result.stderr) == f"error: --run-id {ref!r} is not a run id (letters, digits, '-' and '_'), best or last"
+
+
+def test_a_model_trained_on_the_demo_says_so_once(store, run_id: str, clips: list[Path], tmp_path: Path) -> None:
+    """Scores of a model that learnt the synthetic demo mean nothing on real clips: `predict` says so, once."""
+    from harness.data.demo.dataset import MARKER
+
+    client = store.client
+    demo, real = tmp_path / "demo", tmp_path / "real"
+    for folder in (demo, real):
+        folder.mkdir()
+    (demo / MARKER).write_text("{}")  # what `harness demo-data` leaves in the folder it writes
+    client.set_tag(run_id, "data.path", str(demo))
+    warned = run_main("predict", *map(str, clips), "--run-id", run_id)
+    assert warned.exit_code == 0 and len(warned.stdout.splitlines()) == len(clips)
+    assert warned.stderr.strip().splitlines() == [f"warning: run {run_id} was trained on the synthetic demo dataset: "
+                                                  "its scores on real clips mean nothing"]
+    client.set_tag(run_id, "data.path", str(real))
+    assert run_main("predict", str(clips[0]), "--run-id", run_id).stderr == ""

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from harness.config import RunConfig, TrainConfig
-from tests.conftest import isolated_home
+from tests.conftest import free_port, isolated_home, wait_until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +25,14 @@ MODEL = "harness-demo"
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory: pytest.TempPathFactory, shared_sample: Path):
     from harness.data.demo import make_demo_dataset
+    from harness.preflight import preflight
     from harness.run import train_run
     from harness.submit import submit
 
     home = tmp_path_factory.mktemp("home")
     with isolated_home(home):
         data = make_demo_dataset(home / "demo", clips=16, seconds=1.5)
-        run = train_run(CFG, data_dir=data, experiment="pyfunc", cache_root=home / "cache")
+        run = train_run(preflight(data, CFG, cache_root=home / "cache"), experiment="pyfunc")
         report = submit(run.run_id, data_dir=data, out_dir=home / "out", cache_root=home / "cache")
         clips = sorted(str(p) for p in shared_sample.glob("*set/*.mp4"))
         yield run.run_id, report, clips
@@ -67,12 +66,6 @@ def test_registered_version_is_a_pyfunc_model_with_a_schema_and_scores_like_harn
     assert got["score"].tolist() == pytest.approx(harness_scores(run_id, clips), abs=1e-6)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_invocations_with_the_same_scores(champion):
     run_id, _, clips = champion
     port = free_port()
@@ -85,15 +78,15 @@ def test_mlflow_models_serve_answers_invocations_with_the_same_scores(champion):
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
+                return True
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "the model server did not answer /ping in 180 s"
-                time.sleep(1)
+                return False
+
+        wait_until(answers, 180, interval=1, what="the model server to answer /ping")
         body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[c] for c in clips]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})

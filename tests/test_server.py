@@ -1,4 +1,6 @@
-"""`harness server`: the command line it builds, and train -> tune (2 workers) -> submit -> predict
+"""`harness server` and `harness ui`: their one launcher (a taken port refused before anything is made, a
+killed harness leaves no server, the server's chatter in a log file), the saved view the UI's runs
+page opens on; and, for `harness server`, the command line it builds and train -> tune (2 workers) -> submit -> predict
 through a throwaway server on SQLite and (where tests/pg.py can start one) PostgreSQL, which then also
 holds the study's Optuna database; checked from outside: the checkpoints lie in the server's
 artifact folder, the study's run tree is on the server, and stopping the command stops the whole
@@ -10,27 +12,27 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_clip, write_labels
-from tests.pg import postgres_or_skip, why_unavailable
+from tests.conftest import ROOT, free_port, isolated_home, wait_until, write_clip, write_labels
+from tests.pg import required_postgres, why_unavailable
 from tests.tuning_helpers import write_spec
 
 
 def test_the_server_command_line(tmp_path: Path) -> None:
-    from harness.tracking.server import server_command
+    from harness.tracking.server import tracking_server
 
-    command = server_command(backend_store="postgresql://u:p@db/mlflow", artifacts=str(tmp_path), host="127.0.0.1", port=5123)
-    joined = " ".join(command)
+    served = tracking_server(backend_store="postgresql://u:p@db/mlflow", artifacts=tmp_path, host="127.0.0.1", port=5123)
+    joined = " ".join(served.command)
     # the installed driver is named, as for Optuna storage (SQLAlchemy 2.1 would ask for psycopg 3)
     assert "--backend-store-uri postgresql+psycopg2://u:p@db/mlflow" in joined and "--workers 4" in joined
     assert f"--serve-artifacts --artifacts-destination {tmp_path}" in joined and "--port 5123" in joined
     assert "--allowed-hosts" not in joined  # loopback: MLflow's defaults are right
-    sqlite = server_command(backend_store="sqlite:///x.db", artifacts="a", host="0.0.0.0", port=5000)
+    assert served.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and served.env["MLFLOW_TRACKING_URI"] is None
+    sqlite = tracking_server(backend_store="sqlite:///x.db", artifacts="a", host="0.0.0.0", port=5000).command
     assert sqlite[sqlite.index("--workers") + 1] == "1"  # one writer for one SQLite file
     allowed = sqlite[sqlite.index("--allowed-hosts") + 1].split(",")
     assert socket.gethostname() in allowed and "10.*" in allowed  # other machines reach it by name
@@ -38,10 +40,28 @@ def test_the_server_command_line(tmp_path: Path) -> None:
 
 def test_a_file_store_is_refused() -> None:
     from harness.errors import ConfigError
-    from harness.tracking.server import server_command
+    from harness.tracking.server import tracking_server
 
     with pytest.raises(ConfigError, match="--backend-store ./mlruns: give a database URL"):
-        server_command(backend_store="./mlruns", artifacts="a", host="127.0.0.1", port=5000)
+        tracking_server(backend_store="./mlruns", artifacts="a", host="127.0.0.1", port=5000)
+
+
+def test_server_refuses_a_taken_port_at_once_and_makes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with isolated_home(tmp_path / "home"):
+            for host in ("127.0.0.1", "0.0.0.0"):  # a wildcard bind collides with the loopback listener
+                result = CliRunner().invoke(app, ["server", "--host", host, "--port", str(port)])
+                assert result.exit_code == 2, result.output
+                assert [line for line in result.output.splitlines() if line.strip()] == [
+                    f"error: port {port} on {host} is in use (another `harness ui` or server?); stop it or pass --port"]
+    assert not (tmp_path / "home").exists()  # no database, no artifact folder, no log
 
 
 def test_the_url_to_export() -> None:
@@ -52,19 +72,60 @@ def test_the_url_to_export() -> None:
     assert public_url("::1", 80) == "http://[::1]:80"
 
 
+def test_the_ui_saves_the_best_first_view_on_every_experiment_and_links_to_it(tmp_path: Path) -> None:
+    import json
+
+    from harness import tracking
+    from harness.tracking.links import BEST_FIRST, VIEW_TAG_PREFIX
+    from harness.tracking.metric_names import BEST_VAL_AUC
+    from harness.tracking.ui import show_best_first, ui_url
+
+    with isolated_home(tmp_path):
+        client = tracking.setup()
+        study = tracking.get_or_create_experiment(client, "study")
+        other = tracking.get_or_create_experiment(client, "other")
+        parent = client.create_run(study).info.run_id
+        trials = {}
+        for auc in (0.7, 0.9, 0.8):
+            run = client.create_run(study, tags={"mlflow.parentRunId": parent}).info.run_id
+            client.log_metric(run, BEST_VAL_AUC, auc)
+            trials[run] = auc
+        show_best_first(client)
+        key = VIEW_TAG_PREFIX + BEST_FIRST
+        saved = client.get_experiment(study).tags[key]
+        envelope = json.loads(saved)
+        assert client.get_experiment(other).tags[key] == saved
+        assert envelope["name"] == "harness: best val AUC first"
+        state = json.loads(envelope["state"])
+        assert state["selectedColumns"][0] == state["orderByKey"] == f"metrics.`{BEST_VAL_AUC}`" and state["orderByAsc"] is False
+        # The server's order for that sort: best first, the parent (no AUC) last.
+        order = client.search_runs([study], order_by=[f"{state['orderByKey']} DESC"])
+        assert [r.info.run_id for r in order] == [*sorted(trials, key=trials.get, reverse=True), parent]
+        client.set_experiment_tag(study, key, "{not json")  # a view someone broke is saved anew
+        show_best_first(client)
+        assert client.get_experiment(study).tags[key] == saved
+    assert ui_url("0.0.0.0", 5001, study) == (f"http://127.0.0.1:5001/#/experiments/{study}/runs"
+                                             f"?workflowType=machine_learning&viewStateShareKey={BEST_FIRST}")
+
+
 # ---------------------------------------------------------------------------------- end to end (slow)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
+        return False
+    return True
+
+
+def _port_free(port: int) -> bool:
+    from harness.errors import BadInput
+    from harness.tracking.launcher import check_port_free
+
+    try:
+        check_port_free("127.0.0.1", port)
+    except BadInput:
         return False
     return True
 
@@ -82,6 +143,55 @@ def _server_pgid(parent: int) -> int:
     raise AssertionError("harness server started no process")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["ui", "server"])
+def test_a_killed_harness_leaves_no_server_and_its_terminal_holds_only_its_own_lines(tmp_path: Path, command: str) -> None:
+    """`harness ui` / `harness server` killed with SIGKILL (no handler runs): the kernel's parent-death
+    signal stops `mlflow server`, which stops its uvicorn; the port is free again. While it ran, the
+    terminal held only the harness's lines; MLflow's and uvicorn's went to the log file."""
+    home, port = tmp_path / "home", free_port()
+    env = {**os.environ, "HARNESS_HOME": str(home), "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    out, err = (tmp_path / "stdout").open("w+"), (tmp_path / "stderr").open("w+")
+    harness = subprocess.Popen([sys.executable, "-m", "harness", command, "--port", str(port)], env=env, stdout=out,
+                               stderr=err, text=True, start_new_session=True)
+    pgid = None
+    try:
+        first = "MLflow UI: " if command == "ui" else "export MLFLOW_TRACKING_URI="
+
+        def printed() -> bool:
+            assert harness.poll() is None, (tmp_path / "stderr").read_text()
+            return first in (tmp_path / "stdout").read_text()
+
+        wait_until(printed, 180, 0.2, what=f"harness {command} to print its URL")
+        pgid = _server_pgid(harness.pid)
+        harness.kill()
+        harness.wait(timeout=10)
+        wait_until(lambda: not _group_alive(pgid) and _port_free(port), 30, 0.2,
+                   what=f"the server's process group {pgid} to end and port {port} to be free")
+    finally:
+        for group in (harness.pid, pgid):  # whatever a failing test left behind
+            if group is not None and _group_alive(group):
+                os.killpg(group, signal.SIGKILL)
+    log = home / "mlruns" / f"{command}.log"
+    lines = [line for line in (tmp_path / "stderr").read_text().splitlines() if line.strip()]
+    assert lines[0] == f"the server's own output: {log}", lines
+    assert all(line.startswith("tip: ") for line in lines[1:]), lines
+    assert "Uvicorn running on" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_server_that_exits_before_answering_says_why_in_its_own_words(tmp_path: Path) -> None:
+    from harness.errors import JobFailed
+    from harness.tracking.launcher import ServerProcess
+
+    log = tmp_path / "mlruns" / "server.log"
+    server = ServerProcess(["--no-such-option"], host="127.0.0.1", port=free_port(), log=log)
+    with pytest.raises(JobFailed, match=r"exited with status 2 before answering on port \d+: "
+                                        r"Error: No such option '--no-such-option'.*\(its log: .*server.log\)"):
+        server.serve(on_ready=lambda: None)
+    assert server.process.poll() == 2
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("server") / "ds"
@@ -95,13 +205,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_train_tune_submit_predict_through_a_server(dataset: Path, tmp_path: Path, backend: str) -> None:
-    # The tune leg (2 workers) runs once: on PostgreSQL, the team layout, or on SQLite where
-    # PostgreSQL cannot run here; the other backend drives train -> submit -> predict.
-    tune = backend == "postgresql" or why_unavailable() is not None
-    with postgres_or_skip("mlflow") if backend == "postgresql" else _sqlite(tmp_path) as store:
-        _drive(dataset, tmp_path, store, _study_storage(store, tmp_path) if tune else None)
+def test_train_tune_submit_predict_through_a_server(dataset: Path, tmp_path: Path) -> None:
+    """train -> tune (2 workers) -> submit -> predict through `harness server` on PostgreSQL, the team layout
+    (required under CI), or on SQLite where PostgreSQL cannot run here. The client's side is the same on
+    either: a second pass on the other backend cost CI 60-100 s and tested nothing the first did not."""
+    postgres = why_unavailable() is None or os.environ.get("CI") == "true"
+    with required_postgres("mlflow") if postgres else _sqlite(tmp_path) as store:
+        _drive(dataset, tmp_path, store, _study_storage(store, tmp_path))
 
 
 def _study_storage(store: str, tmp_path: Path) -> str:
@@ -135,7 +245,7 @@ class _sqlite:
 
 
 def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str | None) -> None:
-    home, artifacts, port = tmp_path / "home", tmp_path / "served-artifacts", _free_port()
+    home, artifacts, port = tmp_path / "home", tmp_path / "served-artifacts", free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(HARNESS_HOME=str(home), HARNESS_CACHE=str(home / "cache"), PYTHONPATH=str(ROOT))
     harness = [sys.executable, "-m", "harness"]
@@ -157,7 +267,8 @@ def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str | None)
         run_id = out.split("run id:")[1].split()[0]
         # Proxied artifacts: the checkpoint went through the server into its destination folder.
         assert [p for p in artifacts.rglob("best.safetensors") if run_id in p.parts]
-        assert not (home / "mlruns").exists()  # nothing fell back to a local store
+        # nothing fell back to a local store: mlruns/ holds only the server's log
+        assert [p.name for p in (home / "mlruns").iterdir()] == ["server.log"]
         best_run = (run_id if study_storage is None
                     else _tune(harness_run, dataset, tmp_path, study_storage, export.split("=", 1)[1], artifacts))
         submitted = harness_run("submit", "--run-id", best_run, "--data", str(dataset), "--out", str(tmp_path / "out"))
@@ -173,10 +284,7 @@ def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str | None)
             server.kill()
     log.close()
     assert server.returncode == 130, (tmp_path / "server.log").read_text()[-3000:]
-    deadline = time.monotonic() + 20
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _group_alive(pgid)  # launcher and workers: the whole tree is gone
+    wait_until(lambda: not _group_alive(pgid), 20, what=f"process group {pgid} (launcher and workers) to end")
 
 
 def _tune(harness_run: Callable[..., str], dataset: Path, tmp_path: Path, study_storage: str, server: str,

@@ -5,13 +5,13 @@ import ctypes
 import mmap
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.data.dataset import SplitArrays, batches, prefetched
+from tests.conftest import wait_until
 
 
 def _split(tmp_path: Path, n: int = 64, shape: tuple[int, int] = (64, 128)) -> tuple[SplitArrays, Path]:
@@ -54,19 +54,22 @@ def test_rows_asked_for_are_read_ahead(tmp_path: Path) -> None:
     if any(_resident_rows(array, wanted + others)):
         pytest.skip("this file system keeps pages cached despite DONTNEED")
     split.will_need(np.array(wanted))
-    deadline = time.monotonic() + 5
-    while not all(_resident_rows(array, wanted)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(_resident_rows(array, wanted))
+    wait_until(lambda: all(_resident_rows(array, wanted)), 5, interval=0.05, what=f"rows {wanted} to be in the page cache")
     assert not any(_resident_rows(array, others))  # only what was asked for
 
 
-def test_read_ahead_skips_what_is_not_a_whole_file(tmp_path: Path) -> None:
+def test_read_ahead_skips_what_is_not_a_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split, _ = _split(tmp_path)
     view = SplitArrays(inputs={"audio": split.inputs["audio"][8:]}, labels=split.labels[8:], names=split.names[8:])
     in_memory = SplitArrays(inputs={"audio": np.array(split.inputs["audio"])}, labels=split.labels, names=split.names)
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: asked.append((offset, length)))
     for data in (view, in_memory):
         data.will_need(np.arange(10))  # nothing to ask of the kernel, and no error
+    assert asked == []
+    split.will_need(np.array([2, 1]))  # the whole file's memmap: one request a row, in file order
+    row = split.inputs["audio"].strides[0]
+    assert asked == [(split.inputs["audio"].offset + i * row, row) for i in (1, 2)]
 
 
 def test_read_ahead_and_prefetching_change_no_batch(tmp_path: Path) -> None:

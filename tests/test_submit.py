@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,10 +47,11 @@ def env(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def trained(env) -> str:
+    from harness.preflight import preflight
     from harness.run import train_run
 
     home, data = env
-    result = train_run(CFG, data_dir=data, experiment="submit-tests", cache_root=home / "cache")
+    result = train_run(preflight(data, CFG, cache_root=home / "cache"), experiment="submit-tests")
     assert result.status == "FINISHED"
     template = (data / "test_template.csv").read_text().splitlines()
     broken = template[BROKEN].split(",")[0]
@@ -74,6 +76,23 @@ def template_names(data: Path) -> list[str]:
     return [row[0] for row in list(csv.reader((data / "test_template.csv").read_text().splitlines()))[1:]]
 
 
+def test_the_demo_run_carries_its_slices_and_the_submission_scores_per_method(promoted, trained: str) -> None:
+    report, data = promoted
+    run = client().get_run(trained)
+    slices = {k for k in run.data.metrics if k.startswith("slice/") and k.endswith("/auc")}
+    assert {k.split("/")[1].split(".")[0] for k in slices} == {"method", "modality"}  # the val fakes' methods
+    table = client().download_artifacts(trained, "slices.csv")
+    rows = list(csv.reader(Path(table).read_text().splitlines()))
+    assert rows[0] == ["slice", "reals", "fakes", "auc", "ci_low", "ci_high"] and len(rows) - 1 == len(slices)
+    card = (report.out / "bundle" / "MODEL_CARD.md").read_text()
+    assert re.search(r"worst slice: (method|modality)\.\S+ AUC \d\.\d{4} \[", card)
+    done = run_main("score", str(report.csv), "--data", str(data))  # the demo's hidden answers and methods
+    assert done.exit_code == 0, done.stderr
+    assert "6 clips (3 real, 3 fake)" in done.stdout and re.search(r"^AUC \d\.\d{4} \(95% bootstrap interval", done.stdout, re.M)
+    unseen = [line for line in done.stdout.splitlines() if line.startswith("method.vocoder-buzz")]
+    assert len(unseen) == 1 and unseen[0].endswith("(in no train or val clip)")
+
+
 # ------------------------------------------------------------------------------------ the CSV
 
 def test_prediction_csv_follows_the_template(promoted) -> None:
@@ -85,7 +104,7 @@ def test_prediction_csv_follows_the_template(promoted) -> None:
     assert all(len(r[1].split(".")[1]) >= 6 and 0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
     assert validate_prediction(report.csv, names) == 6
     assert not [p for p in report.out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-    assert submitted_run(report.out) == report.run_id  # the completion marker names the run
+    assert submitted_run(report.out) == report.run_id  # submission.json names the run
 
 
 def test_unreadable_clip_gets_the_listed_fallback(promoted) -> None:
@@ -110,11 +129,11 @@ def test_csv_scores_are_what_harness_predict_gives(promoted, trained: str) -> No
 
 # ---------------------------------------------------------------------------------- the bundle
 
-def test_bundle_holds_everything_and_nothing_that_unpickles(promoted, trained: str) -> None:
+def test_bundle_holds_everything_and_nothing_that_unpickles(promoted, trained: str, env) -> None:
     report, _ = promoted
     bundle = report.bundle
     files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
-    assert {"Dockerfile", "entrypoint.sh", "api.py", "train.sh", "train.py", "requirements.txt", "MODEL_CARD.md", "config.json",
+    assert {"Dockerfile", "entrypoint.sh", "api.py", "train.sh", "train.py", "requirements.txt", "MODEL_CARD.md", "README.md", "config.json",
             "manifest.json", "weights/model.safetensors", "pyproject.toml", "harness/__init__.py", "harness/predict.py",
             "harness/run.py", "harness/data/features.py"} <= files
     assert all(Path(f).suffix in {".py", ".toml", ".md"} for f in files if f.startswith("harness/"))
@@ -133,6 +152,10 @@ def test_bundle_holds_everything_and_nothing_that_unpickles(promoted, trained: s
     assert all(hashlib.sha256((bundle / p).read_bytes()).hexdigest() == h for p, h in listed.items())
     with tarfile.open(report.archive) as tar:
         assert {m.name.removeprefix("bundle/") for m in tar.getmembers() if m.isfile()} == files
+        shipped = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    home, _ = env  # nothing that ships names the training machine's folders: the project (data, audits) or the checkout
+    for root in (str(home), str(ROOT)):
+        assert not [name for name, data in shipped.items() if root.encode() in data], root
 
     requirements = [line for line in (bundle / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert requirements and all("==" in line for line in requirements)
@@ -145,10 +168,17 @@ def test_bundle_holds_everything_and_nothing_that_unpickles(promoted, trained: s
     entrypoint = (bundle / "entrypoint.sh").read_text()
     assert "predict)" in entrypoint and "train)" in entrypoint
 
+    assert config["data"] == {"name": "demo", "fingerprint": run.data.tags["data.fingerprint"], "demo": True}
     card = (bundle / "MODEL_CARD.md").read_text()
     for needed in ("95% bootstrap interval", "parameters 199,681", "GMACs", run.data.tags["data.fingerprint"],
-                   "git commit", "docker build", "api.predict", "train.sh", "fallback", "1 of 6 test clips"):
+                   "the dataset `demo`", "synthetic demo dataset", "git archive of commit", "fallback", "1 of 6 test clips",
+                   "README.md"):
         assert needed in card, needed
+    readme = (bundle / "README.md").read_text()  # the bundle's own, not the project's
+    for needed in (f"# Promoted bundle of run {trained}", "prediction.csv", "Finalists", f"docker build -t harness-{trained[:8]} .",
+                   "predict /data", "api.predict(\"clip.mp4\")", "api.predict_batch", "python api.py PATH", "./train.sh DATASET_DIR"):
+        assert needed in readme, needed
+    assert "make demo" not in readme and len(readme.splitlines()) < 80
 
 
 def test_bundle_api_stands_alone(promoted, trained: str, shared_sample: Path, tmp_path: Path) -> None:
@@ -315,7 +345,7 @@ def test_refusals_write_nothing(env, trained: str, tmp_path: Path) -> None:
     from harness import tracking
 
     home, data = env
-    _, weights = tracking.load_run_config(client(), trained)
+    weights = tracking.resolve_run(client(), trained).weights
     over_cap = RunConfig(train=TrainConfig(**{**CFG.train.__dict__, "max_params": 1e3}))
     cases = [
         ("0" * 32, LookupError, "no run"),
@@ -324,7 +354,7 @@ def test_refusals_write_nothing(env, trained: str, tmp_path: Path) -> None:
         (run_with(env, status="FAILED"), SubmitError, "failed: ValueError: boom"),
         (run_with(env, status="KILLED", tags={"pruned_at_epoch": "2"}), SubmitError, "was pruned at epoch 2"),
         (run_with(env, status="KILLED"), SubmitError, "was interrupted"),
-        (run_with(env, status="FINISHED", checkpoint=over_cap, weights=weights), SubmitError, "breaks the compliance gates.*cap"),
+        (run_with(env, status="FINISHED", checkpoint=over_cap, weights=weights), SubmitError, "breaks the competition rules.*cap"),
     ]
     for run_id, error, message in cases:
         out = tmp_path / run_id
@@ -358,7 +388,7 @@ def test_a_csv_failing_validation_is_never_left_behind(
     monkeypatch.setattr(Predictor, "score_inputs", lambda self, batch: [float("nan")] * len(batch["audio"]))
     with pytest.raises(ValidationError, match="not a probability"):
         submit(trained, data_dir=data, out_dir=tmp_path / "out", cache_root=home / "cache", register=False)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no OUT, no staging beside it
 
 
 # ------------------------------------------------------------------------------------ the commands
@@ -414,3 +444,46 @@ def test_a_full_disk_during_submit_is_one_line_and_changes_nothing(
     assert failed.stderr.strip().splitlines() == [f"error: no space left on device: {out}"]
     assert (out / "prediction.csv").read_bytes() == before and submitted_run(out) == trained
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging left beside it
+
+
+# ------------------------------------------------------------------------------- the champion
+
+def test_a_run_not_distinguishably_better_is_registered_but_the_champion_stays(
+    promoted, trained: str, env, tmp_path: Path
+) -> None:
+    """The same model under another run id: its val scores are the champion's, so the paired difference
+    is 0 and its interval does not lie above 0. The version is registered, the alias stays, and the
+    printed command moves it on purpose."""
+    from harness import tracking
+
+    home, data = env
+    c = client()
+    weights = tracking.resolve_run(c, trained).weights
+    twin = run_with(env, status="FINISHED", checkpoint=CFG, weights=weights)
+    c.log_artifact(twin, c.download_artifacts(trained, "val_predictions.csv", str(tmp_path)))
+    before = str(c.get_model_version_by_alias("harness-demo", "champion").version)
+
+    done = run_main("submit", "--run-id", twin, "--data", str(data), "--out", str(tmp_path / "out"))
+    assert done.exit_code == 0, done.stderr
+    version = c.get_model_version("harness-demo", str(int(before) + 1))
+    assert version.run_id == twin
+    assert str(c.get_model_version_by_alias("harness-demo", "champion").version) == before  # not moved
+    assert "not distinguishably better than the champion" in done.stderr
+    assert f"alias champion stays on version {before}: the gate did not find it distinguishably better" in done.stdout
+    assert "#/models/harness-demo/versions/" in done.stdout and "workflowType=machine_learning" in done.stdout
+    command = f"harness champion harness-demo {version.version}"
+    assert f"to make it the champion anyway: {command}" in done.stdout
+    assert version.description.startswith("**Not made the champion**: not distinguishably better") and command in version.description
+    assert "workflowType=machine_learning" in version.description  # the run's link
+    assert version.tags["val_auc"] == ""  # the twin was recorded without training: no metrics
+    assert re.fullmatch(r"0\.\d{4}|1\.0000", c.get_model_version("harness-demo", before).tags["val_auc"])  # rounded
+
+    moved = run_main("champion", "harness-demo", str(version.version))
+    assert moved.exit_code == 0, moved.stderr
+    assert moved.stdout.startswith(f"champion: harness-demo version {version.version} (was version {before})")
+    assert str(c.get_model_version_by_alias("harness-demo", "champion").version) == str(version.version)
+    back = run_main("champion", "harness-demo", before)  # as the other tests of this module expect
+    assert back.exit_code == 0 and str(c.get_model_version_by_alias("harness-demo", "champion").version) == before
+    missing = run_main("champion", "harness-demo", "999")
+    assert missing.exit_code == 2 and missing.stderr.strip() == "error: no version '999' of registered model 'harness-demo'"

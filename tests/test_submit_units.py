@@ -1,6 +1,7 @@
 """The parts of `harness submit` that need no trained model: the CSV writer and validator, the refusal
-policy, the run-reference check, and the submission folder (staged together, committed as one,
-rolled forward after a `kill -9`, stale staging removed, a full disk leaving nothing behind).
+policy, the run-reference check, and the submission folder (built beside OUT and swapped in whole,
+one run after a `kill -9` at any point, what a killed submit left removed by the next, a full disk
+leaving nothing behind).
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def test_only_a_finished_run_is_promoted(status: str, tags: dict[str, str], mess
 
 def test_run_references_that_cannot_be_ids_are_refused() -> None:
     from harness.errors import BadInput
-    from harness.tracking.registry import check_run_ref, default_model_name
+    from harness.tracking.registry import default_model_name
+    from harness.tracking.resolve import check_run_ref
 
     for ok in ("best", "last", "0" * 32, "abc_d-1"):
         assert check_run_ref(ok) == ok
@@ -121,8 +123,11 @@ def runs_in(out: Path) -> set[str]:
     return runs | ({json.loads(manifest.read_text())["run_id"]} if manifest.is_file() else set())
 
 
-def hidden(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+def leftovers(out: Path) -> list[str]:
+    """Temporaries beside OUT (`.OUT.tmp-PID`, `.OUT.old-PID`) and hidden entries inside it."""
+    beside = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    inside = [f"{out.name}/{p.name}" for p in out.iterdir() if p.name.startswith(".")] if out.is_dir() else []
+    return sorted(beside + inside)
 
 
 def dead_pid() -> int:
@@ -131,12 +136,12 @@ def dead_pid() -> int:
     return done.pid
 
 
-def test_a_submission_is_committed_whole_with_its_marker(tmp_path: Path) -> None:
+def test_a_submission_replaces_the_folder_whole_with_its_marker(tmp_path: Path) -> None:
     out = tmp_path / "out"
     publish(out, "old")
-    assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and hidden(out) == []
+    assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and leftovers(out) == []
     publish(out, "new")
-    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and hidden(out) == []
+    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and leftovers(out) == []
     marker = json.loads((out / output.MARKER).read_text())
     assert set(marker["files"]) == {"prediction.csv", "fallbacks.csv", "bundle.tar.gz", "bundle/manifest.json"}
     (out / output.PREDICTION).write_text("edited by hand\n")
@@ -148,7 +153,7 @@ def test_a_submission_without_a_bundle_removes_the_old_one(tmp_path: Path) -> No
     publish(out, "old")
     publish(out, "new", bundle=False)
     assert not (out / "bundle").exists() and not (out / "bundle.tar.gz").exists()
-    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and hidden(out) == []
+    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and leftovers(out) == []
 
 
 def test_an_error_while_staging_changes_nothing(tmp_path: Path) -> None:
@@ -157,28 +162,63 @@ def test_an_error_while_staging_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), output.staged(out) as stage:
         (stage / output.PREDICTION).write_text("prediction of new\n")
         raise RuntimeError("boom")
-    assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and hidden(out) == []
+    assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and leftovers(out) == []
 
 
-def test_an_interrupt_during_the_commit_is_finished_by_the_next_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_holding_other_files_is_refused_untouched(tmp_path: Path) -> None:
+    from harness.errors import BadInput
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / output.PREDICTION).write_text("an older prediction\n")
+    with pytest.raises(BadInput, match=r"mine holds files that are not a submission's \(notes.txt\)"):
+        publish(out, "new")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "prediction.csv"] and leftovers(out) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BadInput, match="not a folder"):
+        publish(tmp_path / "file", "new")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_ctrl_c_around_the_swap_leaves_one_run_and_nothing_behind(when: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.fileio
+
     out = tmp_path / "out"
     publish(out, "old")
-    real = os.replace
+    real = harness.fileio._exchange
 
-    def interrupted(src: object, dst: object) -> None:
-        real(src, dst)
-        if Path(dst) == out / output.PREDICTION:
-            raise KeyboardInterrupt  # Ctrl-C, or SIGTERM turned into one by cli.main
+    def interrupted(a: Path, b: Path) -> None:
+        if when == "after":
+            real(a, b)
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM turned into one by cli.main
 
-    monkeypatch.setattr(os, "replace", interrupted)
+    monkeypatch.setattr(harness.fileio, "_exchange", interrupted)
     with pytest.raises(KeyboardInterrupt):
         publish(out, "new")
-    monkeypatch.setattr(os, "replace", real)
-    assert output.submitted_run(out) is None and runs_in(out) == {"old", "new"}
-    kept = [out / n for n in hidden(out) if n.startswith(".submission.tmp-")]
-    assert len(kept) == 1 and (kept[0] / output.MARKER).is_file()  # kept, marker and all
-    assert output.recover(out) == kept  # what the next submit does first
-    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and hidden(out) == []
+    held = "new" if when == "after" else "old"
+    assert output.submitted_run(out) == held and runs_in(out) == {held} and leftovers(out) == []
+
+
+def test_without_renameat2_a_rename_pair_swaps_and_a_cut_short_one_is_undone(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.fileio
+
+    def unsupported(a: Path, b: Path) -> None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")  # macOS, musl, an old kernel
+
+    monkeypatch.setattr(harness.fileio, "_exchange", unsupported)
+    out = tmp_path / "out"
+    publish(out, "old")
+    publish(out, "new")
+    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"} and leftovers(out) == []
+    # What a kill between the pair's two renames leaves: no OUT, the old folder set aside, the new one staged.
+    pid = dead_pid()
+    out.rename(tmp_path / f".out.old-{pid}")
+    (tmp_path / f".out.tmp-{pid}").mkdir()
+    assert harness.fileio.recover_dir(out) == [tmp_path / f".out.tmp-{pid}"]
+    assert output.submitted_run(out) == "new" and leftovers(out) == []  # put back as it was before the swap
 
 
 def test_a_full_disk_is_one_error_naming_the_folder_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,7 +239,7 @@ def test_a_full_disk_is_one_error_naming_the_folder_and_leaves_nothing(tmp_path:
     from harness.errors import io_message
 
     assert io_message(caught.value) == f"no space left on device: {out}"
-    assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and hidden(out) == []
+    assert output.submitted_run(out) == "old" and runs_in(out) == {"old"} and leftovers(out) == []
 
 
 def test_a_read_only_folder_names_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,7 +248,7 @@ def test_a_read_only_folder_names_itself(tmp_path: Path, monkeypatch: pytest.Mon
     real_mkdir = Path.mkdir
 
     def refuse(self: Path, *args: object, **kwargs: object) -> None:
-        if self.parent == out:  # as a read-only folder answers (root ignores chmod, so it is simulated)
+        if self.parent == tmp_path:  # as a read-only folder answers (root ignores chmod, so it is simulated)
             raise PermissionError(errno.EACCES, "Permission denied", str(self))
         real_mkdir(self, *args, **kwargs)
 
@@ -216,43 +256,55 @@ def test_a_read_only_folder_names_itself(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(PermissionError) as caught:
         publish(out, "new")
     assert caught.value.filename == str(out)  # not the hidden staging folder's name
-    assert list(out.iterdir()) == []
+    assert list(out.iterdir()) == [] and leftovers(out) == []
 
 
-def test_stale_staging_of_killed_submits_is_removed(tmp_path: Path) -> None:
+def test_what_killed_submits_left_is_removed_by_the_next(tmp_path: Path) -> None:
     out = tmp_path / "out"
     publish(out, "old")
     pid = dead_pid()
-    leftovers = [out / f".submission.tmp-{pid}", out / f".bundle.tmp-{pid}", out / f".bundle.old-{pid}"]
-    for folder in leftovers:
+    for folder in (tmp_path / f".out.tmp-{pid}", tmp_path / f".out.old-{pid}", out / f".submission.tmp-{pid}",
+                   out / f".bundle.tmp-{pid}"):  # the last two: inside OUT, as the previous layout left them
         (folder / "weights").mkdir(parents=True)
         (folder / "weights" / "model.safetensors").write_bytes(b"\x00" * 1000)
     (out / f".bundle.tar.gz.tmp-{pid}").write_bytes(b"half an archive")
-    (out / f".prediction.csv.tmp-{pid}").write_text("half a csv")
-    alive = out / f".bundle.tmp-{os.getpid()}"  # a writer still at work is left alone
+    alive = tmp_path / f".out.tmp-{os.getppid()}"  # a writer still at work is left alone
     alive.mkdir()
     publish(out, "new")
-    assert hidden(out) == [alive.name]
+    assert leftovers(out) == [alive.name]
     assert output.submitted_run(out) == "new" and runs_in(out) == {"new"}
 
 
-KILLER_HEAD = """
-import json, os, signal, sys
+KILLER = """
+import errno, json, os, signal, sys
 from pathlib import Path
+import harness.fileio as fileio
 from harness.submit import output  # light: no torch, no mlflow
 
-"""
-KILLER = """
-out, kill_after = Path(sys.argv[1]), sys.argv[2]
-real = os.replace
+out, point = Path(sys.argv[1]), sys.argv[2]
 
-def replace(src, dst):
-    real(src, dst)
-    dst = Path(dst)
-    if dst.parent == out and (dst.name == kill_after or dst.name.startswith(kill_after + "-")):
-        os.kill(os.getpid(), signal.SIGKILL)  # no finally, no cleanup: what kill -9 does
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)  # no finally, no cleanup: what kill -9 does
 
-os.replace = replace
+real_exchange, real_rename, real_sync = fileio._exchange, os.rename, fileio.sync_tree
+
+def sync_tree(folder):
+    real_sync(folder)
+    if point == "staged":
+        die()
+
+def exchange(a, b):
+    if point.startswith("pair-"):
+        raise OSError(errno.ENOSYS, "no renameat2 here")
+    real_exchange(a, b)
+    die()
+
+def rename(src, dst):
+    real_rename(src, dst)
+    if (point == "pair-aside" and Path(dst).name.startswith(f".{out.name}.old-")) or (point == "pair-in" and Path(dst) == out):
+        die()
+
+fileio.sync_tree, fileio._exchange, os.rename = sync_tree, exchange, rename
 with output.staged(out) as stage:
     stage_outputs(stage, "new")
 """
@@ -261,27 +313,30 @@ with output.staged(out) as stage:
 def killer_script() -> str:
     import inspect
 
-    return KILLER_HEAD + inspect.getsource(stage_outputs) + KILLER
+    return KILLER.replace("with output.staged", inspect.getsource(stage_outputs) + "\nwith output.staged")
 
 
-@pytest.mark.parametrize("kill_after", ["prediction.csv", "bundle.tar.gz", ".bundle.old", "bundle"])
-def test_kill_9_during_the_commit_never_leaves_a_claimed_mix_and_the_next_submit_heals(kill_after: str, tmp_path: Path) -> None:
+# where the kill lands -> the run OUT holds right after it (None: no OUT, until the next submit puts the old back)
+KILL_POINTS = {"staged": "old", "exchanged": "new", "pair-aside": None, "pair-in": "new"}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_never_leaves_a_mix_and_the_next_submit_cleans_up(point: str, tmp_path: Path) -> None:
+    from harness.fileio import recover_dir
+
     out = tmp_path / "out"
     publish(out, "old")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    killed = subprocess.run([sys.executable, "-c", killer_script(), str(out), kill_after],
+    killed = subprocess.run([sys.executable, "-c", killer_script(), str(out), point],
                             capture_output=True, text=True, timeout=60, env=env)
     assert killed.returncode == -9, killed.stderr
-    # Cut short mid-commit: the outputs may mix the two runs, but the folder claims neither.
-    assert output.submitted_run(out) is None and any(n.startswith(".submission.tmp-") for n in hidden(out))
-    if kill_after == "prediction.csv":
-        assert runs_in(out) == {"old", "new"}  # the state the marker exists for
-    # The next submit (whichever run it is for) first finishes the killed commit, then makes its own.
-    rolled = output.recover(out)
-    assert len(rolled) == 1 and hidden(out) == []
-    assert output.submitted_run(out) == "new" and runs_in(out) == {"new"}
+    held = KILL_POINTS[point]
+    assert output.submitted_run(out) == held and runs_in(out) == ({held} if held else set())  # whole, or absent
+    assert leftovers(out)  # what the killed writer left beside OUT
+    recover_dir(out)  # what the next submit (whichever run it is for) does first: no OUT gets the old one back
+    assert output.submitted_run(out) == (held or "old") and leftovers(out) == []
     publish(out, "third")
-    assert output.submitted_run(out) == "third" and runs_in(out) == {"third"} and hidden(out) == []
+    assert output.submitted_run(out) == "third" and runs_in(out) == {"third"} and leftovers(out) == []
 
 
 def test_best_with_no_runs_exits_2_in_submit_and_predict_alike(tmp_path: Path) -> None:

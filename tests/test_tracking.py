@@ -20,34 +20,19 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from harness import tracking
+from harness import provenance, tracking
 from harness.callbacks import EpochReport, FitResult
 from harness.config import Augment, AudioFeatures, RunConfig, TrainConfig
 from harness.errors import BadInput
 from harness.metrics import classification_metrics
-from tests.conftest import isolated_home
+from tests.conftest import free_port, isolated_home, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 N_EPOCHS = 3
 CONFIG = RunConfig(
-    features=AudioFeatures(fmax=None, width=128),
+    audio=AudioFeatures(fmax=None, width=128),
     train=TrainConfig(lr=3e-4, epochs=N_EPOCHS, augment=Augment(mixup=0.2, hflip=False)),
 )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory):
-    """A client on a temporary SQLite store; HARNESS_HOME there too, so artifacts and the
-    checkpoint cache stay in the temporary folder."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'store' / 'mlflow.db'}")
-        client = tracking.setup()
-        experiment_id = tracking.get_or_create_experiment(
-            client, "tests", artifact_location=(home / "artifacts").as_uri()
-        )
-        yield client, experiment_id, home
 
 
 def fake_fit(tmp: Path, *, n: int = 60, seed: int = 0) -> FitResult:
@@ -103,11 +88,15 @@ def test_recorder_logs_params_metrics_tags_and_artifacts(store, finished):
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "unit"
     assert run.data.params["train.lr"] == "0.0003"
-    assert run.data.params["features.fmax"] == "None"
+    assert run.data.params["audio.fmax"] == "None"
     assert run.data.params["train.augment.mixup"] == "0.2"
     tags = run.data.tags
     assert {"git.commit", "git.dirty", "version.mlflow", "version.numpy"} <= set(tags)
-    assert tags["data.fingerprint"] == "abc123"
+    assert tags["harness.kind"] == "train" and tags["data.fingerprint"] == "abc123"
+    # its result in one line, rounded as people read it
+    m = run.data.metrics
+    assert tags["mlflow.note.content"] == (f"val AUC {m['summary/best_val_auc']:.4g} [{m['summary/val_auc_ci_low']:.4g}, "
+                                           f"{m['summary/val_auc_ci_high']:.4g}], best epoch {N_EPOCHS} of {N_EPOCHS}")
     assert tags["device"] == "cpu"
     assert tags["info.input_size"] == "(1, 128, 128)"
     assert tags["stopped_by"] == "early stopping"
@@ -194,14 +183,17 @@ def test_explicit_finish_is_not_overwritten_on_exit(store):
     assert (run.info.status, run.data.tags["pruned"]) == ("KILLED", "true")
 
 
-def test_load_run_config_round_trip(store, finished):
+def test_resolve_run_round_trip(store, finished):
     client, _, home = store
     rec, _ = finished
-    config, checkpoint = tracking.load_run_config(client, rec.run_id)
-    assert config == CONFIG
-    assert checkpoint.is_file() and checkpoint.name == "best.safetensors"
-    assert checkpoint.is_relative_to(home / ".cache" / "runs")
-    assert tracking.load_run_config(client, rec.run_id) == (config, checkpoint)  # from the cache
+    found = tracking.resolve_run(client, rec.run_id)
+    assert found.config == CONFIG and found.run_id == rec.run_id and found.run.info.status == "FINISHED"
+    assert found.weights.is_file() and found.weights.name == "best.safetensors"
+    assert found.weights.is_relative_to(home / ".cache" / "runs")
+    again = tracking.resolve_run(client, rec.run_id)  # from the cache
+    assert (again.config, again.weights) == (found.config, found.weights)
+    settings = tracking.resolve_run(client, rec.run_id, weights=False)  # `--like`: the settings alone
+    assert settings.config == CONFIG and settings.weights is None
 
 
 def test_a_download_killed_midway_is_cleaned_by_the_next(store, tmp_path):
@@ -210,45 +202,26 @@ def test_a_download_killed_midway_is_cleaned_by_the_next(store, tmp_path):
     runs = home / ".cache" / "runs"
     stale = runs / f".{rec.run_id}.tmp-{_dead_pid()}"  # what a kill -9 during a download leaves
     (stale / "checkpoint").mkdir(parents=True)
-    config, checkpoint = tracking.load_run_config(client, rec.run_id)
-    assert checkpoint.is_file() and checkpoint.parent.parent == runs / rec.run_id
+    weights = tracking.resolve_run(client, rec.run_id).weights
+    assert weights.is_file() and weights.parent.parent == runs / rec.run_id
     assert not stale.exists() and not list(runs.glob(".*.tmp-*"))
 
 
-def test_load_run_config_unknown_or_without_checkpoint(store):
+def test_resolve_run_refuses_unknown_runs_runs_without_checkpoint_and_cv_parents_as_models(store):
     client, experiment_id, _ = store
     with pytest.raises(LookupError, match="no run"):
-        tracking.load_run_config(client, "0" * 32)
+        tracking.resolve_run(client, "0" * 32)
+    with pytest.raises(BadInput, match="is not a run id"):
+        tracking.resolve_run(client, "../../x")
     with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="empty", config=CONFIG) as rec:
         pass
+    for weights in (True, False):
+        with pytest.raises(LookupError, match="no checkpoint"):
+            tracking.resolve_run(client, rec.run_id, weights=weights)
+    refused = []
     with pytest.raises(LookupError, match="no checkpoint"):
-        tracking.load_run_config(client, rec.run_id)
-
-
-def test_close_orphans_kills_running_children_only(store):
-    client, experiment_id, _ = store
-    parent = tracking.RunRecorder(client, experiment_id=experiment_id, run_name="study", config=CONFIG)
-
-    def child(name: str) -> tracking.RunRecorder:
-        return tracking.RunRecorder(
-            client, experiment_id=experiment_id, run_name=name, config=CONFIG, parent_run_id=parent.run_id
-        )
-
-    orphan, done = child("crashed"), child("done")
-    done.finish()
-    stranger = tracking.RunRecorder(client, experiment_id=experiment_id, run_name="elsewhere", config=CONFIG)
-
-    assert tracking.close_orphans(client, experiment_id, parent_run_id=parent.run_id) == [orphan.run_id]
-    run = client.get_run(orphan.run_id)
-    assert (run.info.status, run.data.tags["orphaned"]) == ("KILLED", "true")
-    assert client.get_run(done.run_id).info.status == "FINISHED"
-    assert client.get_run(stranger.run_id).info.status == "RUNNING"
-    assert client.get_run(parent.run_id).data.tags.get("mlflow.parentRunId") is None
-    assert client.get_run(orphan.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
-
-    closed = tracking.close_orphans(client, experiment_id)  # no parent: the whole experiment
-    assert {parent.run_id, stranger.run_id} <= set(closed)
-    assert orphan.run_id not in closed
+        tracking.resolve_run(client, rec.run_id, check=refused.append)  # the check sees the run first
+    assert [r.info.run_id for r in refused] == [rec.run_id]
 
 
 def test_get_or_create_experiment_is_idempotent(store):
@@ -278,15 +251,15 @@ def test_default_store_is_anchored_to_project_root(tmp_path, monkeypatch):
 
 
 def test_git_state_inside_and_outside_a_checkout(tmp_path):
-    inside = tracking.git_state(ROOT)
+    inside = provenance.git_state(ROOT)
     if inside["git.commit"] == "unknown":
         pytest.skip("the project is not a git checkout here")
     assert len(inside["git.commit"]) == 40 and inside["git.dirty"] in ("true", "false")
-    assert tracking.git_state(tmp_path) == {"git.commit": "unknown", "git.dirty": "unknown"}
+    assert provenance.git_state(tmp_path) == {"git.commit": "unknown", "git.dirty": "unknown"}
 
 
 def test_package_versions():
-    versions = tracking.package_versions()
+    versions = provenance.package_versions()
     assert versions["version.harness"] == "0.1.0"
     assert {"version.mlflow", "version.numpy", "version.torch"} <= set(versions)
 
@@ -325,18 +298,18 @@ def test_close_dead_runs_closes_only_this_hosts_gone_processes(store):
     reused = running({"harness.host": host, "harness.pid": me}, start_time=int((time.time() - 86400) * 1000))
     alive = running({"harness.host": host, "harness.pid": me})
     elsewhere = running({"harness.host": host + "-other", "harness.pid": dead})
-    untagged = running({})  # older runs and study parents carry no owner: left alone
-    # a study's trial: its study closes it, recording the trial's state too
+    untagged = running({})  # runs recorded before the process tags: nothing says who owns them
+    # children judged by the same rule: a study's trial, a cross-validation's fold
     trial = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged,
                      "optuna.trial_number": "3"})
-    # a cross-validation fold has a parent too, but no study to close it: closed like any run
     fold = running({"harness.host": host, "harness.pid": dead, "mlflow.parentRunId": untagged})
 
-    assert set(tracking.close_dead_runs(client)) == {gone, reused, fold}
-    for run_id in (gone, reused, fold):
+    assert set(tracking.close_dead_runs(client)) == {gone, reused, trial, fold}
+    for run_id in (gone, reused, trial, fold):
         run = client.get_run(run_id)
         assert (run.info.status, run.data.tags["orphaned"]) == ("KILLED", "true")
-    for run_id in (alive, elsewhere, trial, untagged):
+        assert run.data.tags["mlflow.note.content"] == "**Ended KILLED**: this run was orphaned by a crashed process."
+    for run_id in (alive, elsewhere, untagged):
         assert client.get_run(run_id).info.status == "RUNNING"
         client.set_terminated(run_id)
     assert tracking.close_dead_runs(client) == []
@@ -348,7 +321,7 @@ def test_ui_url_opens_an_experiments_runs_in_model_training_view(store):
     client.set_terminated(client.create_run(experiment_id).info.run_id)
     assert tracking.latest_experiment(client) == experiment_id
     assert tracking.ui_url("127.0.0.1", 5000, experiment_id) == (
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=harness-best-first")
 
 
 def test_check_port_free():
@@ -430,9 +403,7 @@ def test_harness_ui_is_ready_when_it_prints_and_sigterm_stops_the_whole_server(t
 
     from harness.cli import app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with isolated_home(tmp_path):
         client = tracking.setup()
         experiment_id = tracking.get_or_create_experiment(client, "shown")
@@ -445,7 +416,7 @@ def test_harness_ui_is_ready_when_it_prints_and_sigterm_stops_the_whole_server(t
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
                 assert answer.status == 200
             assert line == (f"MLflow UI: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
-                            f"?workflowType=machine_learning  (Ctrl-C to stop)")
+                            f"?workflowType=machine_learning&viewStateShareKey=harness-best-first  (Ctrl-C to stop)")
             (server,) = _children(ui.pid)
             tree = _processes_in_session(server)
             print(f"\nharness ui: {len(tree) + 1} processes with harness itself; server tree {len(tree)} processes, "
@@ -461,34 +432,32 @@ def test_harness_ui_is_ready_when_it_prints_and_sigterm_stops_the_whole_server(t
             assert ui.wait(timeout=30) == 130
         finally:
             ui.kill()
-        deadline = time.monotonic() + 10
-        while _processes_in_session(server) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _processes_in_session(server) == {}  # nothing left running
+        wait_until(lambda: not _processes_in_session(server), 10, what=f"every process of the server's session {server} to end")
         tracking.check_port_free("127.0.0.1", port)  # and nothing holding the port
 
 
-def test_best_and_last_resolve_across_old_and_new_metric_names(store):
-    """An older run (flat `best_val_auc`) and a newer one (`summary/best_val_auc`) compete for
-    `best`; nothing is migrated; a study parent (`best_trial/val_auc`) never counts."""
+def test_best_and_last_resolve_among_finished_models(store):
+    """`best` ranks by `summary/best_val_auc` among FINISHED runs, a study's own best trial first
+    among ties; a study parent (`best_trial/val_auc`) and a flat `best_val_auc` never count."""
     from harness.tracking import metric_names as M
 
     client, _, _ = store
     experiment_id = tracking.get_or_create_experiment(client, "names")
 
     def run(name: str, metrics: dict[str, float], status: str = "FINISHED") -> str:
-        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        run_id = client.create_run(experiment_id, run_name=name, tags={"harness.kind": "train"}).info.run_id
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
         client.set_terminated(run_id, status=status)
         time.sleep(0.01)  # distinct start times
         return run_id
 
-    old = run("old", {"best_val_auc": 0.91, "best_epoch": 3.0, "val_auc_ci_low": 0.8})
+    first = run("first", {M.BEST_VAL_AUC: 0.91, M.BEST_EPOCH: 3.0, M.VAL_AUC_CI_LOW: 0.8})
     new = run("new", {M.BEST_VAL_AUC: 0.87, M.BEST_EPOCH: 2.0})
+    run("flat", {"best_val_auc": 0.99})
     run("parent", {"best_trial/val_auc": 0.99})
     run("failed", {M.BEST_VAL_AUC: 0.99}, status="FAILED")
-    assert tracking.resolve_run_id(client, "best", experiment="names") == old
+    assert tracking.resolve_run_id(client, "best", experiment="names") == first
     assert tracking.resolve_run_id(client, "last", experiment="names") == new
     newest = run("newest", {M.BEST_VAL_AUC: 0.95})
     assert tracking.resolve_run_id(client, "best", experiment="names") == newest
@@ -498,10 +467,8 @@ def test_best_and_last_resolve_across_old_and_new_metric_names(store):
     assert tracking.resolve_run_id(client, "best", experiment="names") == newest
     client.set_tag(newest, "best", "false")
     assert tracking.resolve_run_id(client, "best", experiment="names") == tied_newer
-    # readers of either naming see the same flat summary (what the bundle and the card keep)
-    assert M.summary(client.get_run(old).data.metrics) == {"best_epoch": 3.0, "best_val_auc": 0.91, "val_auc_ci_low": 0.8}
-    assert M.summary(client.get_run(new).data.metrics) == {"best_epoch": 2.0, "best_val_auc": 0.87}
-    assert M.run_value(client.get_run(old).data.metrics, M.BEST_VAL_AUC) == 0.91
+    # the flat summary the bundle and the card keep
+    assert M.summary(client.get_run(first).data.metrics) == {"best_epoch": 3.0, "best_val_auc": 0.91, "val_auc_ci_low": 0.8}
 
 
 def test_a_run_logs_its_splits_as_mlflow_datasets(store, shared_sample, tmp_path):
@@ -552,3 +519,35 @@ def test_the_package_imports_its_names_on_first_use_and_only_the_module_asked_fo
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "has no attribute 'no_such_name'" in out.stdout
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    # `harness train` right after `harness audit` opens the new SQLite store while the audit's
+    # background recorder creates its schema: each must wait for the other, not fail on "table exists".
+    code = "from harness import tracking; tracking.setup().search_experiments(); print('ok')"
+    env = {**os.environ, "HARNESS_HOME": str(tmp_path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-300:] for _, err in outcomes]
+    assert all(out.strip() == "ok" for out, _ in outcomes)
+
+
+def test_best_and_last_never_pick_a_folds_run(tmp_path: Path) -> None:
+    # A fold's run validates on a fold of train + val: its val AUC is not comparable with the others'.
+    with isolated_home(tmp_path):
+        client = tracking.setup()
+        experiment_id = tracking.get_or_create_experiment(client, "folds")
+
+        def run(kind: str, auc: float) -> str:
+            run_id = client.create_run(experiment_id, tags={"harness.kind": kind}).info.run_id
+            client.log_metric(run_id, "summary/best_val_auc", auc)
+            client.set_terminated(run_id)
+            return run_id
+
+        trained = run("train", 0.7)
+        run("fold", 0.9)  # newer and better on its own clips
+        assert tracking.resolve_run_id(client, "best") == trained
+        assert tracking.resolve_run_id(client, "last") == trained

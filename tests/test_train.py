@@ -17,24 +17,15 @@ from harness.data.labels import DatasetError
 from harness.engine import TrainingDiverged
 from harness.errors import ConfigError
 from harness.models import ModelRuleError
+from harness.preflight import preflight
 from harness.run import readable_run_name, train_run
 
 TINY = TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False, epochs=2, batch_size=2, device="cpu", patience=0)
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite store with its schema made, once: each test copies it (creating the schema
-    runs mlflow's migrations, a second of CPU per store)."""
-    from harness import tracking
-
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.setup(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
+    """A fresh store for each test here (conftest's `store` is one per module), copied from conftest's template."""
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path))
@@ -44,7 +35,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
 
 
 def _run(data: Path, tmp_path: Path, train: TrainConfig = TINY, **kw):
-    return train_run(RunConfig(train=train), data_dir=data, experiment="t", cache_root=tmp_path / "cache", **kw)
+    return train_run(preflight(data, RunConfig(train=train), cache_root=tmp_path / "cache"), experiment="t", **kw)
 
 
 def _only_run(client):
@@ -67,6 +58,8 @@ def test_finished_run_is_fully_recorded(small_dataset: Path, tmp_path: Path, sto
     assert "data.fingerprint" in run.data.tags and "git.commit" in run.data.tags
     artifacts = {a.path for a in store.list_artifacts(result.run_id)} | {a.path for a in store.list_artifacts(result.run_id, "checkpoint")}
     assert {"plots", "val_predictions.csv", "checkpoint/config.json", "checkpoint/best.safetensors"} <= artifacts
+    # no methods file: the val scores are sliced by clip length (every clip here is 1 s long)
+    assert "slice/duration.0-2s/auc" in run.data.metrics and "slices.csv" in artifacts
 
 
 @pytest.mark.slow
@@ -91,7 +84,7 @@ def test_refused_models_fail_before_training(small_dataset: Path, tmp_path: Path
         _run(small_dataset, tmp_path, train)
     run = _only_run(store)
     assert run.info.status == "FAILED" and message in run.data.tags["error"]
-    assert not (tmp_path / "cache").exists()  # refused before any feature was computed
+    assert not any(k.startswith("epoch/") for k in run.data.metrics)  # refused before the first step
 
 
 @pytest.mark.parametrize(
@@ -108,7 +101,7 @@ def test_unknown_names_and_wrong_track_fail_before_any_run(small_dataset: Path, 
                                                            cfg: RunConfig, error: type, message: str) -> None:
     # A typo in a name is bad input, not a result: no run is recorded for it (a rule breach is, above).
     with pytest.raises(error, match=message):
-        train_run(cfg, data_dir=small_dataset, experiment="t", cache_root=tmp_path / "cache")
+        preflight(small_dataset, cfg, cache_root=tmp_path / "cache")
     assert store.get_experiment_by_name("t") is None
     assert not (tmp_path / "cache").exists()
 

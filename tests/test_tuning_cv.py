@@ -15,7 +15,8 @@ from harness.tuning.cv_trial import cv_objective_values
 from harness.tuning.spec import SpecError
 from tests.conftest import ROOT, isolated_home
 
-from .tuning_helpers import run_cli, tiny_dataset, write_spec
+from .run_main import run_main
+from .tuning_helpers import tiny_dataset, write_spec
 
 CV = 'folds = 2\ngroup_by = "none"'
 
@@ -34,7 +35,7 @@ def test_a_cross_validated_spec_is_read_and_is_its_own_study(tmp_path: Path) -> 
     ('["cv_val_auc_mean"]', "", "objective 'cv_val_auc_mean' needs a cross-validated study: set [study] folds = K"),
     ('["val_auc"]', CV, "objective 'val_auc' is measured on the official split; choose from cv_val_auc_mean"),
     ('["oof_auc"]', "folds = 1", "[study] folds = 1: give at least 2"),
-    ('["oof_auc"]', 'folds = 2\ngroup_by = "nofile.csv"', "group_by = 'nofile.csv': not auto, none or an existing"),
+    ('["oof_auc"]', 'folds = 2\ngroup_by = "nofile.csv"', "group_by = 'nofile.csv': not auto, none, method or an existing"),
     ('["oof_auc"]', CV + "\ngpus_per_trial = 2", "folds with gpus_per_trial > 1 is not supported yet"),
 ])
 def test_bad_cross_validated_specs_are_one_line_naming_the_file(tmp_path: Path, objectives: str, extra: str,
@@ -49,10 +50,10 @@ def test_a_cross_validated_study_can_search_windows_over_codec_variants(tmp_path
     """Windows and codec variants pool into folds (`harness.data.folds.pool`): such a spec loads."""
     path = write_spec(tmp_path, "win", objectives='["oof_auc"]', study_extra=CV)
     text = path.read_text().replace("epochs = 2\n", "epochs = 2\nwindow_seconds = [1.0, 1.5]\n", 1)
-    path.write_text(text + "\n[base.features]\nwindow_seconds = 1.0\ncodec_variants = 1\n")
+    path.write_text(text + "\n[base.audio]\nwindow_seconds = 1.0\ncodec_variants = 1\n")
     spec = tuning.load_spec(path, check_models=False)
     assert spec.folds == 2 and "window_seconds" in spec.searched
-    assert spec.base.features.windowed and spec.base.features.codec_variants == 1
+    assert spec.base.audio.windowed and spec.base.audio.codec_variants == 1
     # every window length reads one cache entry: whole log-mels with one copy of each training clip
     assert {(f.codec_variants, f.windowed) for f in spec.feature_configs()} == {(1, True)}
 
@@ -84,7 +85,7 @@ def _children(client, experiment_id: str, parent: str) -> list:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_each_trial_is_a_cross_validation_and_its_value_comes_from_the_folds(home, tmp_path: Path, capsys) -> None:
+def test_each_trial_is_a_cross_validation_and_its_value_comes_from_the_folds(home, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     _, data = home
@@ -103,19 +104,22 @@ def test_each_trial_is_a_cross_validation_and_its_value_comes_from_the_folds(hom
         assert t.state.name == "COMPLETE" and run.info.status == "FINISHED" and run.data.tags["harness.kind"] == "cv"
         assert run.info.run_name == f"trial-{t.number:03d}" and run.data.tags["optuna.state"] == "COMPLETE"
         folds = _children(client, result.experiment_id, run.info.run_id)
-        assert sorted(f.data.tags["cv.fold"] for f in folds) == ["0", "1"] and {f.info.status for f in folds} == {"FINISHED"}
+        assert sorted(f.data.tags["cv.fold"] for f in folds) == ["1", "2"] and {f.info.status for f in folds} == {"FINISHED"}
+        assert {f.data.tags["harness.kind"] for f in folds} == {"fold"}
+        assert sorted(f.info.run_name for f in folds) == [f"trial-{t.number:03d}-fold1", f"trial-{t.number:03d}-fold2"]
         m = run.data.metrics
-        assert t.value == pytest.approx(m["cv_val_auc_mean"] - m["cv_val_auc_std"])  # the folds' mean less their spread
+        assert t.value == pytest.approx(m["cv/val_auc_mean"] - m["cv/val_auc_std"])  # the folds' mean less their spread
+        assert run.data.tags["mlflow.note.content"].startswith("out-of-fold AUC ")
         assert float(run.data.params["train.lr"]) == t.params["lr"]
     best = result.best
     # The best trial's settings, trained once more on the official split: a model to submit.
-    code, out, err = run_cli(capsys, "train", "--like", best.run_id, "--data", str(data), "--experiment", "retrain")
+    code, out, err = run_main("train", "--like", best.run_id, "--data", str(data), "--experiment", "retrain")
     assert code == 0, err
     retrained = client.search_runs([client.get_experiment_by_name("retrain").experiment_id])[0]
     assert retrained.info.status == "FINISHED" and float(retrained.data.params["train.lr"]) == best.params["lr"]
     assert retrained.data.params["train.loss"] == trials[best.number].params["loss"]
     # A cross-validation is no model: submitting it says what to do instead.
-    code, _, err = run_cli(capsys, "submit", "--run-id", best.run_id, "--data", str(data))
+    code, _, err = run_main("submit", "--run-id", best.run_id, "--data", str(data))
     assert code == 2 and "is a cross-validation (harness.kind=cv) with no model of its own" in err
 
 
@@ -128,7 +132,7 @@ def test_a_cross_validated_trial_is_pruned_between_folds(home, tmp_path: Path) -
                       study_extra=CV, pruner='kind = "median"\nn_startup_trials = 1\nn_warmup_steps = 0')
     spec = tuning.load_spec(path, check_models=False)
     storage = f"sqlite:///{tmp_path / 'pruned.db'}"
-    # A finished trial no model can match (AUC 2.0 after each fold): the real one stops after fold 0.
+    # A finished trial no model can match (AUC 2.0 after each fold): the real one stops after fold 1.
     study = tuning.storage.load_or_create_study(spec, tuning.open_storage(storage, spec.heartbeat))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=2.0,
                                               intermediate_values={1: 2.0, 2: 2.0}, params={}, distributions={}))
@@ -139,7 +143,8 @@ def test_a_cross_validated_trial_is_pruned_between_folds(home, tmp_path: Path) -
     assert trial.state.name == "PRUNED" and trial.user_attrs["epoch"] == 1  # one fold trained
     client = MlflowClient()
     run, = _children(client, result.experiment_id, result.parent_run_id)
-    assert run.info.status == "KILLED" and run.data.tags["pruned_at_fold"] == "0"
-    assert run.info.run_name == "trial-001 (pruned after fold 0)" and run.data.tags["optuna.state"] == "PRUNED"
-    assert "Pruned after fold 0 by the median pruner" in run.data.tags["mlflow.note.content"]
+    assert run.info.status == "KILLED" and run.data.tags["pruned_at_fold"] == "1"
+    assert run.info.run_name == "trial-001 (pruned after fold 1)" and run.data.tags["optuna.state"] == "PRUNED"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("Pruned after fold 1 by the median pruner") and "\nfolds 0." in note, note
     assert len(_children(client, result.experiment_id, run.info.run_id)) == 1

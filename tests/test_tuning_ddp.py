@@ -30,7 +30,7 @@ def test_gpus_per_trial_defaults_to_one_and_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("value", "message"), [
     ("0", "[study] gpus_per_trial = 0: give at least 1"),
     ("-2", "[study] gpus_per_trial = -2: give at least 1"),
-    ('"2"', "[study] gpus_per_trial: expected an integer, got '2'"),
+    ('"2"', '[study] gpus_per_trial: expected an integer, got "2"'),
     ("1.5", "[study] gpus_per_trial: expected an integer, got 1.5"),
 ])
 def test_a_bad_gpus_per_trial_is_one_line_naming_file_and_key(tmp_path: Path, value: str, message: str) -> None:

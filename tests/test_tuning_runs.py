@@ -1,6 +1,6 @@
 """The study's MLflow run tree (`harness.tracking.study_runs`) against a throwaway SQLite store:
-one parent found again, best-so-far on it, trial run states in step with their trials, orphans
-closed only when no trial can be alive, the study's files logged."""
+one parent found again and reopened by each session, best-so-far on it, trial run states in step
+with their trials, a dead trial's run closed once its trial is no longer RUNNING, the study's files logged."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,7 +49,7 @@ def test_session_status_and_best_so_far(runs):
     from harness.tracking.study_runs import BestTrial
 
     parent = parent_of(runs, "best")
-    runs.start_session(parent, target=5)
+    session = runs.start_session(parent, target=5)
     assert runs.client.get_run(parent).info.status == "RUNNING"
     states = {0: "COMPLETE", 1: "PRUNED", 2: "FAIL", 3: "RUNNING"}
     run0 = trial_run(runs, parent, 0)
@@ -60,11 +60,33 @@ def test_session_status_and_best_so_far(runs):
     assert (data.metrics["trials/finished"], data.metrics["trials/failed"], data.metrics["trials/epochs_trained"]) == (2, 1, 9)
     assert (data.tags["best.run_id"], data.tags["best.trial_number"], data.tags["best.lr"]) == (run0, "0", "0.01")
     assert data.tags["harness.trials_target"] == "5" and "summary/best_val_auc" not in data.metrics
-    runs.end_session(parent, stopped_early=True)
+    session.end("KILLED")
     assert runs.client.get_run(parent).info.status == "KILLED"
-    runs.start_session(parent, target=6)
-    runs.end_session(parent, stopped_early=False)
+    with runs.start_session(parent, target=6):  # resumed: RUNNING again, FINISHED when the session is
+        assert runs.client.get_run(parent).info.status == "RUNNING"
     assert runs.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_session_reopens_the_parent_as_its_own(runs):
+    """A session left the parent RUNNING and died (its pid is gone): the next session's parent
+    carries the new process's tags (so the dead-run rule can heal it), not the old error marks."""
+    import os
+    import subprocess
+
+    from harness.tracking import tags as T
+
+    parent = parent_of(runs, "reopened")
+    done = subprocess.Popen(["true"])
+    done.wait()
+    runs.client.set_tag(parent, T.PID, str(done.pid))  # what a session killed with -9 leaves
+    runs.client.set_tag(parent, T.ERROR, "an old error")
+    session = runs.start_session(parent, target=2)
+    run = runs.client.get_run(parent)
+    assert run.info.status == "RUNNING" and run.data.tags[T.PID] == str(os.getpid()) and T.ERROR not in run.data.tags
+    assert run.data.tags[T.KIND] == "study" and "git.commit" in run.data.tags and "version.mlflow" in run.data.tags
+    session.release()  # trials of another machine still run: RUNNING, and no longer this process's
+    run = runs.client.get_run(parent)
+    assert run.info.status == "RUNNING" and T.PID not in run.data.tags and T.HOST not in run.data.tags
 
 
 def test_parent_description_links_the_best_trial_and_the_best_tag_moves(runs):
@@ -81,27 +103,30 @@ def test_parent_description_links_the_best_trial_and_the_best_tag_moves(runs):
                          best=t2, leaders=[t2, t0])
     assert tags(third)["best"] == "true" and "best" not in tags(first)  # moved, not copied
     note = tags(parent)["mlflow.note.content"]
-    link = f"[trial 2](#/experiments/{runs.experiment_id}/runs/{third})"
+    link = f"[trial 2](#/experiments/{runs.experiment_id}/runs/{third}?workflowType=machine_learning)"
     assert f"Best: {link}, val_auc **0.9300**" in note
     rows = [line for line in note.splitlines() if line.startswith("| ")]
     assert rows[0] == "| rank | trial | val_auc | params |"
     assert rows[1] == f"| 1 | {link} | 0.9300 | lr=0.003, backbone=vit |"
-    assert rows[2].startswith(f"| 2 | [trial 0](#/experiments/{runs.experiment_id}/runs/{first}) | 0.7100 |")
+    assert rows[2].startswith(f"| 2 | [trial 0](#/experiments/{runs.experiment_id}/runs/{first}?workflowType=machine_learning) | 0.7100 |")
     assert "**3 of 3 trials finished**: 2 complete, 1 pruned, 0 failed." in note
 
 
 def test_a_pruned_trial_says_so_in_its_name_and_description(runs):
     from harness.tracking import tags as T
 
+    from harness.tracking.lifecycle import end_run
+
     parent = parent_of(runs, "pruned")
     run_id = trial_run(runs, parent, 7)
-    runs.client.set_tag(run_id, T.PRUNED_AT_EPOCH, "3")  # as harness.run ends a pruned run
-    runs.client.set_terminated(run_id, status="KILLED")
+    runs.client.set_tag(run_id, T.MLFLOW_NOTE, "val AUC 0.7 [0.6, 0.8], best epoch 2 of 3")  # its result so far
+    end_run(runs.client, run_id, "KILLED", tags={T.PRUNED_AT_EPOCH: 3})  # as harness.run ends a pruned run
     runs.mark_trial(run_id, "PRUNED", pruner="median pruner")
     runs.mark_trial(run_id, "PRUNED", pruner="median pruner")  # idempotent: the name is not extended twice
     run = runs.client.get_run(run_id)
     assert run.info.run_name == "trial-007 (pruned at epoch 3)"
-    assert run.data.tags["mlflow.note.content"].startswith("Pruned at epoch 3 by the median pruner")
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("Pruned at epoch 3 by the median pruner") and note.endswith("\n\nval AUC 0.7 [0.6, 0.8], best epoch 2 of 3")
     assert (run.data.tags["pruned_by"], run.data.tags["optuna.state"], run.info.status) == ("median pruner", "PRUNED", "KILLED")
 
 
@@ -117,26 +142,27 @@ def test_trial_states_follow_their_trials(runs):
     assert (ok.info.status, ok.data.tags["optuna.state"]) == ("FINISHED", "COMPLETE")
     assert (bad.info.status, bad.data.tags["optuna.state"]) == ("FAILED", "FAIL")
     assert bad.data.tags["error"] == "ValueError: objective is not a number"
+    assert bad.data.tags["mlflow.note.content"] == "**Ended FAILED**: this run failed: ValueError: objective is not a number."
 
 
-def test_orphans_are_closed_only_when_no_trial_can_be_alive(runs):
+def test_a_trial_run_is_closed_once_its_trial_is_no_longer_running(runs):
     parent = parent_of(runs, "orphans")
     dead, alive = trial_run(runs, parent, 0), trial_run(runs, parent, 1)
     healed = trial_run(runs, parent, 2)
     runs.client.set_tag(healed, "orphaned", "true")  # closed by someone else, state tag left behind
     runs.client.set_terminated(healed, status="KILLED")
 
-    # Trial 1 runs (maybe on another machine): nothing is closed, since a live run looks the same.
-    assert runs.close_orphaned_trials(parent, {0: "FAIL", 1: "RUNNING", 2: "FAIL"}) == []
-    assert runs.client.get_run(dead).info.status == "RUNNING"
-    assert runs.client.get_run(dead).data.tags["optuna.state"] == "RUNNING"
+    # Trial 0 went stale (its worker died, maybe on another machine) and was failed; trial 1 runs.
+    assert runs.close_orphaned_trials(parent, {0: "FAIL", 1: "RUNNING", 2: "FAIL"}) == [dead]
+    run = runs.client.get_run(dead)
+    assert (run.info.status, run.data.tags["orphaned"], run.data.tags["optuna.state"]) == ("KILLED", "true", "FAIL")
+    assert runs.client.get_run(alive).info.status == "RUNNING"
+    assert runs.client.get_run(alive).data.tags["optuna.state"] == "RUNNING"
     assert runs.client.get_run(healed).data.tags["optuna.state"] == "FAIL"  # closed runs get their trial's state
 
     runs.client.set_terminated(alive, status="FINISHED")
     runs.mark_trial(alive, "COMPLETE")
-    assert runs.close_orphaned_trials(parent, {0: "FAIL", 1: "COMPLETE", 2: "FAIL", 3: "WAITING"}) == [dead]
-    run = runs.client.get_run(dead)
-    assert (run.info.status, run.data.tags["orphaned"], run.data.tags["optuna.state"]) == ("KILLED", "true", "FAIL")
+    assert runs.close_orphaned_trials(parent, {0: "FAIL", 1: "COMPLETE", 2: "FAIL", 3: "WAITING"}) == []
     assert runs.client.get_run(alive).info.status == "FINISHED"
     assert "orphaned" not in runs.client.get_run(alive).data.tags
 

@@ -8,7 +8,8 @@ import pytest
 
 from harness import tuning
 from harness.config import RunConfig
-from harness.tuning.space import Categorical, Fixed, FloatRange, IntRange, parse_dimension, type_problem
+from harness.tuning.space import Categorical, Fixed, FloatRange, IntRange, parse_dimension
+from harness.validation import type_problem
 
 from .tuning_helpers import write_spec
 
@@ -32,9 +33,9 @@ def test_spec_maps_dimensions_onto_run_settings(tmp_path: Path):
     spec = tuning.load_spec(write_spec(tmp_path, "maps"), check_models=False)
     cfg = spec.config_for({"backbone": "test_byobnet.r160_in1k", "lr": 0.004, "loss": "ce", "input_size": "64x96"})
     assert (cfg.train.backbone, cfg.train.lr, cfg.train.loss) == ("test_byobnet.r160_in1k", 0.004, "ce")
-    assert cfg.features.shape == (64, 96) and cfg.train.epochs == 2 and cfg.train.batch_size == 8
+    assert cfg.audio.shape == (64, 96) and cfg.train.epochs == 2 and cfg.train.batch_size == 8
     assert cfg.train.max_params == 1e6 and cfg.train.patience == 0
-    assert spec.config_for({"input_size": "128x64"}).features.height is None  # 128 = n_mels: no resize, one cache
+    assert spec.config_for({"input_size": "128x64"}).audio.height is None  # 128 = n_mels: no resize, one cache
     assert spec.space_hash() == tuning.load_spec(write_spec(tmp_path, "maps"), check_models=False).space_hash()
     assert spec.searched == ("lr", "loss")  # one-choice lists and scalars are fixed, not searched
 
@@ -91,22 +92,22 @@ def test_spec_errors(tmp_path: Path, change: tuple[str, str], message: str):
 # Issue #16 item 5: a value of the wrong type is refused at load, naming the key; never read as
 # something else ("false" as true) nor reported as a comparison between a str and a float.
 @pytest.mark.parametrize(("change", "message"), [
-    (("pretrained = false", 'pretrained = "false"'), "[study] pretrained: expected true or false, got 'false'"),
-    (("trials = 4", 'trials = "4"'), "[study] trials: expected an integer, got '4'"),
-    (("max_params = 1000000.0", 'max_params = "1e6"'), "[study] max_params: expected a number, got '1e6'"),
+    (("pretrained = false", 'pretrained = "false"'), '[study] pretrained: expected true or false, got "false"'),
+    (("trials = 4", 'trials = "4"'), '[study] trials: expected an integer, got "4"'),
+    (("max_params = 1000000.0", 'max_params = "1e6"'), '[study] max_params: expected a number, got "1e6"'),
     (('objectives = ["val_auc"]', "objectives = [1]"), "[study] objectives: expected a string or a list of strings"),
-    (("lr = { low = 1e-3,", 'lr = { low = "1e-3",'), "[space] lr.low: expected a number, got '1e-3'"),
+    (("lr = { low = 1e-3,", 'lr = { low = "1e-3",'), '[space] lr.low: expected a number, got "1e-3"'),
     (("epochs = 2", 'epochs = { low = 1.5, high = 3 }'), "[space] epochs.low: expected an integer, got 1.5"),
-    (("epochs = 2", 'epochs = "2"'), "[space] epochs: expected an integer, got '2'"),
-    (("batch_size = 8", 'batch_size = [8, "16"]'), "[space] batch_size: expected an integer, got '16'"),
-    (("log = true", 'log = "yes"'), "[space] lr.log: expected true or false, got 'yes'"),
+    (("epochs = 2", 'epochs = "2"'), '[space] epochs: expected an integer, got "2"'),
+    (("batch_size = 8", 'batch_size = [8, "16"]'), '[space] batch_size: expected an integer, got "16"'),
+    (("log = true", 'log = "yes"'), '[space] lr.log: expected true or false, got "yes"'),
     (('loss = ["bce", "ce", "focal"]', "loss = [1, 2]"), "[space] loss: expected a string, got 1"),
-    (("seed = 0", 'seed = "0"'), "[sampler] (random) seed: expected an integer, got '0'"),
-    (("interval = 1", "interval = 1.5"), "[heartbeat] interval: expected an integer, got 1.5"),
+    (("seed = 0", 'seed = "0"'), '[sampler] (random): seed: expected an integer, got "0"'),
+    (("interval = 1", "interval = 1.5"), "[heartbeat]: interval: expected an integer, got 1.5"),
     (("[base.train]", "[base.train]\nepochs = 3\n[base.nope]"), "[base]"),
-    (("patience = 0", 'patience = "0"'), "[base] train.patience: expected an integer, got '0'"),
-    (("patience = 0", "patience = 0\n[base.train.augment]\nhflip = 1"), "[base] train.augment.hflip: expected true or false, got 1"),
-    (("patience = 0", "patience = 0\n[base.features]\nfmax = \"8000\""), "[base] features.fmax: expected a number, got '8000'"),
+    (("patience = 0", 'patience = "0"'), '[base]: train.patience: expected an integer, got "0"'),
+    (("patience = 0", "patience = 0\n[base.train.augment]\nhflip = 1"), "[base]: train.augment.hflip: expected true or false, got 1"),
+    (("patience = 0", "patience = 0\n[base.audio]\nfmax = \"8000\""), '[base]: audio.fmax: expected a number, got "8000"'),
     (("[space]", "space = 3\n[spaces]"), "unknown key(s) spaces"),
 ])
 def test_spec_value_types_are_checked_at_load(tmp_path: Path, change: tuple[str, str], message: str):
@@ -159,7 +160,7 @@ def test_parse_dimension_kinds_follow_the_setting_type():
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("train.seed", [1, 2], "study setting"),
     ("train.augment", [1, 2], "group of settings"),
-    ("features.n_mels", {"low": 64, "high": 128}, "take a list of choices"),
+    ("audio.n_mels", {"low": 64, "high": 128}, "take a list of choices"),
     ("loss", {"low": 1, "high": 2}, "needs a numeric setting"),
     ("lr", {"low": 1e-3}, "needs low and high"),
     ("lr", {"low": 0.0, "high": 1.0, "log": True}, "low > 0 with log"),
@@ -169,16 +170,18 @@ def test_parse_dimension_kinds_follow_the_setting_type():
     ("lr", [], "an empty list"),
     ("lr", [[1]], "strings, numbers or booleans"),
     ("modality", ["audio", "smell"], "choose from audio"),
-    ("colour", [1, 2], "not a modality, train, features or video setting"),
+    ("colour", [1, 2], "not a modality, train, audio or video setting"),
 ])
 def test_parse_dimension_refuses(name: str, value: object, message: str):
     with pytest.raises(tuning.SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_dimension(name, value, RunConfig())
 
 
-def test_type_problem():
+def test_one_type_check_for_settings_and_specs():
+    """The spec's values are checked by the settings' own check, with its words."""
     assert type_problem(True, bool) is None and type_problem(1, bool) == "expected true or false, got 1"
-    assert type_problem(3, float) is None and type_problem(True, float) == "expected a number, got True"
+    assert type_problem(3, float) is None and type_problem(True, float) == "expected a number, got true"
     assert type_problem(3.0, int) == "expected an integer, got 3.0"
-    assert type_problem(None, int | None) is None and type_problem("x", int | None) == "expected an integer, got 'x'"
+    assert type_problem(None, int | None) is None and type_problem("x", int | None) == 'expected an integer, got "x"'
     assert type_problem(["a"], str | list[str]) is None and type_problem(["a", 1], list[str]) is not None
+    assert type_problem({}, dict) is None and type_problem([], dict) == "expected a table, got []"

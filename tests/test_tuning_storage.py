@@ -19,19 +19,15 @@ import pytest
 from harness import tuning
 from harness.tuning.storage import FileLock, locked, open_storage, study_lock
 from harness.tuning.strategies import Heartbeat
-from harness.tuning.worker import TrialGate
+from harness.tuning.worker import TrialSlots
 
-from .tuning_helpers import run_cli, write_spec
+from .conftest import free_port
+from .run_main import run_main
+from .tuning_helpers import write_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
 PASSWORD = "s3cret-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -127,36 +123,35 @@ def test_silent_postgresql_server_times_out(silent_server: int):
     assert f"127.0.0.1:{silent_server}: no answer within 1 s" in text and PASSWORD not in text
 
 
-def test_tune_with_a_bad_storage_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str], silent_server: int):
+def test_tune_with_a_bad_storage_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, silent_server: int):
     """Through the CLI: a malformed URL exits 2, an unreachable or silent server exits 1, each with
     one line naming the host and never the password, before any spec check or feature work."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path))
     spec = str(write_spec(tmp_path, "cli"))
-    code, out, err = run_cli(capsys, "tune", "--study", spec, "--storage", "sqlite:/x.db")
+    code, out, err = run_main("tune", "--study", spec, "--storage", "sqlite:/x.db")
     assert code == 2 and err.strip().splitlines() == [
         "error: storage 'sqlite:/x.db' is not a database URL; use sqlite:///FILE (three slashes; four before an "
         "absolute path) or postgresql://USER:PASSWORD@HOST[:PORT]/DB"]
     assert not (tmp_path / "sqlite:").exists()
-    code, _, err = run_cli(capsys, "tune", "--study", spec, "--storage", f"postgresql://me:{PASSWORD}@127.0.0.1:x/db")
+    code, _, err = run_main("tune", "--study", spec, "--storage", f"postgresql://me:{PASSWORD}@127.0.0.1:x/db")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "port 'x' is not a number" in err
     if importlib.util.find_spec("psycopg2") or importlib.util.find_spec("psycopg"):
         port = free_port()
-        code, _, err = run_cli(capsys, "tune", "--study", spec, "--storage", f"postgresql://me:{PASSWORD}@127.0.0.1:{port}/db")
+        code, _, err = run_main("tune", "--study", spec, "--storage", f"postgresql://me:{PASSWORD}@127.0.0.1:{port}/db")
         assert code == 1 and len(err.strip().splitlines()) == 1, err
         assert f"127.0.0.1:{port}" in err and PASSWORD not in err and "Traceback" not in err
         start = time.monotonic()
-        code, _, err = run_cli(capsys, "tune", "--study", spec, "--storage",
+        code, _, err = run_main("tune", "--study", spec, "--storage",
                                f"postgresql://me:{PASSWORD}@127.0.0.1:{silent_server}/db?connect_timeout=1")
         assert code == 1 and "no answer within 1 s" in err and len(err.strip().splitlines()) == 1
         assert time.monotonic() - start < 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.toml"]  # nothing made
 
 
-def test_unknown_study_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]):
+def test_unknown_study_exits_2_with_one_line():
     for command in ("tune", "dashboard"):
-        code, _, err = run_cli(capsys, command, "--study", "no-such-study")
+        code, _, err = run_main(command, "--study", "no-such-study")
         assert code == 2 and len(err.strip().splitlines()) == 1 and "no study named 'no-such-study'" in err
 
 
@@ -198,8 +193,8 @@ def study(tmp_path: Path) -> optuna.Study:
     return optuna.create_study(storage=storage, study_name="gate")
 
 
-def _gate(study: optuna.Study, tmp_path: Path, **kw: object) -> TrialGate:
-    return TrialGate(study, FileLock(tmp_path / "gate.lock"), **{"target": 2, "max_failures": 3, "poll_s": 0.05, **kw})
+def _gate(study: optuna.Study, tmp_path: Path, **kw: object) -> TrialSlots:
+    return TrialSlots(study, FileLock(tmp_path / "gate.lock"), **{"target": 2, "max_failures": 3, "poll_s": 0.05, **kw})
 
 
 def _held(tmp_path: Path) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import optuna
@@ -19,9 +19,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import tuning
-from tests.conftest import isolated_home
+from tests.conftest import isolated_home, wait_until
 
-from .pg import postgres_or_skip
+from .pg import required_postgres
 from .tuning_helpers import CLI, write_spec
 
 pytestmark = pytest.mark.slow  # trains models in spawned worker processes
@@ -151,20 +151,18 @@ def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
     command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", storage]
     coordinator = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
-    victim = None
-    deadline = time.time() + 150
+
+    def running_after_a_finished_one() -> optuna.trial.FrozenTrial | None:
+        assert coordinator.poll() is None, "the study ended before a trial was caught running after a finished one"
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).trials
+        except KeyError:  # not created yet
+            return None
+        running = [t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("epoch", 0) >= 1]
+        return running[0] if running and any(t.state.is_finished() for t in trials) else None
+
     try:
-        while victim is None and time.time() < deadline and coordinator.poll() is None:
-            time.sleep(0.1)
-            try:
-                trials = optuna.load_study(study_name="killed", storage=storage).trials
-            except KeyError:  # not created yet
-                continue
-            done = [t for t in trials if t.state.is_finished()]
-            running = [t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("epoch", 0) >= 1]
-            if done and running:
-                victim = running[0]
-        assert victim is not None, "no trial was caught running after a finished one"
+        victim = wait_until(running_after_a_finished_one, 150, what="a trial running after a finished one")
         os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
         out, _ = coordinator.communicate(timeout=120)
     finally:
@@ -202,7 +200,7 @@ def test_two_machines_share_a_postgresql_study(home, tmp_path: Path):
     _, data = home
     path = write_spec(tmp_path, "shared", trials=4, workers=1, lrs=(3e-3, 1e-2))
     spec = tuning.load_spec(path, check_models=False)
-    with postgres_or_skip() as storage:
+    with required_postgres() as storage:
         command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", storage]
         machines = [subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -256,4 +254,7 @@ def test_tune_outside_a_terminal_prints_a_line_per_trial_as_it_ends(home, tmp_pa
     assert [line.split()[1] for line in trial_lines] == ["0", "1"]
     board = next(i for i, line in enumerate(lines) if "study lines: leaderboard" in line)
     assert board > lines.index(trial_lines[-1]) and "2/2 finished" in rest
-    assert "best: trial" in out and "next: harness submit --run-id" in out
+    assert "best: trial" in out
+    # The pick, with its interval and how many trials it was the best of (the promotion gate's selection count).
+    assert re.search(r"^next: harness submit --run-id \w+ --data \S+  \(trial [01] of 2: val AUC [01]\.\d{3} "
+                     r"\[[01]\.\d{3}, [01]\.\d{3}\]\)$", out, re.M), out

@@ -2,6 +2,8 @@
 leaderboard; and the pruning callback and replay that decide what a trial reports."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from harness import tuning
@@ -28,6 +30,10 @@ def test_tables_render():
                                 18, "target reached", (0, 0))
     console.print(tuning.leaderboard_table(result))
     assert "run0" in console.export_text() and [r.number for r in result.ranked()] == [0]
+    assert "worst slice" not in console.export_text()  # no column when the data names no methods
+    sliced = dataclasses.replace(result, rows=(dataclasses.replace(ROWS[0], worst_slice="method.tts AUC 0.6100 [0.4, 0.8]"),))
+    console.print(tuning.leaderboard_table(sliced))
+    assert "worst slice" in (text := console.export_text()) and "method.tts AUC 0.6100 [0.4, 0.8]" in text
 
 
 def test_trial_lines_say_each_finished_trial_once():

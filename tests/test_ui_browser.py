@@ -3,22 +3,25 @@
 A small store is built the way a user builds one: `harness tune` runs a 3-trial study of a tiny
 model on a generated data set, `harness submit --run-id best` registers the champion as a pyfunc
 model. Then `harness ui` starts as a subprocess and the URL it prints is opened: the study's runs
-are in the "Model training" view, a trial's "Model metrics" tab starts with the per-epoch curves
+are in the "Model training" view, the trials flat and best first with the val AUC and its interval as
+columns (the saved view `harness.tracking.links.BEST_FIRST`), a trial's "Model metrics" tab starts with the per-epoch curves
 (`epoch/val_auc` among them), the parent run's description links to the best trial, and the
 champion version in the registry shows its signature. Stopping `harness ui` leaves no process.
 
-Skipped, with the reason, where Playwright or a Chromium binary is missing (`.ci/run` installs
-both where it can). Playwright's own browser download is not needed: the system Chromium is used
-(`HARNESS_CHROMIUM`, default /usr/bin/chromium). Screenshots of the four key pages are written
-to `HARNESS_UI_SHOTS` when set (for a person to look at), else to the test's temporary folder.
+Skipped, with the reason, where Playwright (the dev extra) or a Chromium binary is missing, and
+failed instead under CI (`CI=true`; `.ci/run` installs Chromium). Playwright's own browser download
+is not needed: the system Chromium is used (`HARNESS_CHROMIUM`, default /usr/bin/chromium).
+Screenshots of the four key pages are written to `HARNESS_UI_SHOTS` when set (for a person to look
+at), else to the test's temporary folder.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -29,15 +32,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import isolated_home
+from harness.tracking.links import BEST_FIRST_COLUMNS, BEST_FIRST_NAME, model_version_page
+from tests.conftest import free_port, isolated_home, require, wait_until
 from tests.tuning_helpers import CLI, write_spec
 
 pytestmark = pytest.mark.slow  # trains a study, starts a server and a browser: about 2 minutes
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = Path(os.environ.get("HARNESS_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set HARNESS_CHROMIUM)", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "browser"
@@ -57,6 +58,8 @@ class Store:
     parent_run_id: str
     trial_names: dict[str, str]  # run id -> run name (a pruned one says so in its name)
     best_run_id: str  # the study's best trial (tag best=true on it)
+    complete_run_ids: frozenset[str]  # trials that finished (not pruned): the parent's leaderboard rows
+    val_aucs: dict[str, float | None]  # run id -> its best val AUC (None: the parent, a pruned trial)
     model_name: str
     champion_version: str
     champion_run_id: str
@@ -111,8 +114,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         assert best == [parent.data.tags["best.run_id"]]
         model_name = f"harness-{data.name}"
         champion = client.get_model_version_by_alias(model_name, "champion")
+        aucs = {r.info.run_id: r.data.metrics.get(BEST_FIRST_COLUMNS[0]) for r in runs}
         yield Store(home=home, experiment_id=experiment.experiment_id, parent_run_id=parent.info.run_id,
-                    trial_names={r.info.run_id: r.info.run_name for r in trials}, best_run_id=best[0],
+                    trial_names={r.info.run_id: r.info.run_name for r in trials}, best_run_id=best[0], val_aucs=aucs,
+                    complete_run_ids=frozenset(r.info.run_id for r in trials
+                                               if r.data.tags.get("optuna.state") == "COMPLETE"),
                     model_name=model_name, champion_version=str(champion.version), champion_run_id=champion.run_id)
 
 
@@ -130,12 +136,6 @@ def process_tree(root: int) -> list[tuple[int, int, str]]:
             tree.append((pid, rows[pid][1], rows[pid][2]))
             frontier += [child for child, (ppid, _, _) in rows.items() if ppid == pid]
     return tree
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_free(port: int) -> bool:
@@ -159,9 +159,8 @@ def stop(process: subprocess.Popen, pids: list[int]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-        time.sleep(0.2)
+    with contextlib.suppress(AssertionError):  # still alive after 15 s: killed below
+        wait_until(lambda: not any(alive(pid) for pid in pids), 15, interval=0.2, what=f"processes {pids} to end")
     for pid in pids:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -218,13 +217,18 @@ def ui(store: Store, shots: Path) -> Iterator[Ui]:
 
 @pytest.fixture(scope="module", autouse=True)
 def browser() -> Iterator:
-    """Headless Chromium for the module. Autouse, so set up first: a binary that is there but does
-    not start (a snap stub, a missing library) skips the module before a study is trained for it."""
+    """Headless Chromium for the module. Autouse, so set up first: no Playwright, no Chromium or one
+    that does not start (a snap stub, a missing library) skips the module (fails it under CI) before
+    a study is trained for it."""
+    require("Playwright", importlib.util.find_spec("playwright") is not None, "pip install -e '.[dev]' installs it")
+    require("Chromium", CHROMIUM.is_file(), f"nothing at {CHROMIUM} (apt-get install chromium, or set HARNESS_CHROMIUM)")
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         except sync_api.Error as e:
-            pytest.skip(f"Chromium at {CHROMIUM} does not start: {str(e).strip().splitlines()[0]}")
+            require("Chromium", False, f"{CHROMIUM} does not start: {str(e).strip().splitlines()[0]}")
         yield chromium
         chromium.close()
 
@@ -244,13 +248,21 @@ def base_of(url: str) -> str:
 
 
 def open_study_runs(page, ui: Ui, store: Store) -> None:
-    """The printed URL, with the study's parent row expanded to show its trials."""
+    """The printed URL: the study's trials, flat (no parent row to expand)."""
     page.goto(ui.url)
-    parent_row = page.get_by_role("row").filter(has_text=f"study-{STUDY}")
-    parent_row.wait_for()
-    parent_row.get_by_role("button").click()  # the +/- in front of a parent run shows its children
     for name in store.trial_names.values():
         page.get_by_role("link", name=name, exact=True).wait_for()
+
+
+def table_rows(page) -> list[dict[str, str]]:
+    """The runs table as shown, top to bottom: per row, each cell's text by the grid's column id
+    (a row's cells may lie in several containers: pinned columns and the scrolled rest)."""
+    cells = page.eval_on_selector_all(".ag-row[row-index] .ag-cell[col-id]", """els => els.map(e => [
+        e.closest('.ag-row').getAttribute('row-index'), e.getAttribute('col-id'), e.innerText.trim()])""")
+    rows: dict[int, dict[str, str]] = {}
+    for index, column, text in cells:
+        rows.setdefault(int(index), {})[column] = text
+    return [rows[i] for i in sorted(rows)]
 
 
 def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui):
@@ -262,7 +274,8 @@ def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui):
     assert "--workers 1" in commands
 
 
-def test_printed_url_lists_the_study_runs_in_the_model_training_view(page, ui: Ui, store: Store, shots: Path):
+def test_printed_url_lists_the_trials_best_first_with_their_auc_in_the_model_training_view(page, ui: Ui, store: Store,
+                                                                                              shots: Path):
     assert f"#/experiments/{store.experiment_id}/runs?" in ui.url and "workflowType=machine_learning" in ui.url
     open_study_runs(page, ui, store)
     assert "workflowType=machine_learning" in page.url  # the app kept the view it was asked for
@@ -273,6 +286,24 @@ def test_printed_url_lists_the_study_runs_in_the_model_training_view(page, ui: U
         assert nav.get_by_text(link, exact=True).is_visible(), link
     assert page.get_by_text("Observability", exact=True).count() == 0
     assert page.get_by_text("Sessions", exact=True).count() == 0
+    page.get_by_text(BEST_FIRST_NAME).first.wait_for()  # the saved view, named in the views menu
+    # Every run on its own row (the trials are not folded under the study's row), best val AUC
+    # first, the runs without one (the study's parent, a pruned trial) last; the AUC and both ends
+    # of its interval are columns.
+    columns = [f"metrics.`{name}`" for name in BEST_FIRST_COLUMNS]
+    for name in BEST_FIRST_COLUMNS:
+        page.get_by_role("columnheader", name=name).first.wait_for()
+    rows = table_rows(page)
+    names = {name: run_id for run_id, name in store.trial_names.items()} | {f"study-{STUDY}": store.parent_run_id}
+    shown = [names[row["attributes.`Run Name`"].splitlines()[-1]] for row in rows]
+    assert sorted(shown) == sorted(store.val_aucs), rows
+    expected = sorted((v for v in store.val_aucs.values() if v is not None), reverse=True)
+    values = [row[columns[0]] for row in rows]
+    assert [float(v) for v in values[:len(expected)]] == pytest.approx(expected, abs=1e-6), rows
+    assert values[len(expected):] == ["-"] * (len(rows) - len(expected)) and shown[-1] == store.parent_run_id
+    assert store.val_aucs[shown[0]] == max(expected)
+    for row in rows[:len(expected)]:  # the interval's ends: low <= high
+        assert float(row[columns[1]]) <= float(row[columns[2]]), row
     page.screenshot(path=shots / "1-study-runs.png")
 
 
@@ -306,8 +337,12 @@ def test_the_study_parent_run_links_to_its_best_trial(page, ui: Ui, store: Store
     description.wait_for(state="visible")  # the description renders after the run's header
     best = page.get_by_role("link", name=re.compile(r"^trial \d+$"))  # "Best: trial N" and the leaderboard's ranks
     hrefs = {best.nth(i).get_attribute("href") for i in range(best.count())}
-    assert any(h and h.endswith(f"/runs/{store.best_run_id}") for h in hrefs), hrefs
-    assert len({h for h in hrefs if h}) == 3  # every trial has its leaderboard row
+    # each opens in the "Model training" view, as every link the harness writes (tracking/links.py)
+    assert all(h and h.endswith("?workflowType=machine_learning") for h in hrefs), hrefs
+    assert any(f"/runs/{store.best_run_id}?" in h for h in hrefs), hrefs
+    # every complete trial has its leaderboard row; a pruned one (the median pruner may stop one) has none
+    linked = {m.group(1) for h in hrefs if (m := re.search(r"/runs/(\w+)\?", h or ""))}
+    assert linked == store.complete_run_ids, (hrefs, store.trial_names)
     page.screenshot(path=shots / "3-parent-run.png")
     # Next to the assistant panel the overview is one column: the description comes below the fold.
     best.last.scroll_into_view_if_needed()  # the leaderboard's last row
@@ -315,7 +350,7 @@ def test_the_study_parent_run_links_to_its_best_trial(page, ui: Ui, store: Store
 
 
 def test_the_registry_champion_version_shows_its_signature(page, ui: Ui, store: Store, shots: Path):
-    page.goto(f"{base_of(ui.url)}#/models/{store.model_name}/versions/{store.champion_version}?workflowType=machine_learning")
+    page.goto(model_version_page(store.model_name, store.champion_version, base=base_of(ui.url)))
     page.get_by_text("champion", exact=False).first.wait_for()
     # The source run's link renders after the version's own fields (its run is fetched next): wait for it.
     page.get_by_role("link", name=store.trial_names[store.champion_run_id], exact=True).wait_for(state="visible")
@@ -333,8 +368,5 @@ def test_stopping_harness_ui_stops_every_process_and_frees_the_port(ui: Ui):
     pids = [pid for pid, _, _ in ui.processes]
     stop(ui.process, [])  # no SIGKILL safety net here: what SIGTERM leaves behind is the failure
     assert ui.process.returncode == 130  # SIGTERM is an interrupt
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (any(alive(p) for p in pids) or not port_free(port)):
-        time.sleep(0.2)
-    assert [p for p in pids if alive(p)] == []
-    assert port_free(port)
+    wait_until(lambda: not any(alive(p) for p in pids) and port_free(port), 15, interval=0.2,
+               what=f"processes {pids} to end and port {port} to be free")

@@ -21,7 +21,7 @@ from tests.test_submit import harness_predict
 pytestmark = pytest.mark.slow
 TRAIN = TrainConfig(backbone="test_byobnet.r160_in1k", pretrained=False, epochs=2, batch_size=8, device="cpu", patience=0,
                     lr=3e-3)
-WINDOWED = RunConfig(features=AudioFeatures(window_seconds=1.0, eval_windows=5, trim_silence=True),
+WINDOWED = RunConfig(audio=AudioFeatures(window_seconds=1.0, eval_windows=5, trim_silence=True),
                      train=TrainConfig(**{**TRAIN.__dict__, "ema_decay": 0.9, "aggregate": "logit_mean"}))
 WHOLE = RunConfig(train=TRAIN)
 
@@ -37,12 +37,13 @@ def env(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def runs(env) -> dict[str, str]:
+    from harness.preflight import preflight
     from harness.run import train_run
 
     home, data = env
     out = {}
     for name, cfg in (("windowed", WINDOWED), ("whole", WHOLE)):
-        result = train_run(cfg, data_dir=data, experiment="windows", cache_root=home / "cache")
+        result = train_run(preflight(data, cfg, cache_root=home / "cache"), experiment="windows")
         assert result.status == "FINISHED"
         out[name] = result.run_id
     return out
@@ -65,8 +66,8 @@ def test_windowed_run_is_recorded_with_its_windows_and_ema(runs: dict[str, str])
 
     client = tracking.setup()
     run = client.get_run(runs["windowed"])
-    assert run.data.params["features.window_seconds"] == "1.0"
-    assert run.data.params["features.trim_silence"] == "True" and run.data.params["train.ema_decay"] == "0.9"
+    assert run.data.params["audio.window_seconds"] == "1.0"
+    assert run.data.params["audio.trim_silence"] == "True" and run.data.params["train.ema_decay"] == "0.9"
     ema = client.get_metric_history(run.info.run_id, "epoch/val_auc_ema")  # beside epoch/val_auc on the run page
     assert sorted(m.step for m in ema) == [1, 2]
     assert len(client.get_metric_history(run.info.run_id, "epoch/val_auc")) == 2
@@ -128,6 +129,7 @@ def syllable_train(rng: np.random.Generator, seconds: float, marked: bool, rate:
 def learned(env) -> tuple[dict[str, str], list[np.ndarray], np.ndarray]:
     """A windowed and a whole-clip model trained (4 epochs) on 28 syllable clips of 1.6-3.2 s, and
     the 20 held-out clips' audio with their labels."""
+    from harness.preflight import preflight
     from harness.run import train_run
 
     home, _ = env
@@ -150,7 +152,7 @@ def learned(env) -> tuple[dict[str, str], list[np.ndarray], np.ndarray]:
     runs = {}
     for name, cfg in (("windowed", WINDOWED), ("whole", WHOLE)):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=4))
-        runs[name] = train_run(cfg, data_dir=root, experiment="looped", cache_root=home / "cache").run_id
+        runs[name] = train_run(preflight(root, cfg, cache_root=home / "cache"), experiment="looped").run_id
     return runs, held_out, np.array(labels)
 
 
@@ -162,7 +164,7 @@ def test_a_looped_clip_scores_about_the_same_with_windows(learned) -> None:
     for name in ("windowed", "whole"):
         predictor = Predictor.from_run(runs[name])
         if name == "windowed":  # windows enough to cover the clip, so that both lengths are heard through
-            cfg = dataclasses.replace(predictor.cfg, features=dataclasses.replace(predictor.cfg.features, eval_windows=16))
+            cfg = dataclasses.replace(predictor.cfg, audio=dataclasses.replace(predictor.cfg.audio, eval_windows=16))
             predictor = Predictor(cfg, predictor.weights)
         once = logit(np.array([score_audio(predictor, a) for a in clips]))
         twice = logit(np.array([score_audio(predictor, np.concatenate([a, a])) for a in clips]))
@@ -182,7 +184,7 @@ def score_audio(predictor: Predictor, audio: np.ndarray) -> float:
     """`predictor.score` of a clip from its decoded samples (what `predict` makes of a decoded clip)."""
     from harness.data.features import audio_array, eval_windows
 
-    features = predictor.cfg.features
+    features = predictor.cfg.audio
     array = audio_array("clip", audio, 0.0, features)
     return float(predictor.score_inputs({"audio": (eval_windows(array, features) if features.windowed else array)[None]})[0])
 

@@ -1,4 +1,4 @@
-"""Windows (`features.window_seconds`), silence trimming and clip-level aggregation: the cached whole
+"""Windows (`audio.window_seconds`), silence trimming and clip-level aggregation: the cached whole
 log-mels, the windows cut from them in training and scoring, and the cache keys they live under."""
 from __future__ import annotations
 
@@ -65,14 +65,13 @@ def test_window_settings_and_their_keys() -> None:
     assert WINDOWED.shape == (128, 150) and AudioFeatures().shape == (128, 256)
     # The cache holds whole clips: every window length and count shares one entry...
     assert AudioFeatures(window_seconds=3.0, eval_windows=9).key() == WINDOWED.key() != AudioFeatures().key()
-    assert WINDOWED.cache_settings()["scale"] == "top_db"  # caches of the min-max windows are not reused
-    # ...and the settings that came later leave the keys of caches made before them unchanged.
-    before = {k: v for k, v in dataclasses.asdict(AudioFeatures()).items()
-              if k not in ("window_seconds", "eval_windows", "trim_silence", "trim_db", "codec_variants")}
-    blob = json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    assert WINDOWED.cache_settings()["native"] is True
+    # ...and the key of whole-clip images is one plain hash of every setting that decides the arrays.
+    decided = {k: v for k, v in dataclasses.asdict(AudioFeatures()).items() if k not in ("window_seconds", "eval_windows")}
+    blob = json.dumps(decided, sort_keys=True, separators=(",", ":")).encode()
     assert AudioFeatures().key() == "audio-" + hashlib.sha1(blob).hexdigest()[:10]
     assert AudioFeatures(trim_silence=True).key() != AudioFeatures().key()
-    with pytest.raises(ConfigError, match="features.window_seconds: must be > 0"):
+    with pytest.raises(ConfigError, match="audio.window_seconds: must be > 0"):
         AudioFeatures(window_seconds=0.0)
     with pytest.raises(ConfigError, match="train.aggregate: unknown aggregate 'median'"):
         TrainConfig(aggregate="median")
@@ -136,7 +135,7 @@ def windowed_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 def test_windowed_cache_packs_whole_clips_with_offsets(windowed_cache: tuple[Path, Path]) -> None:
     root, folder = windowed_cache
-    data = load_arrays(folder, "train", features=WINDOWED)
+    data = load_arrays(folder, "train", audio=WINDOWED)
     lengths = data.spans[:, 1]
     assert np.abs(lengths - [101, 201, 301, 401]).max() <= 5  # 1-4 s at a 10 ms hop (AAC adds a few)
     assert data.spans[:, 0].tolist() == [0, *np.cumsum(lengths)[:-1].tolist()]
@@ -153,7 +152,7 @@ def test_windowed_cache_packs_whole_clips_with_offsets(windowed_cache: tuple[Pat
     found = [s for s in range(len(whole) - 149) if (whole[s : s + 150].T == train[3]).all()]
     assert found
     with pytest.raises(ValueError, match="the cache holds whole log-mels, the settings ask for images"):
-        load_arrays(folder, "train", features=AudioFeatures())
+        load_arrays(folder, "train", audio=AudioFeatures())
 
 
 def test_a_second_prepare_reuses_the_windowed_cache(windowed_cache: tuple[Path, Path]) -> None:
@@ -172,8 +171,8 @@ def test_studies_search_windowed_settings() -> None:
     # every window length and count reads one cache entry per trimming choice: two to prepare
     assert len({f.key() for f in spec.feature_configs()}) == 2
     cfg = spec.config_for({"window_seconds": 3.0, "eval_windows": 9, "aggregate": "max", "trim_silence": True, "ema": 0.999})
-    assert (cfg.features.window_seconds, cfg.features.eval_windows, cfg.train.aggregate) == (3.0, 9, "max")
-    assert cfg.features.trim_silence and cfg.train.ema_decay == 0.999
+    assert (cfg.audio.window_seconds, cfg.audio.eval_windows, cfg.train.aggregate) == (3.0, 9, "max")
+    assert cfg.audio.trim_silence and cfg.train.ema_decay == 0.999
 
 
 def test_device_resident_windows_match_the_host_draws(windowed_cache: tuple[Path, Path]) -> None:
@@ -181,7 +180,7 @@ def test_device_resident_windows_match_the_host_draws(windowed_cache: tuple[Path
     from harness.data.dataset import DeviceResident, batches
 
     _, folder = windowed_cache
-    data = load_arrays(folder, "train", features=WINDOWED)
+    data = load_arrays(folder, "train", audio=WINDOWED)
     resident = DeviceResident(data, torch.device("cpu"))
     on_device = [(b["audio"].numpy(), y.numpy()) for b, y in resident.batches(2, generator=np.random.default_rng(3))]
     on_host = [(b["audio"].numpy(), y.numpy()) for b, y in batches(data, 2, shuffle=True, generator=np.random.default_rng(3))]

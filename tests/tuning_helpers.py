@@ -1,10 +1,8 @@
-"""Shared by the tuning tests: a small study spec written to a file, and the CLI run in-process."""
+"""Shared by the tuning tests: a small study spec written to a file, a tiny data set, the CLI command."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import pytest
 
 
 def write_spec(folder: Path, name: str, *, trials: int = 4, workers: int = 1, backbones: tuple[str, ...] = ("test_byobnet.r160_in1k",),
@@ -62,26 +60,6 @@ def tiny_dataset(root: Path) -> Path:
     write_labels(root / "train_label.txt", [(f"train{i}.mp4", i % 2) for i in range(16)])
     write_labels(root / "val_label.txt", [(f"val{i}.mp4", i % 2) for i in range(8)])
     return root
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`harness ARGS` through `harness.cli.main` (the one place errors become exit codes):
-    (exit code, stdout, stderr)."""
-    import signal
-
-    from harness.cli import main
-
-    previous = signal.getsignal(signal.SIGTERM)  # main() installs its own SIGTERM handler
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 CLI = [sys.executable, "-c", "from harness.cli import main; main()"]  # `harness` in a subprocess, this checkout first

@@ -1,14 +1,8 @@
 """The audit of one dataset: the table, then shortcuts, duplicates and train/test shift, as findings.
 
-- Shortcuts: per labelled split, each metadata feature's AUC for the label and a small model's
-  cross-validated AUC on all of them (`harness.audit.stats`); a feature (or the model) at or above
-  the threshold, and not a chance result, is a finding.
-- Duplicates: identical files and audio or face near-duplicates (`harness.audit.duplicates`); pairs
-  across splits (a leak: the same clip scored on both sides) and within a split (they inflate
-  cross-validation unless grouped) are one finding each.
-- Shift (adversarial validation): how well the metadata tells train clips from test clips (the
-  test split when there is one, else val); about 0.5 is good. At or above the threshold it is a
-  finding, named with the features that separate the splits most.
+Shortcuts: a feature's (or the small model's) AUC per labelled split at the threshold, not by chance.
+Duplicates across splits (a leak) and within one (they inflate CV unless grouped). Shift: metadata telling
+train from test (else val) at the threshold (0.5 is good), naming the most telling features.
 """
 from __future__ import annotations
 
@@ -56,7 +50,6 @@ class AuditResult:
     duplicates: list[Pair]
     adversarial: FeatureAUC | None  # the train-vs-test model (None: no second split to compare)
     adversarial_top: list[FeatureAUC]  # the features that separate train and test most
-    adversarial_splits: tuple[str, str] | None
     findings: list[str]  # one line each
     shifted: bool = False  # the train/test shift is a finding
     seconds: float = 0.0
@@ -66,46 +59,24 @@ class AuditResult:
         return self.table.keys
 
 
-def audit_dataset(
-    ds: Dataset,
-    settings: AuditSettings | None = None,
-    *,
-    cache_root: Path,
-    workers: int = 2,
-    on_progress: Callable[[int, int], None] | None = None,
-    pool: Executor | None = None,
-) -> AuditResult:
-    """Audit `ds`: build (or reuse) its metadata table, then look for shortcuts, duplicates and shift.
-
-    Args:
-        ds: the dataset (`harness.data.labels.load_dataset`).
-        settings: thresholds and table settings; the defaults when None.
-        cache_root: the feature cache root: the table is cached there, and face data is read there.
-        workers: worker processes for the table.
-        on_progress: called with (done, total) clips while the table is computed.
-        pool: a warm executor from `harness.data.cache.make_pool` (benchmarks).
-
-    Returns:
-        The result; `findings` is empty when nothing was found.
-    """
+def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, *, cache_root: Path, workers: int = 2,
+                  on_progress: Callable[[int, int], None] | None = None, pool: Executor | None = None) -> AuditResult:
+    """Audit `ds`: build (or reuse from `cache_root`, which holds the face data too) its metadata table with
+    `workers` processes or a warm `pool`, then look for shortcuts, duplicates and shift."""
     settings = settings or AuditSettings()
     start = time.perf_counter()
     table = build_table(ds, settings.table, cache_root=cache_root, workers=workers, on_progress=on_progress, pool=pool)
-    keys = table.keys
-    faces = face_columns(ds, keys, cache_root)
+    faces = face_columns(ds, table.keys, cache_root)
     for row, rate in zip(table.rows, faces.found_rate):
         row["face_found_rate"] = None if np.isnan(rate) else float(rate)
     names, matrix = feature_matrix(table.rows)
-
     features, models, shortcuts = _shortcuts(table, names, matrix, settings)
-    duplicates = table_duplicates(table, faces, settings)
-    adversarial, top, between = _shift(table, names, matrix, settings)
+    adversarial, top = _shift(table, names, matrix, settings)
     result = AuditResult(
         dataset=ds.root, dataset_id=dataset_id(ds), settings=settings, table=table, face_folder=faces.folder,
-        features=features, models=models, shortcuts=shortcuts, duplicates=duplicates, adversarial=adversarial,
-        adversarial_top=top, adversarial_splits=between, findings=[],
-        shifted=adversarial is not None and is_finding(adversarial, settings.threshold, 1),
-    )
+        features=features, models=models, shortcuts=shortcuts, duplicates=table_duplicates(table, faces, settings),
+        adversarial=adversarial, adversarial_top=top, findings=[],
+        shifted=adversarial is not None and is_finding(adversarial, settings.threshold, 1))
     result.findings = findings(result)
     result.seconds = time.perf_counter() - start
     return result
@@ -119,23 +90,20 @@ def table_duplicates(table: Table, faces: FaceColumns, settings: AuditSettings) 
     )
 
 
-def _labelled_splits(table: Table) -> list[str]:
-    return [s for s in table.splits() if all(r["label"] is not None for r in table.rows if r["split"] == s)]
-
-
 def _shortcuts(table: Table, names: list[str], matrix: np.ndarray,
                settings: AuditSettings) -> tuple[list[FeatureAUC], list[FeatureAUC], list[FeatureAUC]]:
     features: list[FeatureAUC] = []
     models: list[FeatureAUC] = []
     shortcuts: list[FeatureAUC] = []
-    for split in _labelled_splits(table):
+    for split in table.splits():
+        if any(r["label"] is None for r in table.rows if r["split"] == split):
+            continue  # an unlabelled split (test) has no shortcut to find
         rows = np.array([r["split"] == split for r in table.rows])
         y = np.array([r["label"] for r in table.rows if r["split"] == split], dtype=int)
         found = feature_aucs(names, matrix[rows], y, split, n_boot=settings.n_boot, seed=settings.seed)
         features += found
         shortcuts += [f for f in found if is_finding(f, settings.threshold, len(found))]
-        model = model_auc(names, matrix[rows], y, split, seed=settings.seed, n_boot=settings.n_boot)
-        if model is not None:
+        if (model := model_auc(names, matrix[rows], y, split, seed=settings.seed, n_boot=settings.n_boot)) is not None:
             models.append(model[0])
             if is_finding(model[0], settings.threshold, 1):
                 shortcuts.append(model[0])
@@ -143,12 +111,12 @@ def _shortcuts(table: Table, names: list[str], matrix: np.ndarray,
 
 
 def _shift(table: Table, names: list[str], matrix: np.ndarray,
-           settings: AuditSettings) -> tuple[FeatureAUC | None, list[FeatureAUC], tuple[str, str] | None]:
+           settings: AuditSettings) -> tuple[FeatureAUC | None, list[FeatureAUC]]:
     """Train against the test split (or val without one): the model's AUC and the top features."""
     splits = table.splits()
     other = "test" if "test" in splits else "val" if "val" in splits else None
     if "train" not in splits or other is None:
-        return None, [], None
+        return None, []
     split = np.array([r["split"] for r in table.rows])
     rows = (split == "train") | (split == other)
     is_other = (split[rows] == other).astype(int)
@@ -156,7 +124,7 @@ def _shift(table: Table, names: list[str], matrix: np.ndarray,
     top = feature_aucs(names, matrix[rows], is_other, where, positive=other, n_boot=settings.n_boot, seed=settings.seed,
                        best=TOP)
     model = model_auc(names, matrix[rows], is_other, where, seed=settings.seed, n_boot=settings.n_boot)
-    return (model[0] if model else None), top, ("train", other)
+    return (model[0] if model else None), top
 
 
 def findings(result: AuditResult) -> list[str]:

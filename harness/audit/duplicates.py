@@ -1,28 +1,18 @@
 """Duplicates and near-duplicates within and across splits, and the groups they make.
 
-Three kinds of pair, each with a similarity in [0, 1]:
-
-- `identical`: the same bytes (SHA-256 of the file), similarity 1;
-- `audio`: fingerprints (see `harness.audit.probe`) agreeing in at least `audio_threshold` of their
-  bits (0.8 by default: re-encoded copies measured 0.85-0.98, different clips at most 0.60);
-- `faces`: face-crop hashes (see `harness.audit.faces`) agreeing in at least `faces_threshold`
-  (0.92: on the demo's 96-pixel faces, different clips agreed in at most 0.87 of the bits, while
-  copies re-encoded at CRF 35 agreed in 0.79-0.95, the detector finding the face in one copy and
-  falling back to the centre in the other; so only close visual copies are caught this way).
-
-A pair found as identical is not listed again under another kind; a pair found by both audio and
-faces is listed under each. Bits are compared all against all as a matrix product of +-1 vectors,
-in blocks of rows, so memory stays at a block times N: 10,000 clips with 512-bit fingerprints take
-about 5e10 multiply-adds (seconds with BLAS).
-
-`groups` joins clips linked by any pair (union-find): the near-duplicate clusters that grouped
-cross-validation keeps within one fold.
+Pairs, each with a similarity in [0, 1]: `identical` (same SHA-256), 1; `audio`, fingerprints agreeing in
+`audio_threshold` of their bits (0.8: re-encoded copies 0.85-0.98, different clips at most 0.60); `faces`,
+crop hashes agreeing in `faces_threshold` (0.92: different demo clips at most 0.87, CRF 35 copies
+0.79-0.95, so only close visual copies). An identical pair is not listed again; one found by audio and
+faces is listed under each. Bits are compared all against all as blocked +-1 products (10,000 clips:
+seconds). `groups` joins linked clips (union-find): what grouped cross-validation keeps together.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import combinations
 
 import numpy as np
 
@@ -51,20 +41,11 @@ def identical_pairs(keys: Sequence[str], digests: Sequence[str | None]) -> list[
     for i, digest in enumerate(digests):
         if digest:
             by_digest[digest].append(i)
-    return [Pair(keys[i], keys[j], IDENTICAL, 1.0)
-            for members in by_digest.values() for x, i in enumerate(members) for j in members[x + 1 :]]
+    return [Pair(keys[i], keys[j], IDENTICAL, 1.0) for members in by_digest.values() for i, j in combinations(members, 2)]
 
 
 def similar_pairs(keys: Sequence[str], packed: np.ndarray, valid: np.ndarray, threshold: float, kind: str) -> list[Pair]:
-    """Pairs whose packed bit vectors agree in at least `threshold` of their bits.
-
-    Args:
-        keys: clip names (`split/name`), one per row of `packed`.
-        packed: (N, bytes) uint8, np.packbits of each clip's bits.
-        valid: (N,) bool, rows that hold a real vector (others are never paired).
-        threshold: the least share of equal bits for a pair.
-        kind: the pair kind to record.
-    """
+    """Pairs of `kind` whose `valid` rows of `packed` (np.packbits, a row per key) agree in `threshold` of their bits."""
     index = np.flatnonzero(valid)
     if len(index) < 2 or packed.shape[1] == 0:
         return []
@@ -76,27 +57,15 @@ def similar_pairs(keys: Sequence[str], packed: np.ndarray, valid: np.ndarray, th
     for start in range(0, len(index), block):
         dots = signs[start : start + block] @ signs.T
         rows, cols = np.nonzero(dots >= least)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            i = start + r
-            if c > i:
-                similarity = (float(dots[r, c]) / bits + 1) / 2
-                pairs.append(Pair(keys[index[i]], keys[index[c]], kind, round(similarity, 4)))
+        pairs += [Pair(keys[index[start + r]], keys[index[c]], kind, round((float(dots[r, c]) / bits + 1) / 2, 4))
+                  for r, c in zip(rows.tolist(), cols.tolist()) if c > start + r]
     return pairs
 
 
-def find_duplicates(
-    keys: Sequence[str],
-    digests: Sequence[str | None],
-    fingerprints: np.ndarray,
-    has_fingerprint: np.ndarray,
-    face_hashes: np.ndarray,
-    has_face_hash: np.ndarray,
-    *,
-    audio_threshold: float = 0.8,
-    faces_threshold: float = 0.92,
-) -> list[Pair]:
-    """Identical files, then audio and face near-duplicates that are not identical; across-split
-    pairs first, then by similarity (highest first)."""
+def find_duplicates(keys: Sequence[str], digests: Sequence[str | None], fingerprints: np.ndarray,
+                    has_fingerprint: np.ndarray, face_hashes: np.ndarray, has_face_hash: np.ndarray, *,
+                    audio_threshold: float = 0.8, faces_threshold: float = 0.92) -> list[Pair]:
+    """Identical pairs, then the other near-duplicates; across splits first, then by similarity (highest first)."""
     same = identical_pairs(keys, digests)
     known = {(p.a, p.b) for p in same}
     near = similar_pairs(keys, fingerprints, has_fingerprint, audio_threshold, AUDIO)
@@ -106,20 +75,8 @@ def find_duplicates(
 
 
 def groups(pairs: Iterable[Pair], keys: Iterable[str]) -> dict[str, int]:
-    """Each clip's near-duplicate group: clips linked by any pair share a group, others are alone.
-
-    Args:
-        pairs: duplicate pairs (any kind), e.g. `AuditResult.duplicates`.
-        keys: every clip to place (`split/name`), in a fixed order.
-
-    Returns:
-        `{clip: group id}`; a group's id is the position (in `keys`) of its first member, so the
-        ids are stable for the same clips and pairs.
-
-    Example:
-        >>> groups([Pair("train/a", "val/c", "audio", 0.9)], ["train/a", "train/b", "val/c"])
-        {'train/a': 0, 'train/b': 1, 'val/c': 0}
-    """
+    """Each clip of `keys` -> its group, shared by clips linked by any pair; the id is the position of the
+    group's first member in `keys` (stable): a~c in [a, b, c] gives {a: 0, b: 1, c: 0}."""
     order = list(keys)
     position = {k: i for i, k in enumerate(order)}
     parent = {k: k for k in order}

@@ -1,15 +1,8 @@
 """What the feature cache already knows about faces: the face-found rate and a hash of the crops.
 
-Nothing is decoded here. When `harness prepare --modality video` has run on the dataset, its
-newest face-crop folder (`<cache root>/<dataset id>/video-…`) holds, per split, the crops
-(`<split>.npy`, (N, frames, size, size, 3)) and an index whose `fallback` column counts the frames
-where no face was found. Without such a folder both columns stay empty.
-
-The crop hash is a difference hash (dHash) per sampled frame: the crop in grey, shrunk to 9x8 by
-area averaging, one bit per horizontal neighbour pair (is the right one brighter); the clip's hash
-is its frames' hashes in order (64 bits a frame). A clip whose crops are mostly flat (black or
-blank frames) gets no hash: all such clips would hash alike. A re-encoded copy gives the same frames, the same
-boxes and nearly the same crops, so nearly the same bits; gain and codec noise move few of them.
+Nothing is decoded: the newest face-crop folder (`harness prepare --modality video`) holds the crops and
+the index's `fallback` counts; without one both columns stay empty. The hash: a dHash per frame (grey,
+9x8 by area, a bit per horizontal neighbour pair), 64 bits a frame; a mostly flat clip gets none.
 """
 from __future__ import annotations
 
@@ -70,9 +63,8 @@ def face_columns(ds: Dataset, keys: list[str], cache_root: Path) -> FaceColumns:
 
 
 def crop_hash(crops: np.ndarray) -> tuple[np.ndarray, int]:
-    """dHash bits (bool) of one clip's crops, (frames, size, size, 3) uint8 -> frames*64 bits, and
-    how many crops are flat (less than FLAT grey levels between their darkest and brightest cell:
-    their bits say nothing)."""
+    """dHash bits of one clip's crops, (frames, size, size, 3) uint8 -> frames*64 bools, and how many crops
+    are flat (under FLAT grey levels between darkest and brightest cell: their bits say nothing)."""
     import cv2
 
     bits, flat = [], 0

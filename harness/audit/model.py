@@ -1,13 +1,6 @@
-"""The audit's small model, in numpy: ROC AUC by ranks, stratified folds, L2 logistic regression.
-
-Written out because importing sklearn costs 1.2 s here (sklearn.base pulls in scipy.stats), about
-as long as `harness prepare` takes on the 10 real clips from start to finish; the audit's speed
-criterion is 1.5x that. The fit is the one sklearn's `LogisticRegression()` makes by default
-(C = 1: half the squared weights plus the summed log loss, the intercept not penalised), found by
-Newton's method with step halving; tests/test_audit_model.py holds its out-of-fold probabilities to
-sklearn's within 1e-6, and the AUC to `roc_auc_score`. Inputs are median-imputed (a column unknown
-in every training clip becomes 0) and standardised (zero mean, unit variance) on each training fold,
-as `SimpleImputer(strategy="median", keep_empty_features=True)` and `StandardScaler()` do.
+"""The audit's small model in numpy (sklearn's import costs 1.2 s, the audit's budget on 10 real clips): ROC
+AUC by ranks, stratified folds, and sklearn's default `LogisticRegression()` on median-imputed, standardised
+inputs by Newton's method; tests/test_audit_model.py holds it to sklearn within 1e-6.
 """
 from __future__ import annotations
 
@@ -17,8 +10,7 @@ MAX_NEWTON_STEPS = 100
 
 
 def auc(y: np.ndarray, x: np.ndarray) -> float:
-    """ROC AUC of scores `x` for labels `y` (0/1, both present): the Mann-Whitney statistic with
-    tied scores counting half, as `sklearn.metrics.roc_auc_score`."""
+    """ROC AUC of scores `x` for 0/1 labels `y` (both present), ties counting half, as sklearn's."""
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     starts = np.cumsum(counts) - counts
     ranks = (starts + (counts + 1) / 2)[inverse]  # each tie group shares its average rank (1-based)
@@ -28,8 +20,7 @@ def auc(y: np.ndarray, x: np.ndarray) -> float:
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """A fold number (0..k-1) per sample: each class shuffled, then dealt round the folds, so every
-    fold holds each class in proportion (to one sample)."""
+    """A fold (0..k-1) per sample: each class shuffled and dealt round the folds, so each holds it in proportion."""
     rng = np.random.default_rng(seed)
     folds = np.empty(len(y), int)
     offset = 0

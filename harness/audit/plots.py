@@ -1,8 +1,5 @@
-"""Figures of the flagged features: how each class (or each split) is distributed along them.
-
-Like `harness.plots`, each figure is a bare matplotlib `Figure` on its own Agg canvas (no pyplot,
-no global state, nothing interactive), and matplotlib is imported only when a figure is drawn.
-"""
+"""Figures of the flagged features: how each class (or split) is distributed along them. As `harness.plots`:
+a bare `Figure` on its own Agg canvas (no pyplot state), matplotlib imported only when one is drawn."""
 from __future__ import annotations
 
 import re
@@ -17,8 +14,8 @@ _COLOURS = ("#1f77b4", "#d62728")  # real / train, fake / test
 
 def save_finding_plots(rows: list[dict], shortcuts: list[FeatureAUC], shift_top: list[FeatureAUC],
                        out_dir: Path) -> list[Path]:
-    """One PNG per flagged feature: `shortcut_<split>_<feature>.png` (reals against fakes in that
-    split) and `shift_<feature>.png` (train against the other split). Returns the paths written."""
+    """Write `shortcut_<split>_<feature>.png` (reals against fakes) and `shift_<feature>.png` (train against the
+    other split) per flagged feature; return the paths."""
     names, matrix = feature_matrix(rows)
     column = {n: matrix[:, j] for j, n in enumerate(names)}
     split = np.array([r["split"] for r in rows])
@@ -54,8 +51,7 @@ def _histogram(path: Path, feature: str, groups: dict[str, np.ndarray], title: s
     bins = np.linspace(low, high if high > low else low + 1.0, 31)
     for (name, v), colour in zip(zip(groups, values), _COLOURS):
         ax.hist(v, bins=bins, alpha=0.55, color=colour, label=f"{name} (n={len(v)})")
-    ax.set_xlabel(feature)
-    ax.set_ylabel("clips")
+    ax.set(xlabel=feature, ylabel="clips")
     ax.set_title(title, fontsize=10)
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,11 @@
-"""One clip's metadata row and audio fingerprint: what a worker computes for the audit table.
+"""One clip's metadata row and audio fingerprint, from one open: what a worker computes for the audit table.
 
-A clip is opened once: what the container declares (codecs, rates, sizes, durations) is read from
-the open container, then its first audio track is decoded as `harness prepare` decodes it
-(`harness.data.media`'s track opening and decoding; mono, resampled to 16 kHz). The decoded audio
-gives the measured duration, the leading and trailing silence, the loudness and the fingerprint;
-the fingerprint's band energies come from `harness.data.features.mel_power`, the features' own
-spectrogram code.
-
-Silence: a 10 ms frame is silent when its RMS level is more than `silence_db` (40 dB) below the
-clip's peak sample; the leading (trailing) silence is the run of silent frames at the start (end),
-in seconds. A clip without any louder frame is all silence.
-
-Fingerprint: the active part of the clip (silence trimmed, so that a copy padded with silence still
-lines up) cut into `fp_segments` equal spans; each span's energy in `fp_bands` mel bands
-(150-4000 Hz, the range every lossy codec keeps), in dB floored 60 dB below the loudest cell; a bit
-per (band pair, span pair): whether the difference between neighbouring bands rose from one span
-to the next (Haitsma and Kalker's sign of the time difference of band differences). Gain shifts every
-cell's dB alike, so it cannot change a bit. Measured on the demo's clips and the 10 real clips, a
-copy re-encoded with MP3, AAC or Opus at 24-64 kb/s, at another gain, or padded with 50-150 ms of
-silence kept 0.85-0.98 of its 512 bits; two different clips shared 0.50 on average (sd 0.024, highest of
-28,680 pairs: 0.60). A steady sound (a held tone, a hum) has no time structure: its bits are codec
-noise, and two different tones agreed in 0.87-0.90 of them. So a clip whose span loudness varies by
-less than 1 dB (sd; steady tones measured 0.2 dB, speech in the demo and the real clips 6-13 dB)
-gets no fingerprint.
+Fingerprint (Haitsma and Kalker): the active part cut into `fp_segments` spans, each span's energy in
+`fp_bands` mel bands (150-4000 Hz, what lossy codecs keep) in dB floored 60 dB below the loudest; a bit per
+(band pair, span pair): whether the neighbouring bands' difference rose, so gain changes no bit. Measured:
+copies re-encoded at 24-64 kb/s, re-gained or padded kept 0.85-0.98 of 512 bits; different clips shared
+0.50 (highest of 28,680 pairs 0.60). A clip whose span loudness varies under 1 dB (tones 0.2 dB, speech
+6-13 dB) gets none: steady sounds agreed in 0.87-0.90.
 """
 from __future__ import annotations
 
@@ -45,7 +28,7 @@ MIN_SWING_DB = 1.0  # a clip whose loudness varies less than this over its spans
 
 @dataclass(frozen=True)
 class TableSettings:
-    """What the per-clip table is computed with; its `key()` names the cache entry."""
+    """What the per-clip table is computed with; `key()` names the cache entry."""
 
     sample_rate: int = 16000  # the decode rate, as `harness prepare`'s default
     frame_ms: float = 10.0  # silence is judged per frame of this length
@@ -64,8 +47,7 @@ class TableSettings:
         return "audit-" + hashlib.sha1(blob).hexdigest()[:10]
 
 
-# Columns of the table that a worker fills, in the CSV's order (split, name, label and the face
-# columns are added by the parent). Text columns are listed in TEXT_COLUMNS; the rest are numbers.
+# The columns a worker fills, in the CSV's order (the parent adds split, name, label, face); the rest numbers.
 PROBE_COLUMNS = (
     "error", "file_size", "sha256", "container", "duration_container", "bitrate_container",
     "audio_codec", "audio_sample_rate", "audio_channels", "audio_bitrate", "duration_audio_declared",
@@ -76,11 +58,7 @@ TEXT_COLUMNS = frozenset({"error", "sha256", "container", "audio_codec", "video_
 
 
 def probe_clip(path: Path | str, settings: TableSettings) -> tuple[dict[str, Any], np.ndarray | None]:
-    """The clip's metadata row and its packed fingerprint (None without usable audio).
-
-    Never raises for a broken clip: what could not be read stays empty and `error` says why
-    (the MediaError's reason and detail), so a broken clip still has its file size and digest.
-    """
+    """The metadata row and packed fingerprint (None without usable audio); a broken clip's `error` says why."""
     from harness.data import media
 
     path = Path(path)
@@ -101,14 +79,8 @@ def probe_clip(path: Path | str, settings: TableSettings) -> tuple[dict[str, Any
 
 
 def _read(path: Path, settings: TableSettings, row: dict[str, Any]) -> np.ndarray | None:
-    """Fill `row` with what the container declares and return the first audio track, mono at the
-    settings' rate (None for a clip without audio). One open serves both: opening costs about
-    1.2 ms a demo clip (FFmpeg probes every stream), about as much as decoding its 3 s of audio.
-
-    The decode is `harness.data.media.decode_audio`'s, step for step (its track opening with the
-    same error mapping, its decoding up to the first damaged packet, soxr MQ resampling); only the
-    open container is kept a moment longer to read its description. Raises a MediaError.
-    """
+    """Fill `row` from the container; return the first audio track mono at the settings' rate (None without),
+    as `media.decode_audio` decodes it. One open serves both (1.2 ms, as much as the decode). Raises MediaError."""
     import soxr
 
     from harness.data import media
@@ -151,14 +123,12 @@ def describe(container: Any) -> dict[str, Any]:
 
 
 def _seconds(stream: Any) -> float | None:
-    if stream.duration is None or stream.time_base is None:
-        return None
-    return float(stream.duration * stream.time_base)
+    return None if stream.duration is None or stream.time_base is None else float(stream.duration * stream.time_base)
 
 
 def audio_measures(audio: np.ndarray, settings: TableSettings) -> tuple[dict[str, float], tuple[int, int] | None]:
-    """Duration, leading and trailing silence, loudness (RMS dBFS) and peak (dBFS) of mono audio,
-    and the span of samples from the first to the last non-silent frame (None: all silent)."""
+    """Duration, leading and trailing silence, loudness (RMS dBFS) and peak (dBFS) of mono audio, and the
+    samples from the first to the last non-silent frame (None: all silent)."""
     rate = settings.sample_rate
     hop = max(1, round(rate * settings.frame_ms / 1000))
     seconds = len(audio) / rate
@@ -167,11 +137,8 @@ def audio_measures(audio: np.ndarray, settings: TableSettings) -> tuple[dict[str
     tail = audio[len(energy) * hop :]
     total = float(energy.sum()) + float(np.dot(tail, tail))
     peak = max(float(audio.max()), -float(audio.min())) if len(audio) else 0.0
-    measures = {
-        "duration_audio": seconds,
-        "loudness": _db(total / max(len(audio), 1)),
-        "peak": 20 * math.log10(max(peak, 1e-10)),
-    }
+    measures = {"duration_audio": seconds, "loudness": 10 * math.log10(max(total / max(len(audio), 1), 1e-20)),
+                "peak": 20 * math.log10(max(peak, 1e-10))}
     # A frame is loud when its mean square exceeds (peak x 10^(silence_db/20))^2.
     level = (peak * 10 ** (settings.silence_db / 20)) ** 2 * hop
     loud = np.flatnonzero(energy > level) if peak > 0 else np.zeros(0, int)
@@ -183,13 +150,8 @@ def audio_measures(audio: np.ndarray, settings: TableSettings) -> tuple[dict[str
     return measures, (first * hop, (last + 1) * hop)
 
 
-def _db(mean_square: float) -> float:
-    return 10 * math.log10(max(mean_square, 1e-20))
-
-
 def fingerprint(audio: np.ndarray, settings: TableSettings) -> np.ndarray | None:
-    """The clip's fingerprint bits (bool, `settings.fingerprint_bits` of them), or None for a steady
-    sound; see the module docstring."""
+    """The clip's `settings.fingerprint_bits` fingerprint bools, or None for a steady sound (module docstring)."""
     from harness.data.features import mel_power
 
     cfg = AudioFeatures(sample_rate=settings.sample_rate, n_fft=512, hop_length=max(1, settings.sample_rate // 100),

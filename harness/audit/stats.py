@@ -1,19 +1,10 @@
 """How well metadata alone tells classes (or splits) apart: single-feature AUCs and a small model.
 
-Each numeric column of the table is a feature; each text column with two or more values becomes
-one 0/1 feature per value (`audio_codec=aac`). A feature's AUC is reported as max(AUC, 1 - AUC):
-how well it separates in its better direction, which `direction` names. The interval is a
-percentile bootstrap (`harness.metrics.bootstrap_auc_interval`) turned the same way.
-
-A high AUC on a handful of clips means little (two reals and three fakes give AUC 1 to one feature
-in ten by chance), so a feature is a finding only when its AUC reaches the threshold *and* it is
-unlikely by chance: the Mann-Whitney normal approximation's two-sided p-value, times the number of
-features tested (Bonferroni), below 0.05. With 8 clips of each class a perfect separation passes
-among 25 features; with 6 of each it does not.
-
-The model is a logistic regression on standardised features (median-imputed) scored out of fold by
-stratified k-fold cross-validation (k = 5, fewer when a class has fewer clips; none below 2); see
-`harness.audit.model` for why it is numpy rather than sklearn.
+Numeric columns are features; a text column with two or more values gives a 0/1 feature per value
+(`audio_codec=aac`). AUC is max(AUC, 1 - AUC), `direction` naming which, with a percentile bootstrap
+interval. A finding needs the threshold *and* a Bonferroni Mann-Whitney p below 0.05 (2 reals and 3 fakes
+give one feature in ten AUC 1 by chance; among 25 features 8 clips a class pass, 6 do not). The model:
+`harness.audit.model` out of fold by stratified k-fold (k = 5, fewer for a small class; none below 2).
 """
 from __future__ import annotations
 
@@ -26,9 +17,7 @@ import numpy as np
 from harness.audit.model import auc, out_of_fold, stratified_folds
 from harness.audit.probe import PROBE_COLUMNS, TEXT_COLUMNS
 
-# harness.metrics (which imports sklearn: 1.2 s) is imported inside the functions: the table's
-# worker processes import this package and never need it.
-
+# harness.metrics (sklearn: 1.2 s) is imported inside functions: the table's workers never need it.
 NUMERIC = tuple(c for c in PROBE_COLUMNS if c not in TEXT_COLUMNS) + ("face_found_rate",)
 CATEGORICAL = ("container", "audio_codec", "video_codec")
 MODEL_FEATURE = "metadata_model"  # how the model's score is named among the features
@@ -57,8 +46,7 @@ def _round(x: float) -> float | None:
 
 
 def feature_matrix(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
-    """Feature names and the (clips, features) float matrix (nan: unknown); columns unknown for
-    every clip are left out."""
+    """Feature names and the (clips, features) matrix (nan: unknown), without columns unknown for every clip."""
     names: list[str] = []
     columns: list[np.ndarray] = []
     for c in NUMERIC:
@@ -73,24 +61,20 @@ def feature_matrix(rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
         for value in seen:
             names.append(f"{c}={value}")
             columns.append(np.array([np.nan if not r.get(c) else float(r[c] == value) for r in rows]))
-    matrix = np.column_stack(columns) if columns else np.zeros((len(rows), 0))
-    return names, matrix
+    return names, np.column_stack(columns) if columns else np.zeros((len(rows), 0))
 
 
 def p_value(auc: float, n_pos: int, n_neg: int) -> float:
-    """Two-sided p-value of an AUC this far from 0.5 when the feature carries no information
-    (the Mann-Whitney U statistic's normal approximation, without a tie correction: conservative)."""
+    """Two-sided p-value of an AUC this far from 0.5 with no information (Mann-Whitney normal approximation,
+    without a tie correction: conservative)."""
     sd = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
     return math.erfc(abs(auc - 0.5) / sd / math.sqrt(2))
 
 
 def feature_aucs(names: list[str], matrix: np.ndarray, y: np.ndarray, split: str, *, positive: str = "fakes",
                  n_boot: int = 1000, seed: int = 0, best: int | None = None) -> list[FeatureAUC]:
-    """Each feature's AUC for `y` (1 = `positive`) on the clips where it is known, best first;
-    only the `best` highest when given (the intervals, the costly part, are drawn for those alone).
-
-    A feature with one value has AUC 0.5 in every resample: its interval is [0.5, 0.5] without
-    drawing any (on the demo, half the features are constant)."""
+    """Each feature's AUC for `y` (1 = `positive`) where known, best first; intervals (the cost) only for the
+    `best` highest, a constant feature's [0.5, 0.5] undrawn (half the demo's)."""
     from harness.metrics import bootstrap_auc_interval, has_both_classes
 
     scored = []
@@ -120,13 +104,10 @@ def is_finding(f: FeatureAUC, threshold: float, tests: int) -> bool:
 
 def model_auc(names: list[str], matrix: np.ndarray, y: np.ndarray, split: str, *, seed: int = 0,
               n_boot: int = 1000) -> tuple[FeatureAUC, int] | None:
-    """The out-of-fold AUC of a logistic regression on every feature together, with its bootstrap
-    interval, and the number of folds; None when a class has fewer than 2 clips or nothing varies.
-
-    Unlike the single features this AUC is not turned: below 0.5 the model found nothing.
-    """
+    """The out-of-fold AUC (not turned: below 0.5 it found nothing) of the model on every feature, and the folds;
+    None when a class has fewer than 2 clips or nothing varies."""
     n_pos = int(y.sum())
-    folds = min(MAX_FOLDS, n_pos, len(y) - n_pos)
+    folds = min(MAX_FOLDS, n_pos, len(y) - n_pos)  # stratified: no fold without both classes
     varied = [j for j in range(matrix.shape[1]) if len(np.unique(matrix[np.isfinite(matrix[:, j]), j])) > 1]
     if folds < 2 or not varied:
         return None

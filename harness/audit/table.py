@@ -1,30 +1,17 @@
-"""The audit's per-clip table, computed in parallel and cached beside the features.
+"""The audit's per-clip table, computed in parallel (the feature cache's pool and plan) and cached beside it.
 
-Layout under `<cache root>/<dataset id>/<table key>/` (the dataset id is the feature cache's; the
-key, `audit-…`, names the `TableSettings` and the probe's revision):
-
-    settings.json               the settings that the key names
-    shards/<split>/<id>.npz     one file per chunk of up to 8 clips: `meta`, a JSON list with each
-                                clip's <id> (a hash of its name, size and mtime, as the feature cache
-                                keys its entries: an edited clip is probed again) and its row; `fp`,
-                                the packed fingerprints (a zero row where a clip has none)
-
-The design is the feature cache's: the same worker pool (`make_pool`, one BLAS thread a process), the
-same task plan (`plan_tasks`, chunks shrinking at the end), shards written whole under temporary
-names that carry the writer's pid (`harness.fileio.temp_name`; leftovers removed by
-`remove_stale_temporaries`) and renamed into place, a second run reusing every shard it can read. The table itself is
-assembled in label-file order on every run (cheap: it is read from the shards).
+Under `<cache root>/<dataset id>/audit-<settings key>/`: settings.json and `shards/<split>/<id>.npz` of up
+to 8 clips (`meta`: JSON of each clip's id and row; `fp`: packed fingerprints); readable shards are reused.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import time
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from concurrent.futures import Executor, as_completed
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,20 +21,16 @@ import numpy as np
 from harness.audit.probe import PROBE_COLUMNS, TableSettings, probe_clip
 from harness.data.cache import dataset_id, make_pool, plan_tasks
 from harness.data.labels import Dataset, Sample
-from harness.fileio import remove_stale_temporaries, temp_name, write_text
+from harness.fileio import atomic_write, remove_stale_temporaries, write_text
 
 SHARDS = "shards"
-# The table's columns, in the CSV's order.
 COLUMNS = ("split", "name", "label", *PROBE_COLUMNS, "face_found_rate")
 
 
 @dataclass
 class Table:
-    """Every clip of the dataset's splits, in split then label-file order.
-
-    `rows[i]` is a dict of COLUMNS (None where a value is unknown); `fingerprints[i]` its packed
-    fingerprint and `has_fingerprint[i]` whether it has one.
-    """
+    """Every clip in split then label-file order: `rows[i]` a dict of COLUMNS (None: unknown), `fingerprints[i]`
+    its packed fingerprint if `has_fingerprint[i]`."""
 
     rows: list[dict[str, Any]]
     fingerprints: np.ndarray
@@ -74,13 +57,10 @@ def table_dir(ds: Dataset, settings: TableSettings, cache_root: Path) -> Path:
 
 
 def item_id(sample: Sample) -> str:
-    """A clip's cache id: its name, size and mtime, so an edited clip is probed again (the
-    feature cache's rule)."""
+    """A clip's cache id from its name, size and mtime: an edited clip is probed again."""
     st = sample.path.stat()
     return hashlib.sha1(f"{sample.name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
 
-
-# ---- worker side -------------------------------------------------------------------------------
 
 def probe_chunk(settings: TableSettings, folder: str, jobs: list[tuple[str, str]]) -> tuple[list[dict], np.ndarray]:
     """Probe each (clip, id) of one split, write them as one shard, return its meta and fingerprints."""
@@ -96,20 +76,10 @@ def probe_chunk(settings: TableSettings, folder: str, jobs: list[tuple[str, str]
 
 
 def _write_shard(path: Path, meta: list[dict[str, Any]], prints: np.ndarray) -> None:
-    """Write under fileio's temporary name, then rename: a reader sees the whole shard or none.
-
-    Not fsynced, as the feature cache's shards are not: a shard can always be computed again, and
-    one damaged by a power cut fails to load and is (`_read_shards`). Waiting for the disk once per
-    8 clips measurably slowed the table on this shared machine, where other processes keep it busy.
-    """
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), fp=prints)
-    tmp = temp_name(path)
-    try:
-        tmp.write_bytes(buf.getbuffer())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Renamed into place whole. Not fsynced: a shard a power cut damaged fails to load and is probed again,
+    and an fsync every 8 clips measurably slowed the table on a busy machine."""
+    with atomic_write(path, "wb", sync=False) as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), fp=prints)
 
 
 def _read_shards(folder: Path) -> dict[str, tuple[dict, np.ndarray]]:
@@ -125,30 +95,10 @@ def _read_shards(folder: Path) -> dict[str, tuple[dict, np.ndarray]]:
     return entries
 
 
-# ---- parent side -------------------------------------------------------------------------------
-
-def build_table(
-    ds: Dataset,
-    settings: TableSettings,
-    *,
-    cache_root: Path,
-    workers: int = 2,
-    on_progress: Callable[[int, int], None] | None = None,
-    pool: Executor | None = None,
-) -> Table:
-    """Probe every clip of every split that is not cached yet, and return the whole table.
-
-    Args:
-        ds: the dataset (from `harness.data.labels.load_dataset`).
-        settings: what to compute; its key names the cache entry.
-        cache_root: the feature cache root (`harness.paths.cache_dir()` by default in the CLI).
-        workers: worker processes when `pool` is not given.
-        on_progress: called with (done, total) clips as chunks finish.
-        pool: an executor made with `harness.data.cache.make_pool` (benchmarks lend a warm one).
-
-    Returns:
-        The table; broken clips have a row whose `error` says why. Never raises for a clip.
-    """
+def build_table(ds: Dataset, settings: TableSettings, *, cache_root: Path, workers: int = 2,
+                on_progress: Callable[[int, int], None] | None = None, pool: Executor | None = None) -> Table:
+    """Probe every clip not cached yet (`workers` processes or a warm `pool`) and return the whole table; a
+    broken clip gets a row whose `error` says why."""
     out = table_dir(ds, settings, cache_root)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
@@ -166,21 +116,15 @@ def build_table(
         stems[split] = [item_id(s) for s in samples]
         todo += [(str(folder), (str(s.path), stem)) for s, stem in zip(samples, stems[split]) if stem not in found]
 
-    table = Table(rows=[], fingerprints=np.zeros((0, 0), np.uint8), has_fingerprint=np.zeros(0, bool), cache=out)
     start = time.perf_counter()
     if on_progress:
         on_progress(0, len(todo))
     if todo:
-        jobs = plan_tasks(todo, workers)
-        if pool is None:
-            with make_pool(workers) as own:
-                _run(own, settings, jobs, entries, on_progress)
-        else:
-            _run(pool, settings, jobs, entries, on_progress)
-    table.seconds = time.perf_counter() - start
-    table.done = len(todo)
+        with make_pool(workers) if pool is None else nullcontext(pool) as running:
+            _run(running, settings, plan_tasks(todo, workers), entries, on_progress)
+    table = _assemble(ds, settings, stems, {split: entries[str(out / SHARDS / split)] for split in ds.samples}, out)
+    table.seconds, table.done = time.perf_counter() - start, len(todo)
     table.reused = sum(len(v) for v in stems.values()) - len(todo)
-    _assemble(table, ds, settings, stems, {split: entries[str(out / SHARDS / split)] for split in ds.samples})
     return table
 
 
@@ -189,33 +133,27 @@ def _run(pool: Executor, settings: TableSettings, jobs: list[tuple[str, list[tup
     finished, total = 0, sum(len(chunk) for _, chunk in jobs)
     pending = {pool.submit(probe_chunk, settings, folder, chunk): (folder, chunk) for folder, chunk in jobs}
     try:
-        while pending:
-            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in ready:
-                meta, prints = fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
-                folder, chunk = pending.pop(fut)
-                entries[folder].update((m["id"], (m, prints[i])) for i, m in enumerate(meta))
-                finished += len(chunk)
-                if on_progress:
-                    on_progress(finished, total)
+        for fut in as_completed(pending):
+            meta, prints = fut.result()  # a worker crash (not a clip failure) is a real error: let it raise
+            folder, chunk = pending[fut]
+            entries[folder].update((m["id"], (m, prints[i])) for i, m in enumerate(meta))
+            finished += len(chunk)
+            if on_progress:
+                on_progress(finished, total)
     except BaseException:
         for fut in pending:
             fut.cancel()
         raise
 
 
-def _assemble(table: Table, ds: Dataset, settings: TableSettings, stems: dict[str, list[str]],
-              entries: dict[str, dict[str, tuple[dict, np.ndarray]]]) -> None:
+def _assemble(ds: Dataset, settings: TableSettings, stems: dict[str, list[str]],
+              entries: dict[str, dict[str, tuple[dict, np.ndarray]]], cache: Path) -> Table:
     width = -(-settings.fingerprint_bits // 8)
-    prints: list[np.ndarray] = []
-    has: list[bool] = []
+    rows, prints, has = [], [], []
     for split, samples in ds.samples.items():
         for sample, stem in zip(samples, stems[split]):
             meta, bits = entries[split][stem]
-            row = dict.fromkeys(COLUMNS)
-            row.update(meta["row"], split=split, name=sample.name, label=sample.label)
-            table.rows.append(row)
+            rows.append({**dict.fromkeys(COLUMNS), **meta["row"], "split": split, "name": sample.name, "label": sample.label})
             prints.append(bits if meta["fp"] else np.zeros(width, np.uint8))
             has.append(bool(meta["fp"]))
-    table.fingerprints = np.array(prints, np.uint8).reshape(len(prints), width)
-    table.has_fingerprint = np.array(has, bool)
+    return Table(rows, np.array(prints, np.uint8).reshape(len(prints), width), np.array(has, bool), cache)

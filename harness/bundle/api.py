@@ -1,22 +1,15 @@
-"""Test API of this promoted bundle: a clip (or audio file, or face image for an image-track model)
-path in, probability of fake out.
+"""Test API of this promoted bundle: a clip (audio file, face image) path in, probability of fake out.
 
     import api
     api.predict("clip.mp4")                -> float in [0, 1], the probability that the clip is fake
     api.predict_batch(["a.mp4", "b.mp4"])  -> list[float], in the same order
     python api.py PATH...                  prints `path,score` rows (folders are expanded)
 
-This folder's own copy of `harness` (the training code of the run) is what gets imported: the folder
-goes first on sys.path before the import, whatever else is installed. The model loads on first use
-(or on `load()`), from weights/model.safetensors and config.json; nothing is unpickled.
+This folder's own `harness` (the run's code) is imported, first on sys.path; the model loads on first use.
 
-`python api.py` refuses a path that does not exist or cannot be read (exit 2, before scoring).
-Through `predict`/`predict_batch`, a clip without usable input (missing, empty, undecodable, no
-audio or video track, truncated, too short, silent; for a fusion model, neither audio nor faces)
-scores the bundle's fallback (config.json `scoring.fallback_score`, 0.5) with a warning on stderr
-instead of raising, so that scoring a test set never stops on one bad file.
-Device: environment variable HARNESS_DEVICE (cpu, cuda or auto; default cpu). On the CPU it uses every
-core it may, unless OMP_NUM_THREADS is set (1 is fastest on a machine shared with other busy work).
+`python api.py` refuses a missing or unreadable path (exit 2). A clip without usable input (undecodable, no
+track, silent, ...) scores the fallback (`scoring.fallback_score`, 0.5) with a warning: one never stops a run.
+Device: HARNESS_DEVICE (cpu, cuda or auto; default cpu); OMP_NUM_THREADS=1 is fastest on a busy machine.
 """
 from __future__ import annotations
 
@@ -67,9 +60,8 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python api.py PATH...   (clips, audio files or folders; prints path,score)", file=sys.stderr)
         return 0 if argv else 2
-    # A path that is not there is a typo, not a clip to score at the fallback: refuse it before
-    # loading the model. (Checked here rather than through harness.predict so that the harness
-    # copy of an older run, which lacks that check, still serves this file.)
+    # A missing path is a typo, not a clip to score at the fallback. Checked here, not through
+    # harness.predict, because an older run's harness copy lacks that check.
     for path in argv:
         if not os.path.exists(path) or not os.access(path, os.R_OK):
             why = "no such file or folder" if not os.path.exists(path) else "permission denied"

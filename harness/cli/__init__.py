@@ -1,12 +1,9 @@
-"""The command line: one small typed function per command, grouped by what they work on.
+"""The command line: one small typed function per command, in modules `prepare` (demo-data, prepare, audit),
+`training` (train, check), `release` (predict, submit, champion), `study` (tune, dashboard), `scoring`,
+`pack` and `servers` (ui, server).
 
-- `harness.cli.prepare`: demo-data, prepare, audit;  `harness.cli.training`: train, check;
-- `harness.cli.release`: predict, submit;  `harness.cli.study`: tune, dashboard;
-- `harness.cli.servers`: ui, server.
-
-Library code raises `harness.errors` types and commands let them through: `_Commands.invoke` turns
-them into one line and an exit code once (2 bad input, 1 failed job or I/O error, 130 Ctrl-C or
-SIGTERM). Heavy libraries are imported inside command bodies so that `harness --help` stays fast.
+Commands let `harness.errors` through: `_Commands.invoke` turns them into one line and an exit code (2 bad
+input, 1 failed job or I/O error, 130 Ctrl-C or SIGTERM). Heavy imports live in command bodies (fast --help).
 """
 from __future__ import annotations
 
@@ -23,18 +20,29 @@ from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, HarnessError, io_messa
 
 
 class _Commands(TyperGroup):
-    """The one place errors become exit codes (see `harness.errors`): a HarnessError is one line
-    and its code (BadInput 2, JobFailed 1); an OSError (no space, read-only) names the path, exit 1;
-    Ctrl-C (and SIGTERM, which `main` turns into Ctrl-C) is "interrupted", 130. Here, not in `main`,
-    so that `CliRunner(app)` in tests sees exactly what the console script does."""
+    """The one place errors become exit codes: a HarnessError its line and code, an OSError the path and 1,
+    Ctrl-C (and SIGTERM) "interrupted" and 130; here, not in `main`, so `CliRunner(app)` sees what users do.
+
+    `_plain_help` undoes typer's `<bool>` after flags, `[train]` read as markup and kept line breaks (rich's
+    markdown mode would too, at 0.2 s more every --help)."""
+
+    def get_params(self, ctx: click.Context) -> list:
+        return _plain_help(super().get_params(ctx))
+
+    def get_command(self, ctx: click.Context, name: str) -> object:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _plain_help([command, *command.get_params(ctx)])  # the help option is made once and kept: reached too
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except HarnessError as e:
-            raise typer.Exit(_report(" ".join(str(e).split()), e.exit_code)) from None
-        except OSError as e:
-            raise typer.Exit(_report(io_message(e), EXIT_FAILED)) from None
+        except (HarnessError, OSError) as e:
+            harness_error = isinstance(e, HarnessError)
+            message = " ".join(str(e).split()) if harness_error else io_message(e)
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(e.exit_code if harness_error else EXIT_FAILED) from None
         except KeyboardInterrupt:
             # Cleanup already ran on the way out (runs closed KILLED, servers and workers stopped).
             typer.echo("interrupted", err=True)
@@ -49,14 +57,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataOption = Annotated[
-    Optional[Path],
-    typer.Option("--data", help="Dataset folder (trainset/, valset/, testset/, label files). Default: the built-in demo dataset."),
-]
-CacheOption = Annotated[
-    Optional[Path],
-    typer.Option("--cache", help="Feature cache root. Default: $HARNESS_CACHE, else .cache/features in the project."),
-]
+DataOption = Annotated[Optional[Path], typer.Option(
+    "--data", help="Dataset folder (trainset/, valset/, testset/, label files). Default: the built-in demo dataset.")]
+MethodsOption = Annotated[Optional[Path], typer.Option("--methods", help="video_name,method[,modality] file naming each "
+                          "fake's forgery method (reals: real). Default: methods.csv in the dataset folder, when there.")]
+CacheOption = Annotated[Optional[Path], typer.Option(
+    "--cache", help="Feature cache root. Default: $HARNESS_CACHE, else .cache/features in the project.")]
+
+
+def _plain_help(items: list) -> list:
+    """Each command or parameter once: flags without a metavar, help text reflowed."""
+    for item in items:
+        if not getattr(item, "_plain", False):
+            item._plain = True
+            item.help = item.help and _reflow(item.help)
+            if getattr(item, "is_flag", False) and item.metavar is None:
+                item.metavar = ""
+    return items
+
+
+def _reflow(text: str) -> str:
+    """Paragraphs on one line each, brackets escaped from rich's markup."""
+    from inspect import cleandoc
+
+    return "\n\n".join(" ".join(p.split()) for p in cleandoc(text).split("\n\n")).replace("[", "\\[")
 
 
 def _version(value: bool) -> None:
@@ -73,38 +97,25 @@ def main_options(
 
 
 def resolve_data(data: Path | None) -> Path:
-    """The dataset folder to use: the given one, or the demo dataset, generated on first use."""
+    """The given dataset folder, else the demo dataset, (re)generated when missing or made by another generator
+    version; a `data/demo` that is not one, or made with other parameters, is refused (BadInput), untouched."""
     if data is not None:
         return data
     from harness.data.demo import make_demo_dataset
     from harness.paths import demo_data_dir
 
     out = demo_data_dir()
-    if not (out / ".demo.json").exists():
-        typer.echo(f"Generating the demo dataset in {out} (first use) ...", err=True)
-    try:
-        return make_demo_dataset(out)
-    except ValueError:
-        # Our own folder, made by an older version of the generator: make it again.
-        import shutil
-
-        typer.echo(f"Regenerating the demo dataset in {out} (made by another version) ...", err=True)
-        shutil.rmtree(out)
-        return make_demo_dataset(out)
+    return make_demo_dataset(out, replace_older=True,
+                             on_build=lambda why: typer.echo(f"Generating the demo dataset in {out} ({why}) ...", err=True))
 
 
 def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM (timeout, docker stop, batch schedulers) takes Ctrl-C's path: workers and servers are
-    # stopped and runs end KILLED by the same handlers.
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt  # SIGTERM (timeout, docker stop) takes Ctrl-C's clean-up path
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The `harness` entry point: runs a command with every error mapped to one line and an exit
-    code (see `harness.errors`): BadInput -> 2, JobFailed -> 1, an OS-level I/O error (no space,
-    read-only, permission) -> 1 naming the path, Ctrl-C or SIGTERM -> 130 (all by
-    `_Commands.invoke`; this installs the SIGTERM handler). Usage errors are click's (exit 2).
-    """
+    """The `harness` entry point: `_Commands.invoke` maps errors to exit codes, this adds the SIGTERM handler;
+    usage errors are click's (exit 2)."""
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -119,15 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _report(message: str, code: int) -> int:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return code
-
-
 # The command modules register themselves on `app` when imported (help lists them in this order).
-from harness.cli import prepare, training, release, study, servers  # noqa: E402, F401
-from harness.cli.prepare import run_prepare  # noqa: E402, F401 - used by tests and other commands
-from harness.cli.training import run_train  # noqa: E402, F401
+from harness.cli import prepare, training, release, scoring, study, pack, servers  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from harness.cli import CacheOption, DataOption, app, resolve_data
+from harness.cli.settings import field_option
+from harness.config import TrainConfig
+
+DeviceOption = Annotated[str, field_option(TrainConfig, "device")]
 
 
 @app.command()
@@ -16,7 +20,7 @@ def predict(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Score with this MLflow run's best checkpoint (or best / last).")] = None,
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Score with a promoted bundle folder.")] = None,
     tta: Annotated[Optional[int], typer.Option(min=1, help="Time shifts averaged per clip (default 1, or the bundle's).")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Print `path,score` (probability of fake) per clip, through the code a bundle's api.py runs."""
     from harness.errors import BadInput, JobFailed
@@ -32,6 +36,9 @@ def predict(
         predictor = Predictor.from_run(run_id, tta=tta or 1, device=device)
     else:
         predictor = Predictor.from_bundle(bundle, tta=tta, device=device)
+    if predictor.demo:
+        typer.echo(f"warning: {predictor.source} was trained on the synthetic demo dataset: its scores on real "
+                   "clips mean nothing", err=True)
     rows = predictor.score_many(files)
     write_scores(rows, sys.stdout)
     for row in rows:
@@ -48,17 +55,19 @@ def submit(
     out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: submissions/<run id> in the project.")] = None,
     tta: Annotated[int, typer.Option(min=1, help="Circular time shifts averaged per clip (1 = none).")] = 1,
     model_name: Annotated[Optional[str], typer.Option(help="Registry name. Default: harness-<dataset folder>.")] = None,
-    register: Annotated[bool, typer.Option("--register/--no-register", help="Register, alias 'champion', tag the run.")] = True,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model (alias 'champion' "
+                                           "only when the gate says it beats the champion), tag the run.")] = True,
     workers: Annotated[int, typer.Option(min=1, help="Parallel decoder processes for the test clips.")] = 2,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    device: DeviceOption = "cpu",
     strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 1, nothing written) when the promotion gate "
                                          "warns: val AUC interval at 0.999, audit findings, not better than the champion.")] = False,
     cache: CacheOption = None,
 ) -> None:
-    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, registry alias 'champion'.
+    """Promote a run: a validated prediction.csv, a self-contained Docker bundle, a registered model version.
 
-    First the promotion gate: the run's val AUC and TPR@1e-3 with intervals, how many runs it was
-    picked from, the dataset's audit findings, and a paired bootstrap against the current champion."""
+    First the promotion gate: val AUC and TPR@1e-3 with intervals, how many runs it was picked from, the
+    audit's findings, a paired bootstrap against the champion. The 'champion' alias moves only when the run
+    is distinguishably better (or there is none); `harness champion MODEL VERSION` moves it on purpose."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -70,30 +79,47 @@ def submit(
     columns = (TextColumn("features {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("test", total=None)
-        report = promote(
-            run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta, model_name=model_name,
-            register=register, workers=workers, device=device, strict=strict,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-            on_gate=_print_gate,
-        )
+        report = promote(run_id, data_dir=data_dir, out_dir=out, cache_root=cache or cache_dir(), tta=tta,
+                         model_name=model_name, register=register, workers=workers, device=device, strict=strict,
+                         on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                         on_gate=_print_gate)
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     for w in report.gate.warnings if report.gate is not None else []:
-        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]gate warning:[/] {w}", highlight=False, soft_wrap=True)
     for f in report.fallbacks:
-        console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}")
+        console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}", soft_wrap=True)
     typer.echo(f"prediction: {report.csv} ({report.rows} rows, {len(report.fallbacks)} at the fallback score "
                f"{report.fallback_score}, listed in fallbacks.csv; checked against the template)")
     if report.bundle is not None:
         typer.echo(f"bundle: {report.bundle} and {report.archive}")
     if report.model_version is not None:
-        typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion")
+        from harness.tracking.links import UI_BASE, model_version_page
+
+        page = model_version_page(report.model_name, report.model_version, base=UI_BASE)
+        if report.champion == report.model_version:
+            typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion ({page})")
+        else:
+            held = f"stays on version {report.champion}" if report.champion else "not set"
+            typer.echo(f"registered: {report.model_name} version {report.model_version} ({page}); alias champion "
+                       f"{held}: the gate did not find it distinguishably better")
+            typer.echo(f"to make it the champion anyway: harness champion {report.model_name} {report.model_version}")
+
+
+@app.command()
+def champion(model: Annotated[str, typer.Argument(help="Registered model name (harness-<dataset>).")],
+             version: Annotated[str, typer.Argument(help="The version to make the champion.")]) -> None:
+    """Move a registered model's 'champion' alias to VERSION on purpose (submit moves it only when earned)."""
+    from harness import tracking
+    from harness.tracking.links import UI_BASE, model_version_page
+    from harness.tracking.registry import set_champion
+
+    previous = set_champion(tracking.setup(), model, version)
+    was = f" (was version {previous})" if previous and previous != version else ""
+    typer.echo(f"champion: {model} version {version}{was} ({model_version_page(model, version, base=UI_BASE)})")
 
 
 def _print_gate(gate) -> None:  # noqa: ANN001
-    """The promotion gate's facts on stdout, before anything is scored. Its warnings follow the
-    submission's other warnings on stderr once it succeeded (under --strict they are the error), so a
-    failing submit still prints one error line on stderr."""
-    typer.echo("promotion gate:")
-    for fact in gate.facts:
-        typer.echo(f"  {fact}")
+    """The gate's facts on stdout before scoring; its warnings come later on stderr with the others (under
+    --strict they are the error), so a failing submit still prints one error line."""
+    typer.echo("\n  ".join(["promotion gate:", *gate.facts]))

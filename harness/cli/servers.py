@@ -1,4 +1,4 @@
-"""Commands that serve the MLflow store: `ui` (one user, this machine) and `server` (a team)."""
+"""Commands that serve the MLflow store, both on one launcher: `ui` (one user, this machine) and `server` (a team)."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 import typer
 
 from harness.cli import app
-from harness.errors import JobFailed
 
 
 @app.command()
@@ -14,28 +13,32 @@ def ui(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser once it answers.")] = False,
 ) -> None:
-    """Start the MLflow UI on the project's store (127.0.0.1); print the newest experiment's runs page once
-    the server answers (Ctrl-C or SIGTERM stops the server and everything it started)."""
-    from harness import tracking
+    """Start the MLflow UI on the project's store (127.0.0.1); print the newest experiment's runs page, best val
+    AUC first, once it answers (Ctrl-C or SIGTERM stops it and everything it started)."""
+    from harness.tracking.launcher import check_port_free
 
-    tracking.check_port_free("127.0.0.1", port)  # before opening the store: a taken port answers at once
+    check_port_free("127.0.0.1", port)  # before importing mlflow and opening the store: a refusal at once
+    from harness import tracking
+    from harness.tracking.ui import show_best_first
+
     client = tracking.setup()
-    tracking.close_dead_runs(client)  # runs whose process was killed show as KILLED, not RUNNING
+    tracking.heal_once(client)  # the clean-up every command makes: dead runs KILLED, queued audit runs recorded
+    show_best_first(client)
     url = tracking.ui_url("127.0.0.1", port, tracking.latest_experiment(client))
-    with tracking.UiServer(host="127.0.0.1", port=port) as server:
-        server.wait_ready()
+    server = tracking.UiServer(host="127.0.0.1", port=port)
+
+    def ready() -> None:
         typer.echo(f"MLflow UI: {url}  (Ctrl-C to stop)")
-        # MLflow 3 keeps the view in the browser, defaulting to GenAI: links inside the UI drop the
-        # URL's choice until the user picks one with the switch (nothing server-side can set it).
+        typer.echo(f"the server's own output: {server.log}", err=True)
+        # MLflow 3 keeps the view in the browser (GenAI by default); nothing server-side can set it.
         typer.echo("tip: if a run page opens in the GenAI view, pick 'Model training' in the switch at the "
                    "top left once; the browser remembers it", err=True)
         if open_browser:
             import webbrowser
 
             webbrowser.open(url)
-        code = server.process.wait()
-    if code != 0:
-        raise JobFailed(f"mlflow server exited with status {code}")
+
+    server.serve(on_ready=ready)
 
 
 @app.command()
@@ -45,17 +48,20 @@ def server(
     artifacts: Annotated[Optional[str], typer.Option(help="Where checkpoints and plots land, uploaded through the server: a "
                                                      "folder or s3://... Default: mlruns/server/artifacts.")] = None,
     host: Annotated[str, typer.Option(help="Address to bind: 0.0.0.0 lets other machines in.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 5000,
 ) -> None:
-    """Start a shared MLflow tracking server (database backend, proxied artifacts) and print the
-    MLFLOW_TRACKING_URI to export on every machine (Ctrl-C stops it)."""
-    from harness.errors import JobFailed
-    from harness.tracking.server import run_server
+    """Start a shared MLflow tracking server and print the MLFLOW_TRACKING_URI for every machine (Ctrl-C stops it)."""
+    from harness.tracking.launcher import check_port_free
 
-    def ready(url: str) -> None:
+    check_port_free(host, port)  # before importing mlflow: a refusal at once
+    from harness.tracking.server import public_url, tracking_server
+
+    served = tracking_server(backend_store=backend_store, artifacts=artifacts, host=host, port=port)
+
+    def ready() -> None:
+        url = public_url(host, port)
         typer.echo(f"MLflow tracking server: {url}  (Ctrl-C to stop). On every machine, run:")
         typer.echo(f"export MLFLOW_TRACKING_URI={url}")
+        typer.echo(f"the server's own output: {served.log}", err=True)
 
-    code = run_server(backend_store=backend_store, artifacts=artifacts, host=host, port=port, on_ready=ready)
-    if code != 0:
-        raise JobFailed(f"mlflow server exited with status {code}")
+    served.serve(on_ready=ready)

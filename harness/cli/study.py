@@ -7,13 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from harness.cli import CacheOption, DataOption, app, resolve_data
-from harness.cli.prepare import run_prepare
 
 
-StudyOption = Annotated[
-    str,
-    typer.Option("--study", help="Study spec: a name in studies/ (demo, demo-fusion, ffdv-audio) or a TOML file."),
-]
+StudyOption = Annotated[str, typer.Option(
+    "--study", help="Study spec: a name in studies/ (demo, demo-fusion, ffdv-audio) or a TOML file.")]
 
 
 @app.command()
@@ -29,22 +26,23 @@ def tune(
 ) -> None:
     """Search backbone, learning rate, loss and more with Optuna: pruned, resumable, parallel, one MLflow run tree.
 
-    Running the same command again resumes the same study and MLflow parent run. In a terminal a
-    live table shows the trials; in a log file or a pipe, one line per trial as it ends.
-    """
+    The same command again resumes the study and its parent run. A live table in a terminal, else a line per trial."""
     from rich.console import Console
 
     from harness import tuning
-    from harness.data.labels import load_dataset
     from harness.errors import JobFailed
 
-    url = tuning.check_storage(storage)  # a malformed or unreachable storage fails first, in seconds
+    # A malformed URL fails first; the spec before anything connects (a refused one leaves no SQLite file);
+    # an unreachable server before any feature work.
+    url = tuning.normalise_storage(storage) if storage is not None else None
     spec = tuning.load_spec(study)
-    data_dir = resolve_data(data)
-    tuning.check_dataset(spec, load_dataset(data_dir).track, where=data_dir)
-    for cfg in spec.prepare_configs():  # every input the study can pick, once, up front
-        run_prepare(data_dir, cfg, cache=cache, workers=2, quiet=True)
+    url = tuning.check_storage(url)
+    data_dir = resolve_data(data)  # run_study checks it against the spec and prepares every input, once
     console = Console(stderr=True)
+    per_trial = gpus_per_trial or spec.gpus_per_trial
+    console.print(f"study {spec.name}: storage {tuning.redact(tuning.resolve_storage(url, spec))}, target "
+                  f"{trials or spec.trials} finished trials by {spec.objectives[0]}, {workers or spec.workers} worker(s)"
+                  + (f", {per_trial} devices a trial" if per_trial > 1 else ""), highlight=False, soft_wrap=True)
     options = dict(data_dir=data_dir, storage=url, trials=trials, workers=workers, timeout=timeout, cache_root=cache,
                    gpus_per_trial=gpus_per_trial)
     if console.is_terminal:
@@ -62,10 +60,23 @@ def tune(
         raise JobFailed(f"study {result.study}: no trial completed ({result.stopped})")
     typer.echo(f"best: trial {best.number}, {result.objectives[0]} {best.value:.4f}, run {best.run_id}")
     on = f" --data {data}" if data else ""
+    picked = f"  (trial {best.number} of {sum(bool(r.run_id) for r in result.rows)}: {_auc(best.run_id, bool(spec.folds))})"
     if spec.folds:  # a cross-validated trial's folds each saw part of the data: train its settings once more
-        typer.echo(f"next: harness train --like {best.run_id}{on} --experiment {spec.experiment}, then harness submit --run-id RUN")
+        typer.echo(f"next: harness train --like {best.run_id}{on} --experiment {spec.experiment}, then harness submit "
+                   f"--run-id RUN{picked}")
     else:
-        typer.echo(f"next: harness submit --run-id {best.run_id}{on}")
+        typer.echo(f"next: harness submit --run-id {best.run_id}{on}{picked}")
+
+
+def _auc(run_id: str, folds: bool) -> str:
+    """The best trial's recorded AUC and 95% interval (out of fold for CV); "of N" counts trials with a run, as the gate."""
+    from harness.tracking import get_run, setup
+    from harness.tracking import metric_names as M
+
+    keys = ("oof_auc", "oof_auc_ci_low", "oof_auc_ci_high") if folds else ("best_val_auc", "val_auc_ci_low", "val_auc_ci_high")
+    metrics = get_run(setup(), run_id).data.metrics
+    auc, low, high = (metrics.get(M.cv_metric(k) if folds else M.summary_metric(k), float("nan")) for k in keys)
+    return f"{'out-of-fold' if folds else 'val'} AUC {auc:.3f} [{low:.3f}, {high:.3f}]"
 
 
 @app.command()

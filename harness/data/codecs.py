@@ -1,16 +1,5 @@
-"""Codec variants of a clip's audio: re-encoded with a random lossy codec, decoded back, in memory.
-
-`codec_round_trip` is the audio-side equivalent of JPEG re-encoding for face crops: deepfake audio
-reaches a detector through uploads, calls and messengers that re-encode it, and a detector trained
-only on the dataset's own encoding learns that encoding's fingerprint. One round trip draws:
-
-  codec     AAC, MP3 (LAME) or Opus, the three this PyAV build can encode (Vorbis it cannot);
-  bitrate   per codec, from narrow-band call quality to transparent (`BITRATES`);
-  rate      a resample chain: the clip's rate -> the codec's rate (8-48 kHz, as the codec allows) -> back;
-  gain      -6 to +6 dB, clipped to full scale as a real encoder's input would be.
-
-Everything runs in the calling process (a feature worker) on in-memory buffers: nothing touches
-the disk, and a variant costs one encode and one decode of the clip (see bench/prepare_speed.py).
+"""Codec variants of a clip's audio, re-encoded in memory (AAC, MP3, Opus; call quality to transparent; 8-48 kHz;
+-6 to +6 dB): uploads and calls re-encode deepfake audio, and a detector trained on one encoding learns its mark.
 """
 from __future__ import annotations
 
@@ -19,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_BITRATES = (24_000, 32_000, 48_000, 64_000, 96_000, 128_000)
+_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 # codec name -> (container for a raw stream of it, bitrates in bit/s, sample rates it can encode)
 CODECS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
-    "aac": ("adts", (24_000, 32_000, 48_000, 64_000, 96_000, 128_000), (8000, 16000, 22050, 24000, 32000, 44100, 48000)),
-    "libmp3lame": ("mp3", (24_000, 32_000, 48_000, 64_000, 96_000, 128_000), (8000, 16000, 22050, 24000, 32000, 44100, 48000)),
-    "libopus": ("ogg", (12_000, 16_000, 24_000, 32_000, 48_000, 64_000), (8000, 16000, 24000, 48000)),
-}
+    "aac": ("adts", _BITRATES, _RATES), "libmp3lame": ("mp3", _BITRATES, _RATES),
+    "libopus": ("ogg", (12_000, 16_000, 24_000, 32_000, 48_000, 64_000), (8000, 16000, 24000, 48000))}
 GAIN_DB = 6.0
 
 
@@ -45,8 +34,7 @@ def draw_variant(rng: np.random.Generator) -> Variant:
 
 
 def codec_round_trip(audio: np.ndarray, sample_rate: int, variant: Variant) -> np.ndarray:
-    """`audio` (mono float32 at `sample_rate`) through `variant`'s gain, resampling, encoder and
-    decoder, back at `sample_rate`. Raises av.error.FFmpegError if the encoder refuses."""
+    """`audio` (mono float32) through `variant`'s gain, rate, encoder and decoder, back at `sample_rate`."""
     import av
     import soxr
 
@@ -59,8 +47,7 @@ def codec_round_trip(audio: np.ndarray, sample_rate: int, variant: Variant) -> n
         stream = out.add_stream(variant.codec, rate=variant.rate, layout="mono")
         stream.bit_rate = variant.bitrate
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[None]), format="flt", layout="mono")
-        frame.sample_rate = variant.rate
-        frame.pts = 0
+        frame.sample_rate, frame.pts = variant.rate, 0
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     buf.seek(0)

@@ -1,12 +1,4 @@
-"""Audio -> log-mel uint8 image, the same image the tutorial makes, at a fraction of the cost.
-
-The filterbank and window are librosa's numbers (computed here; see `mel_filterbank`); the STFT runs as
-OpenCV DFT calls over strided frames and the mel projection as a sparse product on the packed
-spectrum. On the shared real clips (7 s on average) that is about 0.6 ms a clip with warm caches
-and 1.1 ms right after decoding, next to about 8.5 ms to decode and resample. The decibel scaling
-follows `librosa.power_to_db(S, ref=np.max, top_db=...)` and the min-max scaling the tutorial's
-`cv2.normalize(..., NORM_MINMAX)`.
-"""
+"""Audio -> the tutorial's log-mel uint8 image (librosa, `cv2.normalize`) in 0.6-1.1 ms a 7 s clip: OpenCV DFTs."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -38,34 +30,25 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
-    """librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...) with its defaults
-    (Slaney scale and area normalisation), shape (n_mels, n_fft // 2 + 1).
-
-    Written out here because importing librosa.filters costs about 0.9 s (scipy.signal), paid by
-    every feature worker and by the bundle's api on start: that was most of a small prepare run.
-    tests/test_features.py holds it to librosa's own matrix."""
+    """librosa.filters.mel's defaults (Slaney), (n_mels, n_fft // 2 + 1), without librosa's 0.9 s import a worker."""
     fmax = sample_rate / 2 if fmax is None else fmax
     bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
     widths = np.diff(edges)
     ramps = edges[:, None] - bins[None, :]
-    rising = -ramps[:-2] / widths[:-1, None]
-    falling = ramps[2:] / widths[1:, None]
-    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    triangles = np.maximum(0.0, np.minimum(-ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]))
     return (triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
 def _filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None):  # noqa: ANN202
-    """The analysis window (periodic Hann, as librosa's STFT uses) and the mel filterbank laid out
-    for OpenCV's packed spectrum."""
+    """The periodic Hann window (librosa's) and the mel filterbank laid out for OpenCV's packed spectrum."""
     import scipy.sparse
 
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
     mel = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
-    # OpenCV's real DFT packs its output (CCS): Re0, Re1, Im1, Re2, Im2, ... and Re(N/2) last when
-    # N is even. |X_k|^2 = Re_k^2 + Im_k^2, so giving Re_k and Im_k the weight of bin k lets the mel
-    # product read the squared packed spectrum directly, with no pass to assemble power bins.
+    # OpenCV packs Re0, Re1, Im1, Re2, Im2, ... (Re(N/2) last for even N): weighting Re_k and Im_k as bin k lets
+    # the mel product read the squared packed spectrum as power.
     packed = np.zeros((n_mels, n_fft), dtype=np.float32)
     packed[:, 0] = mel[:, 0]
     inner = (n_fft - 1) // 2  # bins with both a real and an imaginary part
@@ -73,8 +56,7 @@ def _filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float
     packed[:, 2 : 2 * inner + 1 : 2] = mel[:, 1 : inner + 1]
     if n_fft % 2 == 0:
         packed[:, -1] = mel[:, -1]
-    # Each FFT bin feeds at most two triangles: a sparse product is several times faster than dense.
-    return window, scipy.sparse.csr_matrix(packed)
+    return window, scipy.sparse.csr_matrix(packed)  # each bin feeds two triangles at most: sparse is faster
 
 
 _BLOCK = 256  # STFT frames per block in mel_power: every temporary stays in the core's cache
@@ -96,19 +78,15 @@ def mel_power(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
     for start in range(0, n_frames, _BLOCK):
         block = windowed[: min(_BLOCK, n_frames - start)]
         np.multiply(frames[start : start + _BLOCK], window, out=block)
-        # OpenCV's packed real DFT: 0.16 ms for a 7 s clip against 0.57 ms for scipy's rfft, which
-        # spends most of its time writing the complex output.
-        packed = cv2.dft(block, flags=cv2.DFT_ROWS)
+        packed = cv2.dft(block, flags=cv2.DFT_ROWS)  # 0.16 ms a 7 s clip; scipy's rfft 0.57 ms
         np.multiply(packed, packed, out=packed)
-        # scipy's sparse product runs along contiguous rows of its dense operand: transposing
-        # first (OpenCV's transpose is cheap) is 1.4x faster than handing it a transposed view.
+        # A contiguous transposed operand: the sparse product runs 1.4x faster than on a view.
         out[:, start : start + len(packed)] = mel @ cv2.transpose(packed)
     return out
 
 
 def _log_power(audio: np.ndarray, cfg: AudioFeatures) -> tuple[np.ndarray, float, float] | None:
-    """Natural-log mel power floored at `top_db` below the peak, with the log floor and log peak the
-    min-max scaling uses; None for a flat spectrogram (min-max scaling has nothing to stretch)."""
+    """Natural-log mel power floored `top_db` below the peak, its log floor and log peak; None when flat."""
     import cv2
 
     power = mel_power(audio, cfg)
@@ -128,16 +106,7 @@ def _scaled(log_power: np.ndarray, log_low: float, log_peak: float) -> np.ndarra
 
 
 def mel_frames(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
-    """The clip's whole log-mel at the native hop, time-major: uint8 (frames, height or n_mels).
-
-    dB relative to the clip's peak, scaled over the fixed range from `top_db` below the peak to the
-    peak, with no resize of the time axis; `height` resizes the mel axis. Time-major so that a window
-    is a run of contiguous rows of the packed cache.
-
-    The fixed range, not `mel_image`'s min-max over the clip: with min-max, one quiet moment anywhere
-    in a clip (a pause, the seam of a looped clip) lowered the minimum and brightened every window
-    of it (mean pixel 100 -> 112 on a demo clip looped once); now a window's pixels depend only on
-    its own sound and the clip's peak."""
+    """The whole log-mel, time-major uint8 (frames, height), over `top_db` below the peak (min-max lit every window)."""
     import cv2
 
     frames = 1 + len(audio) // cfg.hop_length  # mel_power's count (centre-padded STFT)
@@ -153,24 +122,19 @@ def mel_frames(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
 
 
 def window_starts(length: int, width: int, count: int) -> np.ndarray:
-    """`count` evenly spaced window starts over a clip of `length` frames: from the first to the last
-    full window, or, for a clip shorter than a window, spread over the clip (which is tiled)."""
+    """`count` evenly spaced window starts from the first to the last full window (a short clip: over the clip)."""
     if length >= width:
         return np.rint(np.linspace(0, length - width, count)).astype(np.int64)
     return np.floor(np.arange(count) * length / count).astype(np.int64)
 
 
 def window_rows(offsets: np.ndarray, lengths: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """Row numbers (n, width) of windows of `width` frames at `starts` in clips that begin at
-    `offsets` of a packed time-major array: a window that runs past its clip's end wraps to its
-    start (a short clip is tiled, never zero-padded)."""
-    steps = starts[:, None] + np.arange(width)[None, :]
-    return offsets[:, None] + steps % np.maximum(lengths, 1)[:, None]
+    """Rows (n, width) of windows at `starts` of clips at `offsets` of a packed array, wrapping at each clip's end."""
+    return offsets[:, None] + (starts[:, None] + np.arange(width)[None, :]) % np.maximum(lengths, 1)[:, None]
 
 
 def eval_windows(frames: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
-    """The `cfg.eval_windows` windows a clip is scored on: uint8 (K, height, window frames), from its
-    `mel_frames`. The one function evaluation, `predict` and the bundle use."""
+    """The `cfg.eval_windows` windows (K, height, window) a clip is scored on, from its `mel_frames`."""
     width = cfg.window_frames
     starts = window_starts(len(frames), width, cfg.eval_windows)
     rows = window_rows(np.zeros(len(starts), np.int64), np.full(len(starts), len(frames)), starts, width)
@@ -178,13 +142,7 @@ def eval_windows(frames: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
 
 
 def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
-    """uint8 image of shape `cfg.shape`: dB relative to the peak, floored at -top_db, min-max scaled.
-
-    The same numbers as `librosa.power_to_db(S, ref=np.max, top_db=...)`, then `cv2.normalize(...,
-    NORM_MINMAX)` and a resize, in a cheaper order: the floor is applied to power (the log is
-    monotonic), and since a resize averages with weights summing to one it commutes with the
-    min-max scaling, which therefore runs on the small image instead of the whole spectrogram.
-    """
+    """uint8 image of `cfg.shape`: dB to the peak floored at -top_db, min-max scaled (after the resize: it commutes)."""
     import cv2
 
     height, width = cfg.shape
@@ -193,21 +151,15 @@ def mel_image(audio: np.ndarray, cfg: AudioFeatures) -> np.ndarray:
         return np.zeros((height, width), dtype=np.uint8)
     log_power, log_low, log_peak = found
     if log_power.shape != (height, width):
-        shrinking = width < log_power.shape[1]
-        # Area averaging when shrinking the time axis keeps short artefacts in the picture;
-        # `linear` reproduces the tutorial exactly.
-        method = cv2.INTER_AREA if shrinking and cfg.interpolation == "area" else cv2.INTER_LINEAR
+        # Area averaging keeps short artefacts when shrinking time; `linear` is the tutorial's.
+        method = cv2.INTER_AREA if width < log_power.shape[1] and cfg.interpolation == "area" else cv2.INTER_LINEAR
         log_power = cv2.resize(log_power, (width, height), interpolation=method)
     return _scaled(log_power, log_low, log_peak)
 
 
-_TRIM_BLOCK_SECONDS = 0.01
-
-
 def trim_silence(audio: np.ndarray, sample_rate: int, trim_db: float) -> np.ndarray:
-    """`audio` without its leading and trailing 10 ms blocks whose RMS lies more than `trim_db` below
-    the loudest block's (librosa.effects.trim's rule, on blocks rather than overlapping frames)."""
-    block = max(1, int(sample_rate * _TRIM_BLOCK_SECONDS))
+    """`audio` without leading and trailing 10 ms blocks more than `trim_db` below the loudest (librosa's trim)."""
+    block = max(1, int(sample_rate * 0.01))
     n = len(audio) // block
     if n == 0:
         return audio
@@ -223,22 +175,15 @@ def trim_silence(audio: np.ndarray, sample_rate: int, trim_db: float) -> np.ndar
 
 
 def audio_features(path: Path | str, cfg: AudioFeatures) -> np.ndarray:
-    """Decode, check and turn one clip into its cached array: the log-mel image, or with windows its
-    whole log-mel (`mel_frames`). Raises a MediaError subclass (TooShort also when trimming leaves
-    less than `min_seconds`)."""
-    audio, declared = decode_audio(path, cfg.sample_rate)
-    return audio_array(path, audio, declared, cfg)
+    """One clip's cached array (`audio_array` of its decoded audio). Raises MediaError."""
+    return audio_array(path, *decode_audio(path, cfg.sample_rate), cfg)
 
 
-def audio_features_with_variants(path: Path | str, cfg: AudioFeatures, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """`audio_features` and the arrays of `cfg.codec_variants` re-encoded copies of the clip
-    (`harness.data.codecs`, drawn from `seed`), from one decode. A variant that fails (an encoder
-    error, or too short once trimmed) is left out; the source's failure raises as usual."""
+def variant_arrays(path: Path | str, audio: np.ndarray, cfg: AudioFeatures, seed: int) -> list[np.ndarray]:
+    """The arrays of `cfg.codec_variants` copies of decoded `audio` re-encoded by `seed` (failures left out)."""
     from harness.data.codecs import codec_round_trip, draw_variant
     from harness.data.media import MediaError
 
-    audio, declared = decode_audio(path, cfg.sample_rate)
-    source = audio_array(path, audio, declared, cfg)
     rng = np.random.default_rng(seed)
     variants = []
     for _ in range(cfg.codec_variants):
@@ -246,11 +191,11 @@ def audio_features_with_variants(path: Path | str, cfg: AudioFeatures, seed: int
             variants.append(audio_array(path, codec_round_trip(audio, cfg.sample_rate, draw_variant(rng)), 0.0, cfg))
         except (MediaError, OSError, ValueError):  # av's errors are OSErrors and ValueErrors
             continue
-    return source, variants
+    return variants
 
 
 def audio_array(path: Path | str, audio: np.ndarray, declared: float, cfg: AudioFeatures) -> np.ndarray:
-    """`audio_features` from decoded samples: check, trim, and make the cached array."""
+    """Decoded samples checked, trimmed and made a log-mel image, or with windows `mel_frames`. Raises MediaError."""
     check = dict(min_seconds=cfg.min_seconds, truncated_ratio=cfg.truncated_ratio, silence_dbfs=cfg.silence_dbfs)
     check_audio(path, audio, cfg.sample_rate, declared, **check)
     if cfg.trim_silence:

@@ -1,21 +1,8 @@
 """Folds for grouped cross-validation: the labelled clips pooled, split K ways by label and by group.
 
-`pool` joins the cached train and val splits into one `SplitArrays` without copying a byte: each
-input becomes a `StackedRows` over the splits' memmaps, and `SplitArrays.rows` maps a pooled sample
-to its row there. `subset` then picks a fold's samples by index, as `SplitArrays.rows` allows.
-
-Row numbers live in one pooled *index-row* space: each split's index rows (its clips, then, with codec
-variants, its clips' re-encoded copies) follow the earlier splits' (`_index_rows`). Per-row arrays of
-a split with fewer rows (face crops beside audio with copies) leave a gap there that no sample reads.
-Windowed audio is the exception: its array holds frames end to end, so the frames are stacked as
-they are and each split's `spans` shifted by the frames before it. Codec-variant tables are shifted
-into the same index-row space; a split without variants (val) gets none (-1), so its clips train as
-themselves in a fold, as they would if they were training clips prepared without copies.
-
-`assign_folds` uses sklearn's StratifiedGroupKFold: every fold holds about the same share of fakes,
-and the clips of one group (near-duplicates from the audit, a speaker or source video from a
-group file) always land in the same fold, so no fold is validated on copies of what it trained on.
-Pooled clips are keyed `split/name`, the audit's key, so a name used in both splits stays two clips.
+`pool` joins the cached splits without a copy (`StackedRows` over the memmaps), each split's index rows (clips, then
+codec-variant copies) after the earlier splits' (a gap where an input has fewer); windowed audio's frames end to end.
+`assign_folds` keeps every group (audit near-duplicates, a group file's speaker) in one fold. Keys: `split/name`.
 """
 from __future__ import annotations
 
@@ -33,19 +20,14 @@ GROUP_HEADER = ("video_name", "group")
 
 
 class StackedRows:
-    """Rows of several arrays of equal row shape read as one array (`a[idx]` with an index array or a
-    slice), without concatenating them: the memmaps of the cache stay on disk.
-
-    `starts` (default: end to end) places part i at row `starts[i]` of a `length`-row array; rows
-    between one part's end and the next part's start are a gap that must not be read (IndexError),
-    and read as zeros in `np.asarray(stacked)`, the whole array in memory (the accelerator's copy)."""
+    """Arrays of equal row shape read as one (`a[idx]`) without concatenating them, part i from row `starts[i]`
+    (default: end to end) of `length`; a gap between parts raises IndexError, and reads as zeros in `np.asarray`."""
 
     def __init__(self, parts: Sequence[np.ndarray], starts: Sequence[int] | None = None, length: int | None = None) -> None:
         if len({(p.shape[1:], np.dtype(p.dtype)) for p in parts}) != 1:
             raise ValueError("stacked arrays must share their row shape and dtype")
         self.parts = list(parts)
-        ends = np.cumsum([len(p) for p in parts])
-        begins = np.concatenate([[0], ends[:-1]]) if starts is None else np.asarray(starts, dtype=np.int64)
+        begins = np.cumsum([0] + [len(p) for p in parts[:-1]]) if starts is None else np.asarray(starts, dtype=np.int64)
         total = int(begins[-1] + len(parts[-1])) if length is None else int(length)
         overlap = (np.diff(begins) < [len(p) for p in parts[:-1]]).any()
         if len(begins) != len(parts) or overlap or begins[-1] + len(parts[-1]) > total:
@@ -92,37 +74,29 @@ class StackedRows:
 
 
 def _index_rows(split: SplitArrays) -> int:
-    """How many index rows `split`'s row numbers (`rows`, `variants`, `spans`) run over: its per-row
-    arrays' lengths (windowed audio: its spans')."""
+    """How many index rows `split`'s `rows`, `variants` and `spans` run over."""
     sizes = [len(a) for name, a in split.inputs.items() if not (name == "audio" and split.window)]
     sizes += [len(t) for t in (split.spans, split.variants) if t is not None]
     return max(sizes)
 
 
-def _placed(tables: Sequence[np.ndarray], starts: np.ndarray, total: int, width: int, fill: int) -> np.ndarray:
-    """(total, width) int64 filled with `fill`, with table i's rows from row `starts[i]`."""
+def _placed(tables: Sequence[np.ndarray | None], starts: np.ndarray, total: int, width: int, fill: int) -> np.ndarray:
+    """(total, width) int64 filled with `fill`, with table i's rows (if any) from row `starts[i]`."""
     out = np.full((total, width), fill, dtype=np.int64)
     for table, start in zip(tables, starts):
-        out[start : start + len(table), : table.shape[1]] = table
+        if table is not None:
+            out[start : start + len(table), : table.shape[1]] = table
     return out
 
 
 def pool(splits: Mapping[str, SplitArrays]) -> tuple[SplitArrays, list[str]]:
-    """The labelled splits as one (in the given order) and each pooled clip's key, `split/name`.
-
-    Whole-clip images, windowed audio (spans shifted by the frames before) and codec variants (rows
-    shifted into the pooled index rows) alike; the splits must share their inputs and window settings.
-
-    Raises:
-        ValueError: splits with other inputs, windows or evaluation windows.
-    """
+    """The labelled splits as one, in order, and each clip's key `split/name`; ValueError when their inputs differ."""
     parts = list(splits.values())
     first = parts[0]
     if any(set(p.inputs) != set(first.inputs) or (p.window, p.eval_windows) != (first.window, first.eval_windows)
            or (p.spans is None) != (first.spans is None) for p in parts):
         raise ValueError(f"cannot pool splits {', '.join(splits)}: their inputs or window settings differ")
-    sizes = [_index_rows(p) for p in parts]
-    starts = np.cumsum([0] + sizes)  # each split's first index row in the pool
+    starts = np.cumsum([0] + [_index_rows(p) for p in parts])  # each split's first index row in the pool
     total = int(starts[-1])
     inputs = {}
     for name in first.inputs:
@@ -137,18 +111,15 @@ def pool(splits: Mapping[str, SplitArrays]) -> tuple[SplitArrays, list[str]]:
         spans = _placed(shifted, starts, total, 2, 0)  # a gap row: no frames
     variants = None
     if any(p.variants is not None for p in parts):
-        tables = [np.where(p.variants >= 0, p.variants + start, -1) for p, start in zip(parts, starts) if p.variants is not None]
-        where = [start for p, start in zip(parts, starts) if p.variants is not None]
-        variants = _placed(tables, np.asarray(where), total, max(t.shape[1] for t in tables), -1)
-    present = {}
-    for name in {n for p in parts for n in p.present}:
-        present[name] = np.concatenate([p.present.get(name, np.ones(len(p), bool)) for p in parts])
+        tables = [None if p.variants is None else np.where(p.variants >= 0, p.variants + s, -1) for p, s in zip(parts, starts)]
+        variants = _placed(tables, starts, total, max(t.shape[1] for t in tables if t is not None), -1)
+    present = {name: np.concatenate([p.present.get(name, np.ones(len(p), bool)) for p in parts])
+               for name in {n for p in parts for n in p.present}}
     pooled = SplitArrays(inputs=inputs, labels=np.concatenate([p.labels for p in parts]),
                          names=[n for p in parts for n in p.names], present=present, rows=rows, spans=spans,
                          window=first.window, variants=variants, eval_windows=first.eval_windows,
                          decode_device=first.decode_device)
-    keys = [f"{split}/{n}" for split, p in splits.items() for n in p.names]
-    return pooled, keys
+    return pooled, [f"{split}/{n}" for split, p in splits.items() for n in p.names]
 
 
 def subset(data: SplitArrays, idx: np.ndarray) -> SplitArrays:
@@ -160,12 +131,7 @@ def subset(data: SplitArrays, idx: np.ndarray) -> SplitArrays:
 
 
 def read_group_file(path: Path) -> dict[str, str]:
-    """A `video_name,group` CSV as {name: group}. A name may be `split/name` or a bare name (then it
-    stands for that name in every split).
-
-    Raises:
-        BadInput: a missing file, another header, an empty cell or a name listed twice (line named).
-    """
+    """A `video_name,group` CSV as {name: group} (`split/name` or a bare name); BadInput naming the line if bad."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             lines = list(csv.reader(f))
@@ -188,36 +154,35 @@ def read_group_file(path: Path) -> dict[str, str]:
     return groups
 
 
+def check_group_file(path: Path, keys: Sequence[str]) -> list[str]:
+    """Warnings for a group file against the clips (`split/name` keys); BadInput if bad or no name is a clip."""
+    groups = read_group_file(path)
+    names = set(keys) | {key.split("/", 1)[1] for key in keys}  # a file names a clip as split/name or name
+    grouped = [key for key in keys if key in groups or key.split("/", 1)[1] in groups]
+    if groups and keys and not grouped:
+        raise BadInput(f"--group-by {path}: none of its {len(groups)} names is a clip of the dataset (the file has "
+                       f"{next(iter(groups))!r}, the dataset {keys[0]!r} or {keys[0].split('/', 1)[1]!r})")
+    lines = []
+    if len(grouped) < len(keys):
+        lines.append(f"--group-by {path}: {len(keys) - len(grouped)} of {len(keys)} clips are in no group there "
+                     "(each is a group of its own)")
+    if unknown := [name for name in groups if name not in names]:
+        lines.append(f"--group-by {path}: {len(unknown)} of its {len(groups)} names match no clip (e.g. {unknown[0]!r})")
+    return lines
+
+
 def group_ids(keys: Sequence[str], groups: Mapping[str, object] | None) -> np.ndarray:
-    """An integer group per clip: `groups` looked up by `split/name`, then by bare name; a clip found
-    under neither (or `groups` None) is a group of its own."""
+    """An integer group per clip: `groups` looked up by `split/name`, then by bare name, else a group of its own."""
     ids: dict[object, int] = {}
     out = np.empty(len(keys), dtype=np.int64)
     for i, key in enumerate(keys):
-        bare = key.split("/", 1)[1]
-        found = None if groups is None else groups.get(key, groups.get(bare))
-        label = ("clip", key) if found is None else ("group", found)
-        out[i] = ids.setdefault(label, len(ids))
+        found = None if groups is None else groups.get(key, groups.get(key.split("/", 1)[1]))
+        out[i] = ids.setdefault(("clip", key) if found is None else ("group", found), len(ids))
     return out
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
-    """Each sample's fold (0..k-1), stratified by label, whole groups per fold.
-
-    Args:
-        labels: (N,) 0/1 labels.
-        groups: (N,) group ids; samples of one group always share a fold.
-        k: the number of folds, at least 2.
-        seed: shuffles the groups before they are dealt out (the same seed, the same folds).
-
-    Raises:
-        BadInput: fewer than 2 folds, fewer groups than folds, or a class with fewer groups than folds
-            (a fold would validate on one class and its AUC would be undefined).
-
-    Example:
-        >>> assign_folds(np.array([0, 1] * 6), np.arange(12), 3).tolist().count(0)
-        4
-    """
+    """Each sample's fold (0..k-1) by label and whole group; BadInput where a fold's AUC would be undefined."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels, groups = np.asarray(labels), np.asarray(groups)

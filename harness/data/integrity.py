@@ -1,23 +1,6 @@
-"""How the feature cache writes its files and knows them again: atomic writes that name their path
-when they fail, and a manifest of each file's size, modification time and CRC-32.
-
-`manifest.json` in a feature folder records, for every shard (`train/<id>.npz`) and every packed split
-(`train.npy` with its index `train.csv`), the size in bytes, the mtime and the CRC-32 the writer
-computed from the bytes it wrote (and for a shard the ids of the clips it holds). `prepare` checks
-every shard and pack against it before using them; whatever does not match is recomputed (shards)
-or repacked (packs) and named in the report.
-
-The check is quick by default, as `make` and `rsync` judge files: one stat. A size that differs (a
-file cut short, a zero-byte file: what a crash after an un-synced rename or a full disk leaves) is
-damage; a file whose mtime moved (copied, touched, rewritten) has its CRC-32 computed, and is damage
-if that differs. A full check (`prepare_features(verify=True)`) computes every CRC-32: it also finds
-bytes changed in place under an unchanged mtime (failing media), at the cost of reading the whole
-cache, which a quick check spares every `train` (it prepares first): 3 GB of log-mels, 30 GB of face
-crops for 100k clips. Readers outside `prepare` (`load_split`) check sizes and raise `CacheDamaged`.
-
-CRC-32 rather than a cryptographic digest: it guards against damage, not against an adversary, and
-zlib computes it at about 3.9 GB/s here (sha256: 1.7 GB/s). A file written before the manifest
-existed is verified by parsing it fully (a shard's zip members carry their own CRC-32), then recorded.
+"""How the feature cache writes its files and knows them again: atomic writes, and `manifest.json` holding each
+shard's and pack's size, mtime and CRC-32 (3.9 GB/s; sha256 1.7) and a shard's clip ids. Checks are quick, as
+`make`'s: a new size is damage, a moved mtime has its CRC-32 read; `verify=True` reads every byte.
 """
 from __future__ import annotations
 
@@ -45,7 +28,7 @@ class CacheDamaged(JobFailed):
 
 @dataclass(frozen=True)
 class Record:
-    """A file as its writer left it: size in bytes, CRC-32 of the content, and mtime once on disk."""
+    """A file as its writer left it: size, CRC-32 and, once on disk, mtime."""
 
     size: int
     crc32: int
@@ -70,8 +53,7 @@ class Record:
 
 
 def check_file(path: Path, recorded: Record, *, full: bool = False) -> tuple[str | None, Record]:
-    """Whether `path` is still the file `recorded` describes: (None, the record to keep) or
-    (what differs, `recorded`). Quick unless `full`: the CRC-32 is read only when the mtime moved."""
+    """(None, the record to keep) or (what differs, `recorded`); unless `full`, CRC-32 only when the mtime moved."""
     st = path.stat()
     if st.st_size != recorded.size:
         return f"{st.st_size} bytes, {recorded.size} written", recorded
@@ -84,9 +66,7 @@ def check_file(path: Path, recorded: Record, *, full: bool = False) -> tuple[str
 
 
 def write_file(path: Path, data: bytes | memoryview) -> Record:
-    """`path` holds exactly `data` (temporary, fsync, rename), or what it held before; returns its record.
-
-    Raises OSError naming `path` (no space, read-only, permission); no temporary is left behind."""
+    """Write `data` to `path` atomically and return its record; OSError naming `path`, no temporary left."""
     with atomic_write(path, "wb") as f:
         f.write(data)
     return Record.of(data).stamped(path)
@@ -110,8 +90,7 @@ class ChecksummedWriter:
 
 @dataclass
 class Manifest:
-    """The records of one feature folder. `shards`: "split/name.npz" -> record and clip ids;
-    `packs`: split -> records of its array and index."""
+    """A feature folder's records: "split/name.npz" -> record and clip ids; split -> its pack's array and index."""
 
     shards: dict[str, dict] = field(default_factory=dict)
     packs: dict[str, dict] = field(default_factory=dict)
@@ -119,8 +98,7 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
-        """The folder's manifest; empty when there is none or it cannot be read (then every file is
-        verified by parsing it, and recorded again)."""
+        """The folder's manifest; empty when there is none or it cannot be read."""
         try:
             data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
             if data.get("format") != MANIFEST_FORMAT:
@@ -136,29 +114,25 @@ class Manifest:
             write_file(folder / MANIFEST, text.encode())
             self.changed = False
 
+    def _set(self, table: dict[str, dict], key: str, entry: dict) -> None:
+        if table.get(key) != entry:
+            table[key] = entry
+            self.changed = True
+
     def shard(self, key: str) -> Record | None:
         entry = self.shards.get(key)
         return Record(entry["size"], entry["crc32"], entry.get("mtime_ns")) if entry else None
 
     def add_shard(self, key: str, record: Record, ids: list[str]) -> None:
-        entry = {"size": record.size, "crc32": record.crc32, "mtime_ns": record.mtime_ns, "ids": ids}
-        if self.shards.get(key) != entry:
-            self.shards[key] = entry
-            self.changed = True
+        self._set(self.shards, key, {**asdict(record), "ids": ids})
 
     def drop_shard(self, key: str) -> None:
-        if self.shards.pop(key, None) is not None:
-            self.changed = True
+        self.changed |= self.shards.pop(key, None) is not None
 
     def pack(self, split: str) -> tuple[Record, Record] | None:
         """The (array, index) records of a split's pack."""
         entry = self.packs.get(split)
-        if not entry:
-            return None
-        return Record(**entry["array"]), Record(**entry["index"])
+        return (Record(**entry["array"]), Record(**entry["index"])) if entry else None
 
     def add_pack(self, split: str, array: Record, index: Record) -> None:
-        entry = {"array": asdict(array), "index": asdict(index)}
-        if self.packs.get(split) != entry:
-            self.packs[split] = entry
-            self.changed = True
+        self._set(self.packs, split, {"array": asdict(array), "index": asdict(index)})

@@ -1,21 +1,5 @@
-"""Face crops stored as JPEG (`VideoFeatures.crop_storage = "jpeg"`): the encoder the prepare workers
-run, and the reader that decodes them in the training process.
-
-Raw crops cost frames x size x size x 3 bytes a clip (301 KB at 8 x 112 x 112), 150 GB for 500k clips:
-more than a GPU machine's RAM, so such a split streams from disk every epoch. As JPEG at quality 90 a
-real clip's crops take about 26 KB (11.6x less, mean error 1.3 grey levels: bench/scale_footprint.py),
-and the split stays in the page cache.
-
-One clip is one uint8 blob: a little-endian uint32 header (the number of crops K, then each crop's
-length in bytes) and the K JPEG files end to end. A split's blobs are packed end to end in
-`<split>.npy` (1-D uint8) with each clip's `start,frames` (for crops: bytes) in its index, the way
-windowed log-mels are packed (`harness.data.packs`); a clip without features has 0 bytes.
-
-Encoding is OpenCV's (libjpeg-turbo, already loaded in every prepare worker, which thus never imports
-torch); decoding is `torchvision.io.decode_jpeg`, one batched call per chunk of clips: libjpeg-turbo
-on the CPU, nvjpeg when a CUDA device is given. `round_trip` is what prediction uses: the same encoder
-and the CPU decoder, so a model scores the pixels it was trained on (nvjpeg may differ from the CPU
-decoder by a grey level here and there: its IDCT and chroma upsampling are its own).
+"""Face crops as JPEG: 26 KB a clip at quality 90, not 301 KB raw, so they stay cached (bench/scale_footprint.py). A clip's
+blob: a little-endian uint32 header (K, each crop's length), then K JPEG files; OpenCV encodes, `decode_jpeg` decodes.
 """
 from __future__ import annotations
 
@@ -35,11 +19,7 @@ DECODE_CLIPS = 256  # clips per decode_jpeg call: bounds the host buffer and nvj
 
 
 def encode_clip(crops: np.ndarray, quality: int) -> np.ndarray:
-    """(K, S, S, 3) RGB uint8 crops -> one blob (1-D uint8): the header, then K JPEG files.
-
-    Raises:
-        ValueError: OpenCV could not encode a crop.
-    """
+    """(K, S, S, 3) RGB uint8 crops -> one blob (1-D uint8): the header, then K JPEG files (ValueError: not encodable)."""
     import cv2
 
     files = []
@@ -48,29 +28,11 @@ def encode_clip(crops: np.ndarray, quality: int) -> np.ndarray:
         if not ok:
             raise ValueError(f"OpenCV could not encode a {crop.shape} crop as JPEG")
         files.append(buf.reshape(-1))
-    header = np.array([len(files), *(len(f) for f in files)], dtype=HEADER).view(np.uint8)
-    return np.concatenate([header, *files])
-
-
-def round_trip(crops: np.ndarray, quality: int) -> np.ndarray:
-    """`crops` as training reads them from a JPEG cache: encoded at `quality`, decoded on the CPU."""
-    blob = encode_clip(crops, quality)
-    return JpegCrops(blob, np.array([[0, len(blob)]]), crops.shape)[0]
+    return np.concatenate([np.array([len(files), *(len(f) for f in files)], dtype=HEADER).view(np.uint8), *files])
 
 
 class JpegCrops:
-    """A split's JPEG crops that read like the raw (N, K, S, S, 3) uint8 array.
-
-    Indexing (a row, an array of rows or a slice) decodes on the CPU into a new numpy array, so code
-    that reads crops by row (batches, thumbnails, folds, the audit) works unchanged; `decode(rows,
-    device)` gives a tensor, decoded by nvjpeg on a CUDA device. A clip of 0 bytes (no features)
-    reads as zeros, as in a raw pack.
-
-    Args:
-        blobs: the packed blobs, 1-D uint8 (the split's memmap).
-        spans: (N, 2) int: each clip's start and length in `blobs`.
-        crop_shape: one clip's decoded shape, (K, S, S, 3).
-    """
+    """A split's JPEG crops (`blobs`, `spans`) indexing like raw (N, K, S, S, 3) uint8; a clip of 0 bytes reads zeros."""
 
     dtype = np.dtype(np.uint8)
     ndim = 5
@@ -86,7 +48,7 @@ class JpegCrops:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the decoded crops (what batches of them hold); `stored_nbytes`: of the JPEG blobs."""
+        """Bytes of the decoded crops; `stored_nbytes`: of the JPEG blobs."""
         return int(np.prod(self.shape))
 
     @property
@@ -94,19 +56,12 @@ class JpegCrops:
         return int(self.spans[:, 1].sum())
 
     def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self.decode(np.array([key]))[0].numpy()
         rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
-        if rows.dtype == bool:
-            rows = np.flatnonzero(rows)
-        return self.decode(rows).numpy()
+        decoded = self.decode(rows).numpy()  # `decode` flattens `rows`: an int gives one clip
+        return decoded[0] if rows.ndim == 0 else decoded
 
     def decode(self, rows: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-        """Clips `rows` decoded, (len(rows), K, S, S, 3) uint8, on `device` (None: the CPU).
-
-        Raises:
-            CacheDamaged: a blob whose header or JPEG files do not decode to the split's crop shape.
-        """
+        """Clips `rows` as (len(rows), K, S, S, 3) uint8 on `device` (None: the CPU); CacheDamaged for a bad blob."""
         import torch
 
         device = torch.device(device or "cpu")
@@ -129,8 +84,7 @@ class JpegCrops:
             if wrong is not None:
                 raise CacheDamaged(self._where(), f"a JPEG crop of {wrong}, {(s, s, c)} expected")
             if device.type == "cpu":
-                # Frame by frame through numpy: torch's copy kernels start an OpenMP region per small
-                # tensor, which cost 10-100x more here on a busy 2-core machine.
+                # Through numpy: torch starts an OpenMP region per small copy, 10-100x dearer on 2 busy cores.
                 into = frames.numpy()
                 for i, clip in enumerate(part.tolist()):
                     for j in range(k):
@@ -143,16 +97,10 @@ class JpegCrops:
         """The JPEG files of clips `rows` (none empty), read from the blobs into one buffer, as tensors."""
         import torch
 
-        starts, lengths = self.spans[rows, 0], self.spans[rows, 1]
-        buf = np.empty(int(lengths.sum()), dtype=np.uint8)  # writable and contiguous: torch shares it
-        ends = np.cumsum(lengths)
-        for start, length, end in zip(starts.tolist(), lengths.tolist(), ends.tolist()):
-            buf[end - length : end] = self.blobs[start : start + length]
-        data = torch.from_numpy(buf)
-        k = self.crop_shape[0]
-        files = []
-        for length, end in zip(lengths.tolist(), ends.tolist()):
-            offset = end - length
+        buf = np.empty(int(self.spans[rows, 1].sum()), dtype=np.uint8)  # writable and contiguous: torch shares it
+        data, k, files, offset = torch.from_numpy(buf), self.crop_shape[0], [], 0
+        for start, length in self.spans[rows].tolist():
+            buf[offset : offset + length] = self.blobs[start : start + length]
             header = np.frombuffer(buf, dtype=HEADER, count=min(k + 1, length // 4), offset=offset)
             if len(header) != k + 1 or header[0] != k or 4 * (k + 1) + int(header[1:].sum()) != length:
                 raise CacheDamaged(self._where(), f"a clip's JPEG blob at byte {offset} does not hold {k} crops")
@@ -166,8 +114,7 @@ class JpegCrops:
         return getattr(self.blobs, "filename", None) or "JPEG crops"
 
     def will_need(self, rows: np.ndarray) -> None:
-        """Ask the kernel to read clips `rows` ahead (posix_fadvise WILLNEED on their bytes), as
-        `SplitArrays.will_need` does for raw rows; nothing for blobs in memory."""
+        """Ask the kernel to read clips `rows` ahead (posix_fadvise WILLNEED), as `SplitArrays.will_need`."""
         name = getattr(self.blobs, "filename", None)
         if not isinstance(self.blobs, np.memmap) or not name:
             return

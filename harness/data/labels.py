@@ -1,14 +1,6 @@
-"""Label files and test templates -> validated samples.
-
-A dataset folder holds the splits `trainset/`, `valset/`, `testset/` (any may be absent), label files
-in either of the challenge's naming forms (`train_label.txt` or `trainset_label.txt`, and likewise for
-val), and for the test split an optional template (`video_name,score`). What a clip is (video
-containers and audio-only files) and what a face image is (.jpg/.png: the image track, with the same
-label files) is `harness.data.media`'s rule, applied alike to listing, validation and the
-"not listed" warning.
-
-Every problem is a `DatasetError` whose message is one line naming the file (and line) at fault.
-Problems that do not stop the work (files present but not listed) become warnings.
+"""Label files and test templates -> validated samples: `trainset/`, `valset/`, `testset/` (any may be absent), label
+files in either naming form (`train_label.txt`, `trainset_label.txt`), an optional test template. Every problem is a
+one-line `DatasetError` naming the file (and line); files present but not listed are warnings.
 """
 from __future__ import annotations
 
@@ -20,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from harness.data.media import is_clip, is_image
+from harness.data.methods import Method, find_methods, read_methods
 from harness.errors import BadInput
 
 SPLITS = ("train", "val", "test")
@@ -27,11 +20,7 @@ LABEL_HEADER = ("video_name", "target")
 TEMPLATE_HEADER = ("video_name", "score")
 
 # Both naming forms seen in the challenge's releases; the first one found wins.
-LABEL_FILES = {
-    "train": ("train_label.txt", "trainset_label.txt"),
-    "val": ("val_label.txt", "valset_label.txt"),
-    "test": ("test_label.txt", "testset_label.txt"),
-}
+LABEL_FILES = {split: (f"{split}_label.txt", f"{split}set_label.txt") for split in SPLITS}
 TEMPLATE_FILES = ("test_template.csv", "testset_template.csv", "prediction_template.csv", "sample_submission.csv")
 Accepts = Callable[[Path], bool]  # the track's rule: media.is_clip or media.is_image
 
@@ -62,6 +51,7 @@ class Dataset:
     template: list[str] | None = None  # test names in the template's order
     label_files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    methods: dict[str, Method] = field(default_factory=dict)  # name -> forgery method, where known (data.methods)
 
     def split(self, name: str) -> list[Sample]:
         return self.samples.get(name, [])
@@ -70,8 +60,7 @@ class Dataset:
         """Hash of the label files and template: names the data a run was trained on."""
         h = hashlib.sha1()
         for p in sorted(self.label_files):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
+            h.update(p.name.encode() + p.read_bytes())
         return h.hexdigest()[:12]
 
 
@@ -80,17 +69,7 @@ def split_dir(root: Path, split: str) -> Path:
 
 
 def find_label_file(root: Path, split: str) -> Path | None:
-    for name in LABEL_FILES[split]:
-        if (root / name).is_file():
-            return root / name
-    return None
-
-
-def find_template(root: Path) -> Path | None:
-    for name in TEMPLATE_FILES:
-        if (root / name).is_file():
-            return root / name
-    return None
+    return next((root / n for n in LABEL_FILES[split] if (root / n).is_file()), None)
 
 
 def _check_name(name: str, path: Path, line: int) -> None:
@@ -104,8 +83,8 @@ def _check_name(name: str, path: Path, line: int) -> None:
         raise DatasetError(path, f"name leaves the split folder: {name!r}", line)
 
 
-def _read_rows(path: Path, header: tuple[str, str]) -> list[tuple[int, list[str]]]:
-    """CSV rows after checking the header; each row with its 1-based line number."""
+def read_listing(path: Path, *, labelled: bool) -> list[tuple[int, str, str]]:
+    """(line, name, target or score) of a `video_name,target` or `video_name,score` file, names checked and unique."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -113,49 +92,49 @@ def _read_rows(path: Path, header: tuple[str, str]) -> list[tuple[int, list[str]
     if not text.strip():
         raise DatasetError(path, "empty file", 1)
     rows = list(csv.reader(text.splitlines()))
-    got = tuple(c.strip() for c in rows[0])
+    header, got = LABEL_HEADER if labelled else TEMPLATE_HEADER, tuple(c.strip() for c in rows[0])
     if got != header:
         raise DatasetError(path, f"header must be {','.join(header)!r}, found {','.join(got)!r}", 1)
-    out = []
-    for i, row in enumerate(rows[1:], start=2):
-        if not row or all(not c.strip() for c in row):
+    out: list[tuple[int, str, str]] = []
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
             continue
         if len(row) != 2:
-            raise DatasetError(path, f"expected 2 columns, found {len(row)}", i)
-        out.append((i, [c.strip() for c in row]))
-    return out
-
-
-def _read_listing(path: Path, split: str, folder: Path, files: dict[str, Path], accepts: Accepts, *, labelled: bool) -> list[Sample]:
-    """A label file (`video_name,target`) or a test template (`video_name,score`) as samples."""
-    samples: list[Sample] = []
-    seen: dict[str, int] = {}
-    for line, (name, second) in _read_rows(path, LABEL_HEADER if labelled else TEMPLATE_HEADER):
+            raise DatasetError(path, f"expected 2 columns, found {len(row)}", line)
+        name, second = (c.strip() for c in row)
         _check_name(name, path, line)
         if name in seen:
             raise DatasetError(path, f"duplicate name {name!r} (first on line {seen[name]})", line)
         seen[name] = line
         if labelled and second not in ("0", "1"):
             raise DatasetError(path, f"target must be 0 or 1, found {second!r}", line)
-        samples.append(_sample(name, split, folder, files, int(second) if labelled else None, path, line, accepts))
-    return samples
+        out.append((line, name, second))
+    return out
 
 
-def _sample(name: str, split: str, folder: Path, files: dict[str, Path], label: int | None, src: Path, line: int,
-            accepts: Accepts) -> Sample:
-    clip = folder / name
-    if not accepts(clip):
-        raise DatasetError(src, f"unsupported extension {clip.suffix or '(none)'!r} for {name!r}", line)
-    if name not in files and not clip.is_file():  # is_file for names written another way ("./a.mp4")
-        raise DatasetError(src, f"listed file is missing: {clip}", line)
-    return Sample(name=name, split=split, path=clip, label=label)
+def _read_listing(ds: Dataset, path: Path, split: str, files: dict[str, Path], accepts: Accepts, *, labelled: bool) -> None:
+    """A label file or test template as `split`'s samples in `ds`, warning of an empty label file and unlisted files."""
+    folder, samples = split_dir(ds.root, split), []
+    for line, name, second in read_listing(path, labelled=labelled):
+        clip = folder / name
+        if not accepts(clip):
+            raise DatasetError(path, f"unsupported extension {clip.suffix or '(none)'!r} for {name!r}", line)
+        if name not in files and not clip.is_file():  # is_file for names written another way ("./a.mp4")
+            raise DatasetError(path, f"listed file is missing: {clip}", line)
+        samples.append(Sample(name=name, split=split, path=clip, label=int(second) if labelled else None))
+    ds.label_files.append(path)
+    ds.samples[split] = samples
+    if labelled and not samples:
+        ds.warnings.append(f"{path}: lists no clips: the {split} split is empty")
+    names = {s.name for s in samples}
+    if extra := [p for name, p in files.items() if name not in names and accepts(p)]:
+        shown = ", ".join(p.name for p in extra[:3]) + (" ..." if len(extra) > 3 else "")
+        ds.warnings.append(f"{folder}: {len(extra)} file(s) not listed in {path.name}, ignored: {shown}")
 
 
 def _media_files(folder: Path) -> dict[str, Path]:
-    """Every file under `folder` (not hidden ones), by its name relative to the folder, in name order.
-
-    One directory walk in which the kernel's entry types stand in for a stat per file (a linked file
-    is still followed to its target), serving the track guess, the listed-but-missing check and the unlisted warning."""
+    """Every file under `folder` but hidden ones, by relative name, in rglob's order, with no stat per file."""
     files: dict[str, Path] = {}
 
     def walk(directory: str, prefix: str) -> None:
@@ -170,23 +149,16 @@ def _media_files(folder: Path) -> dict[str, Path]:
     return dict(sorted(files.items(), key=lambda item: PurePosixPath(item[0]).parts))  # rglob's order: by path parts
 
 
-def _detect_track(listings: dict[str, dict[str, Path]]) -> str:
-    """Clips or face images, judged by what the split folders hold."""
-    clips = images = 0
-    for files in listings.values():
-        for p in files.values():
-            clips += is_clip(p)
-            images += is_image(p)
-    return "image" if images > clips else "video"
-
-
-def load_dataset(root: Path | str) -> Dataset:
-    """Read and validate a dataset folder. Raises DatasetError on the first fatal problem."""
+def load_dataset(root: Path | str, methods: Path | None = None) -> Dataset:
+    """A validated dataset folder with its methods file (`methods`, else `root/methods.csv`); else DatasetError."""
     root = Path(root).expanduser().resolve()
+    if root.is_file():
+        raise DatasetError(root, "a file, not a dataset folder (trainset/, valset/, testset/ and label files)")
     if not root.is_dir():
         raise DatasetError(root, "dataset folder not found")
     listings = {s: _media_files(split_dir(root, s)) for s in SPLITS if split_dir(root, s).is_dir()}
-    track = _detect_track(listings)
+    paths = [p for files in listings.values() for p in files.values()]
+    track = "image" if sum(map(is_image, paths)) > sum(map(is_clip, paths)) else "video"  # what the folders hold
     accepts = is_image if track == "image" else is_clip
     ds = Dataset(root=root, track=track, samples={})
     for split in SPLITS:
@@ -202,35 +174,22 @@ def load_dataset(root: Path | str) -> Dataset:
             continue
         if label_file is None:
             raise DatasetError(root / LABEL_FILES[split][0], f"missing label file for {folder.name}/ (also looked for {LABEL_FILES[split][1]})")
-        ds.label_files.append(label_file)
-        ds.samples[split] = _read_listing(label_file, split, folder, files, accepts, labelled=True)
-        _warn_unlisted(ds, folder, files, ds.samples[split], label_file, accepts)
+        _read_listing(ds, label_file, split, files, accepts, labelled=True)
     if not any(ds.samples.values()):
         raise DatasetError(root, "no trainset/, valset/ or testset/ with clips")
+    if (found := find_methods(root, methods)) is not None:
+        ds.methods, more = read_methods(found, {s.name: s.label for split in ds.samples.values() for s in split})
+        ds.warnings.extend(more)
     return ds
 
 
 def _load_test_split(ds: Dataset, folder: Path, files: dict[str, Path], accepts: Accepts) -> None:
-    template = find_template(ds.root)
+    template = next((ds.root / n for n in TEMPLATE_FILES if (ds.root / n).is_file()), None)
     if template is not None:
         if not folder.is_dir():
             raise DatasetError(template, f"template given but folder {folder.name}/ is missing")
-        ds.label_files.append(template)
-        ds.samples["test"] = _read_listing(template, "test", folder, files, accepts, labelled=False)
+        _read_listing(ds, template, "test", files, accepts, labelled=False)
         ds.template = [s.name for s in ds.samples["test"]]
-        _warn_unlisted(ds, folder, files, ds.samples["test"], template, accepts)
-    elif folder.is_dir():
-        # No template: every media file is a test clip, in name order.
-        ds.samples["test"] = [
-            Sample(name=name, split="test", path=p, label=None) for name, p in files.items() if accepts(p)
-        ]
-
-
-def _warn_unlisted(ds: Dataset, folder: Path, files: dict[str, Path], listed: list[Sample], src: Path,
-                   accepts: Accepts) -> None:
-    names = {s.name for s in listed}
-    extra = [p for name, p in files.items() if name not in names and accepts(p)]
-    if extra:
-        shown = ", ".join(p.name for p in extra[:3]) + (" ..." if len(extra) > 3 else "")
-        ds.warnings.append(f"{folder}: {len(extra)} file(s) not listed in {src.name}, ignored: {shown}")
+    elif folder.is_dir():  # no template: every media file is a test clip, in name order
+        ds.samples["test"] = [Sample(name=name, split="test", path=p, label=None) for name, p in files.items() if accepts(p)]
 

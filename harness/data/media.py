@@ -1,17 +1,5 @@
-"""Decode media in-process with PyAV, and say precisely why a clip cannot be used.
-
-PyAV was chosen by measurement on the 10 shared real clips (mp3-in-mp4, 44.1 kHz stereo, 7 s on
-average): opening and decoding in-process costs about 6.5 ms per clip against about 18 ms of process
-start alone for an `ffmpeg` subprocess per clip, and the tutorial's moviepy->WAV->librosa path costs
-about 165 ms per clip. Resampling goes through soxr (what librosa uses): about 1 ms per clip where
-FFmpeg's swresample in PyAV cost about 5 ms. (miniaudio's dr_mp3 on the demuxed stream was slower.)
-
-What a clip is, once for every reader (label files, the test folder, `harness predict`): a file whose
-suffix (any case) is in `CLIP_SUFFIXES` (a video container, or an audio-only file: both decode
-through `decode_audio`, and an audio-only clip asked for faces fails as "no video stream", like any
-clip without a picture) or, for the image track, in `IMAGE_SUFFIXES`. `is_clip`, `is_image` and
-`is_media` apply the rule to a path. Folder walks also skip hidden files (`.DS_Store`, macOS's
-`._clip.mp4` companions); a name given explicitly is judged by its suffix alone.
+"""Decode media in-process with PyAV (6.5 ms a clip; an `ffmpeg` subprocess takes 18 ms to start), resample with soxr
+(1 ms; swresample 5), and say precisely why a clip cannot be used. A clip or image is named by its suffix, any case.
 """
 from __future__ import annotations
 
@@ -30,8 +18,7 @@ CLIP_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 
 
-def _suffix(path: Path | str) -> str:
-    # Path.suffix of a str without building a Path: listing a dataset asks this of every file.
+def _suffix(path: Path | str) -> str:  # no Path built for a str: listing a dataset asks this of every file
     return (path.suffix if isinstance(path, PurePath) else os.path.splitext(path)[1]).lower()
 
 
@@ -51,7 +38,7 @@ def is_media(path: Path | str) -> bool:
 
 
 class MediaError(Exception):
-    """A clip that cannot give usable features. `reason` is a short stable word for reports."""
+    """A clip that cannot give usable features; `reason` is a short stable word for reports."""
 
     reason = "undecodable"
 
@@ -94,20 +81,11 @@ _SAMPLE_TYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int
 
 
 class _MonoCollector:
-    """Copies each decoded frame's samples out at once and mixes them to mono float32 at the end.
-
-    Copying while the frame is fresh lets FFmpeg hand the same (cache-warm) buffer to the next
-    frame; keeping every frame alive until the end made FFmpeg allocate ~300 buffers a clip and cost
-    about 4 ms a clip. Plane bytes go through memoryview slices (a `to_ndarray` per 1152-sample mp3
-    frame cost about 3 ms a clip).
-    """
+    """Frames' samples copied out at once via memoryviews (kept frames: 4 ms a clip), mixed to mono float32 at the end."""
 
     def __init__(self) -> None:
         self.parts: list[bytearray] = []
-        self.dtype: np.dtype | None = None
-        self.channels = 0
-        self.planar = False
-        self.width = 0
+        self.dtype: np.dtype | None = None  # with `channels`, `planar` and `width`, set by the first frame
 
     def add(self, frame) -> None:  # noqa: ANN001 - av.AudioFrame
         if self.dtype is None:
@@ -126,13 +104,10 @@ class _MonoCollector:
 
     def mono(self) -> np.ndarray:
         assert self.dtype is not None
-        if self.planar:
-            signals = [np.frombuffer(part, dtype=self.dtype) for part in self.parts]
-        else:
-            interleaved = np.frombuffer(self.parts[0], dtype=self.dtype).reshape(-1, self.channels)
-            signals = [interleaved[:, c] for c in range(self.channels)]
-        # Summing into one float32 buffer avoids stacking the channels (a 2.6 MB copy for 10 s).
-        mono = signals[0].astype(np.float32)
+        signals = [np.frombuffer(part, dtype=self.dtype) for part in self.parts]
+        if not self.planar:  # interleaved: one view per channel
+            signals = list(signals[0].reshape(-1, self.channels).T)
+        mono = signals[0].astype(np.float32)  # summed in place: no stacked copy of the channels
         for other in signals[1:]:
             mono += other
         if self.dtype == np.uint8:
@@ -143,34 +118,25 @@ class _MonoCollector:
 
 
 def decode_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]:
-    """The first audio track as mono float32 at `sample_rate`, and the length the container declares.
-
-    Raises EmptyFile, Undecodable or NoAudio. Length checks (truncated, too short, silent) are left to
-    `check_audio`, so that a caller can decode once and judge with its own thresholds.
-    """
+    """The first audio track, mono float32 at `sample_rate`, and its declared seconds; EmptyFile, Undecodable, NoAudio."""
     import soxr
 
     path = Path(path)
     with first_track(path, "audio", NoAudio) as (container, stream):
         declared = _declared_seconds(stream, container)
         samples = decode_until_damage(container, stream)
-        if samples:
-            mono = samples.mono()
-        rate = stream.codec_context.sample_rate or stream.rate
-    if not samples:
-        raise Undecodable(path, "the audio track decoded to no samples")
+        if not samples:
+            raise Undecodable(path, "the audio track decoded to no samples")
+        mono, rate = samples.mono(), stream.codec_context.sample_rate or stream.rate
     if rate != sample_rate:
-        # soxr's MQ is 16-bit precise (96 dB), beyond the 80 dB the images keep, and 1 ms a clip
-        # cheaper than HQ; the tutorial's librosa.load uses HQ.
+        # MQ: 96 dB precise, beyond the images' 80 dB, and 1 ms a clip cheaper than librosa's HQ.
         mono = soxr.resample(mono, rate, sample_rate, quality="MQ").astype(np.float32, copy=False)
     return mono, declared
 
 
 @contextmanager
 def first_track(path: Path, kind: str, missing: type[MediaError]) -> Iterator[tuple]:
-    """The open container and its first `kind` ("audio" or "video") track; the demuxer skips every
-    other stream. Raises EmptyFile, `missing` when there is no such track, and Undecodable for what
-    FFmpeg (or the body of the `with`) reports as broken."""
+    """The container and its first `kind` track, others discarded; EmptyFile, `missing`, or Undecodable (FFmpeg's)."""
     import av
     from av.stream import Discard
 
@@ -183,26 +149,18 @@ def first_track(path: Path, kind: str, missing: type[MediaError]) -> Iterator[tu
                 raise missing(path, f"the container has no {kind} track")
             for other in container.streams:
                 if other is not tracks[0]:
-                    other.discard = Discard.all  # skipped by the demuxer, never decoded
+                    other.discard = Discard.all
             yield container, tracks[0]
-    except MediaError:
-        raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
         raise Undecodable(path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
 
 
 def decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 - av objects
-    """Every sample up to the first damaged packet.
-
-    A file cut short (a broken download) still declares its full length and fails at the cut;
-    keeping what came before lets `check_audio` call it truncated rather than undecodable.
-    """
+    """Every sample up to the first damaged packet: a file cut short reads as truncated, not undecodable."""
     import av
 
     samples = _MonoCollector()
     try:
-        # container.decode drives demux and decode in one loop: about 1 ms a clip less than
-        # decoding packet by packet from demux().
         for frame in container.decode(stream):
             samples.add(frame)
     except av.error.FFmpegError:
@@ -212,39 +170,27 @@ def decode_until_damage(container, stream) -> _MonoCollector:  # noqa: ANN001 - 
 
 
 def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
-    """`count` RGB uint8 frames spread evenly over the first video track (fewer when the clip has
-    fewer, or breaks before the later ones; never more), turned upright by the stream's display
-    matrix as players show them (a phone's portrait clip is stored sideways).
-
-    The i-th pick is the first decoded frame at or after (i + 0.5) / count of the declared length; a
-    frame is picked once even when it is the first after several targets (a clip with fewer frames).
-    Decoding stops after the last pick; audio packets are skipped by the demuxer. Raises EmptyFile,
-    NoVideo or Undecodable (also when the track yields no frame at all).
-    """
+    """At most `count` RGB uint8 frames of the first video track, turned upright by its display matrix: the i-th
+    is the first frame at or after (i + 0.5) / count of the declared length, each frame picked once.
+    Raises EmptyFile, NoVideo or Undecodable (also for no frame at all)."""
     import av
 
     path = Path(path)
     picked: list[np.ndarray] = []
     with first_track(path, "video", NoVideo) as (container, stream):
-        # Frames no other frame refers to (B-frames) need not be decoded: a pick then lands on
-        # the next reference frame, a few milliseconds later. About halves decode time.
+        # B-frames left undecoded (a pick lands on the next reference frame): about halves decode time.
         stream.codec_context.skip_frame = "NONREF"
         seconds = _declared_seconds(stream, container)
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
         if seconds > 0:
             targets = [start + (i + 0.5) * seconds / count for i in range(count)]
-            position = None
         else:  # no declared length: pick by frame number, counted from the packets (no decoding)
             total = _count_frames(path)
             targets = [float(int((i + 0.5) * total / count)) for i in range(count)]
-            position = iter(range(1 << 62))
         target = 0
         try:
-            for frame in container.decode(stream):
-                if position is not None:
-                    t = float(next(position))
-                else:
-                    t = frame.time if frame.time is not None else 0.0
+            for number, frame in enumerate(container.decode(stream)):
+                t = (frame.time or 0.0) if seconds > 0 else float(number)
                 if t < targets[target] - 1e-6:
                     continue
                 picked.append(upright(frame.to_ndarray(format="rgb24"), display_matrix(frame)))
@@ -261,9 +207,7 @@ def sample_frames(path: Path | str, count: int) -> list[np.ndarray]:
 
 
 def display_matrix(frame) -> tuple[int, ...] | None:  # noqa: ANN001 - av.VideoFrame
-    """The frame's display matrix (FFmpeg's 9 int32, 16.16 fixed point), or None.
-
-    FFmpeg attaches the stream's matrix (mp4 `tkhd`, what phones write) to every decoded frame."""
+    """The display matrix FFmpeg attaches to each frame (mp4 `tkhd`: 9 int32, 16.16 fixed point), or None."""
     for side in frame.side_data:
         if getattr(side.type, "name", "") == "DISPLAYMATRIX":
             return struct.unpack("=9i", bytes(side))
@@ -271,28 +215,22 @@ def display_matrix(frame) -> tuple[int, ...] | None:  # noqa: ANN001 - av.VideoF
 
 
 def upright(rgb: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
-    """`rgb` (H, W, 3) as players show it: the display matrix applied as `ffmpeg` and `ffplay` apply it.
-
-    The same decision as fftools' autorotate (quarter turns, transposes and flips, chosen by the
-    rotation angle and the signs of the matrix entries); an angle that is not a quarter turn is
-    left as stored (ffmpeg would rotate and pad with black).
-    """
+    """`rgb` (H, W, 3) as players show it: quarter turns and flips as fftools' autorotate; other angles as stored."""
     if matrix is None:
         return rgb
     a, b, c, d = (v / 65536.0 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
     scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
     if scale_x == 0 or scale_y == 0:
         return rgb
-    theta = float(round(math.degrees(math.atan2(b / scale_y, a / scale_x))))  # = -av_display_rotation_get
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # into [0, 360)
-    if abs(theta - 90) < 1:
+    theta = round(math.degrees(math.atan2(b / scale_y, a / scale_x))) % 360  # -av_display_rotation_get, in [0, 360)
+    if theta == 90:
         out = rgb.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(rgb, -1)  # transpose cclock_flip | clock
-    elif abs(theta - 270) < 1:
+    elif theta == 270:
         out = rgb[::-1, ::-1].transpose(1, 0, 2) if matrix[3] < 0 else np.rot90(rgb, 1)  # clock_flip | cclock
-    elif abs(theta - 180) < 1:
+    elif theta == 180:
         out = rgb[:, ::-1] if matrix[0] < 0 else rgb  # hflip
         out = out[::-1] if matrix[4] < 0 else out  # vflip
-    elif abs(theta) < 1:
+    elif theta == 0:
         out = rgb[::-1] if matrix[4] < 0 else rgb  # vflip
     else:
         return rgb
@@ -304,8 +242,7 @@ def _count_frames(path: Path) -> int:
     import av
 
     with av.open(str(path), metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
 
 
 def _declared_seconds(stream, container) -> float:  # noqa: ANN001 - av objects
@@ -316,16 +253,8 @@ def _declared_seconds(stream, container) -> float:  # noqa: ANN001 - av objects
     return 0.0  # unknown: no truncation check possible
 
 
-def check_audio(
-    path: Path | str,
-    audio: np.ndarray,
-    sample_rate: int,
-    declared_seconds: float,
-    *,
-    min_seconds: float,
-    truncated_ratio: float,
-    silence_dbfs: float,
-) -> None:
+def check_audio(path: Path | str, audio: np.ndarray, sample_rate: int, declared_seconds: float, *,
+                min_seconds: float, truncated_ratio: float, silence_dbfs: float) -> None:
     """Raise Truncated, TooShort or Silent when the decoded audio cannot be trusted."""
     seconds = len(audio) / sample_rate
     if declared_seconds > 0 and seconds < truncated_ratio * declared_seconds:

@@ -1,15 +1,11 @@
 """The worker side of the feature cache, and the shard files it writes.
 
-A worker computes the features of a chunk of up to 8 clips of one split and writes them as one shard,
-`shards/<split>/<first id>.npz`: `data`, the uint8 arrays of the clips that worked, and `meta`, a JSON
-list with each clip's id, its row in `data` or its failure (reason, detail), and for face crops the
-frames that fell back to the centre square. Arrays of their own length (windowed log-mels, JPEG-stored
-crops: `span_row`) lie end to end in `data`, each entry with its `start` and length (`frames`, in rows). The shard is written with `integrity.write_file`
-(temporary, fsync, rename) and its size and CRC-32 go back to the parent for the manifest.
-
-`read_shards` is the parent's inventory of a split's shards: each is checked against the manifest
-(or, when it has no record yet, parsed in full) and a shard that fails is deleted and reported, so its
-clips are computed again.The pool that runs them is `harness.data.workers`' (its workers stop with the parent).
+A worker computes up to 8 clips of one split into one shard, `shards/<split>/<first id>.npz`: `data`, the
+uint8 arrays of the clips that worked; `meta`, JSON: each clip's id, its row in `data` or its failure
+(reason, detail), for log-mels the decoded length in `seconds` (`harness.slices`' duration slices), for face
+crops the frames that fell back to the centre square; face crops add `landmarks` and `confidence` rows in
+`data`'s order. Arrays of their own length (`span_row`) lie end to end, each entry with `start` and `frames`.
+`read_shards` deletes and reports a shard unlike its manifest record, so its clips are computed again.
 """
 from __future__ import annotations
 
@@ -17,54 +13,42 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from harness.config import AudioFeatures, VideoFeatures
 from harness.data.integrity import Manifest, Record, check_file, write_file
 
+if TYPE_CHECKING:
+    from harness.data.faces import FaceCrops
+
 Features = AudioFeatures | VideoFeatures
 
 
 def init_worker() -> None:
     """Set up a feature worker: one BLAS and OpenCV thread, and glibc keeping freed memory."""
-    # BLAS threads spin-wait and starve the decoder on small machines: one thread per process.
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-    import cv2
-
-    cv2.setNumThreads(0)  # OpenCV's own thread pool (resize, DFT) would fight the other worker too
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc to reuse freed memory instead of returning it to the kernel.
-
-    Each clip allocates a dozen buffers of 0.5-3 MB (samples, frames, spectrum); by default glibc
-    maps and unmaps them, and first-touch page faults (about 350 a clip) cost 0.5 ms of the
-    10 ms a clip takes. Keeping up to 256 MB mapped per worker removes them. No-op off glibc.
-    """
     import ctypes
     import ctypes.util
 
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # BLAS threads spin-wait and starve the decoder on small machines
+    import cv2
+
+    cv2.setNumThreads(0)  # OpenCV's own pool (resize, DFT) would fight the other workers too
+    # glibc keeps up to 256 MB freed: a clip's 0.5-3 MB buffers otherwise cost 350 page faults, 0.5 of its 10 ms.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mallopt(m_mmap_threshold, 64 << 20)
-    mallopt(m_trim_threshold, 256 << 20)
-    mallopt(m_top_pad, 64 << 20)
+    for option, value in ((-3, 64 << 20), (-1, 256 << 20), (-2, 64 << 20)):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
+        mallopt(option, value)
 
 
 def extract(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
-    """One clip's array as a model reads it, made by the settings' kind: a log-mel image, or face
-    crops with the number of frames that fell back to the centre square (None for audio). Crops
-    stored as JPEG are sent through the JPEG round trip, as training decodes them. Raises a MediaError."""
-    array, fallback = stored(path, cfg)
+    """One clip's array as a model reads it, and its centre-square fallback frames (None for audio); MediaError."""
+    array, fallback, _, _ = stored(path, cfg)
     if isinstance(cfg, VideoFeatures) and cfg.jpeg:
         from harness.data.jpeg_crops import JpegCrops
 
@@ -72,28 +56,34 @@ def extract(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
     return array, fallback
 
 
-def stored(path: Path | str, cfg: Features) -> tuple[np.ndarray, int | None]:
-    """What the cache stores of one clip: `extract`'s array, but JPEG-stored crops as their encoded
-    blob (`harness.data.jpeg_crops.encode_clip`). Raises a MediaError."""
+def stored(path: Path | str, cfg: Features, *, variants_seed: int | None = None
+           ) -> tuple[np.ndarray, int | None, FaceCrops | None, Stored]:
+    """One decode's array as the cache stores it (JPEG crops as a blob), fallback count, face crops and `Stored`."""
     if isinstance(cfg, VideoFeatures):
         from harness.data.faces import video_features
+        from harness.data.jpeg_crops import encode_clip
 
         faces = video_features(path, cfg)
-        if cfg.jpeg:
-            from harness.data.jpeg_crops import encode_clip
+        return encode_clip(faces.crops, cfg.crop_quality) if cfg.jpeg else faces.crops, faces.fallback, faces, Stored()
+    from harness.data.features import audio_array, variant_arrays
+    from harness.data.media import decode_audio
 
-            return encode_clip(faces.crops, cfg.crop_quality), faces.fallback
-        return faces.crops, faces.fallback
-    from harness.data.features import audio_features
+    audio, declared = decode_audio(path, cfg.sample_rate)
+    array = audio_array(path, audio, declared, cfg)
+    variants = variant_arrays(path, audio, cfg, variants_seed) if variants_seed is not None and cfg.codec_variants else []
+    return array, None, None, Stored(round(len(audio) / cfg.sample_rate, 3), tuple(variants))
 
-    return audio_features(path, cfg), None
+
+class Stored(NamedTuple):
+    """A log-mel's by-products of its decode (empty for face crops)."""
+
+    seconds: float | None = None  # the decoded audio's length, before any silence trim
+    variants: tuple[np.ndarray, ...] = ()  # codec variants' arrays (`AudioFeatures.codec_variants`)
 
 
 @dataclass(frozen=True)
 class ShardResult:
-    """What a worker sends back: the shard, its record, its meta, and its data when that is log-mels
-    the parent still keeps (face crops, 300 KB a clip, and log-mels past the parent's budget are read
-    back from the shard instead), so that the parent packs without reading the shard again."""
+    """A worker's shard, record, meta, and data when the parent keeps it for packing (log-mels within budget)."""
 
     path: str
     record: Record
@@ -102,35 +92,36 @@ class ShardResult:
 
 
 def extract_chunk(cfg: Features, folder: str, jobs: list[tuple[str, str]], *, send_data: bool = True) -> ShardResult:
-    """Compute each (clip, id) of one split and write them as one shard; the log-mels go back too
-    unless `send_data` is false (the parent keeps a bounded number for packing)."""
+    """Compute each (clip, id) of one split into one shard; the log-mels go back too unless not `send_data`."""
     from harness.data.media import MediaError
 
     arrays: list[np.ndarray] = []
     meta: list[dict[str, object]] = []
+    faces: list[FaceCrops] = []  # face crops: each usable clip's landmarks and confidence, in `arrays`' order
     for clip, stem in jobs:
         try:
-            if isinstance(cfg, AudioFeatures) and cfg.codec_variants:
-                from harness.data.features import audio_features_with_variants
-
-                array, variants = audio_features_with_variants(clip, cfg, seed=int(stem[:8], 16))
-                fallback = None
-            else:
-                (array, fallback), variants = stored(clip, cfg), []
+            array, fallback, found, extra = stored(clip, cfg, variants_seed=int(stem[:8], 16))
         except MediaError as e:
             meta.append({"id": stem, "reason": e.reason, "detail": e.detail})
             continue
-        for k, item in enumerate([array, *variants]):
+        for k, item in enumerate([array, *extra.variants]):
             # A codec variant is an entry of its own, `<id>.v<k>`, tied to its source's id.
             entry = {"id": stem, "row": len(arrays), "fallback": fallback} if k == 0 else \
                 {"id": variant_id(stem, k), "row": len(arrays), "source": stem}
+            if extra.seconds is not None:
+                entry["seconds"] = extra.seconds
             if span_row(cfg) is not None:  # whole log-mels or JPEG blobs of different lengths, end to end
                 entry.update(start=sum(len(a) for a in arrays), frames=len(item))
             meta.append(entry)
             arrays.append(item)
+        if found is not None:
+            faces.append(found)
     data = _stacked(cfg, arrays)
-    shard = Path(folder) / f"{jobs[0][1]}.npz"
-    record = write_shard(shard, data, meta)
+    shard, points = Path(folder) / f"{jobs[0][1]}.npz", {}
+    if isinstance(cfg, VideoFeatures):  # landmarks (n, frames, 5, 2) and confidence (n, frames)
+        points = {"landmarks": np.array([f.landmarks for f in faces], np.float32).reshape(-1, cfg.frames, 5, 2),
+                  "confidence": np.array([f.confidence for f in faces], np.float32).reshape(-1, cfg.frames)}
+    record = write_shard(shard, data, meta, **points)
     return ShardResult(str(shard), record, meta, data if send_data and isinstance(cfg, AudioFeatures) else None)
 
 
@@ -140,9 +131,8 @@ def variant_id(stem: str, k: int) -> str:
 
 
 def span_row(cfg: Features) -> tuple[int, ...] | None:
-    """The shape of one row when each clip's array has its own length and clips are stored end to end
-    (`start,frames` in rows): a log-mel frame (H,) for windowed log-mels (time-major), a byte () for
-    JPEG-stored crops. None: one array of `cfg.shape` per clip."""
+    """One row's shape where clips of their own length lie end to end: (H,) windowed log-mels, () JPEG bytes;
+    None: one array of `cfg.shape` per clip."""
     if isinstance(cfg, AudioFeatures) and cfg.windowed:
         return (cfg.shape[0],)
     if isinstance(cfg, VideoFeatures) and cfg.jpeg:
@@ -158,16 +148,15 @@ def _stacked(cfg: Features, arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class Entry(NamedTuple):
-    """A cache item as the parent keeps it: its shard and the fields of its meta entry.
-
-    One small tuple an item: the meta dict and a tuple around it were 240 bytes of the parent's
-    memory a clip (24 MB at 100k clips), this is 96."""
+    """A cache item as the parent keeps it: its shard and its meta entry's fields (96 bytes a clip; the meta
+    dict was 240: 24 MB at 100k clips)."""
 
     shard: Path | None  # None: no entry at all (see `reason`)
     row: int | None  # its row in the shard's `data`; None: no features (`reason`, `detail` say why)
     start: int | None = None  # arrays of their own length (`span_row`): where it starts in `data` ...
     frames: int | None = None  # ... and its length in rows
     fallback: int | None = None  # face crops: frames that fell back to the centre square
+    seconds: float | None = None  # log-mels: the clip's decoded length (None in shards written before it)
     reason: str = ""
     detail: str = ""
 
@@ -175,7 +164,7 @@ class Entry(NamedTuple):
     def of(cls, shard: Path, meta: dict) -> Entry:
         """The entry of one item of a shard's meta list."""
         return cls(shard, meta.get("row"), meta.get("start"), meta.get("frames"), meta.get("fallback"),
-                   meta.get("reason", ""), meta.get("detail", ""))
+                   meta.get("seconds"), meta.get("reason", ""), meta.get("detail", ""))
 
     @property
     def ok(self) -> bool:
@@ -184,15 +173,13 @@ class Entry(NamedTuple):
 
 def item_array(data: np.ndarray, entry: Entry) -> np.ndarray:
     """One item's array from its shard's `data`, by its entry (a row, or a run of frames)."""
-    if entry.frames is not None:
-        return data[entry.start : entry.start + entry.frames]
-    return data[entry.row]
+    return data[entry.row] if entry.frames is None else data[entry.start : entry.start + entry.frames]
 
 
-def write_shard(path: Path, data: np.ndarray, meta: list[dict[str, object]]) -> Record:
-    """Write a shard atomically (fsynced); its record. Raises OSError naming `path`."""
+def write_shard(path: Path, data: np.ndarray, meta: list[dict[str, object]], **extra: np.ndarray) -> Record:
+    """Write a shard atomically with `extra` arrays beside `data`; its record. Raises OSError naming `path`."""
     buf = io.BytesIO()
-    np.savez(buf, data=data, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    np.savez(buf, data=data, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **extra)
     return write_file(path, buf.getbuffer())
 
 
@@ -211,38 +198,32 @@ def shard_key(split: str, shard: Path) -> str:
 
 def read_shards(folder: Path, split: str, manifest: Manifest, *, full: bool = False
                 ) -> tuple[dict[str, Entry], list[DamagedShard]]:
-    """id -> entry for every item in a split's sound shards, and the damaged ones.
-
-    A shard with a record must match it (`integrity.check_file`: quick, or every CRC-32 when `full`);
-    a shard without one (written by a run interrupted before it saved the manifest, or before
-    manifests existed) must parse in full, which checks its zip members' own CRC-32s, and is then
-    recorded. A damaged shard is deleted; the manifest forgets shards that are gone."""
+    """id -> entry of every item in a split's sound shards, and the damaged ones (deleted). A shard must match
+    its record (`full`: every CRC-32), or without one parse in full and be recorded."""
     entries: dict[str, Entry] = {}
     damaged: list[DamagedShard] = []
     present = set()
     for shard in sorted(folder.glob("*.npz")):
-        key = shard_key(split, shard)
-        present.add(key)
+        present.add(key := shard_key(split, shard))
         recorded = manifest.shard(key)
+        problem = None
         try:
             if recorded is not None:
                 problem, current = check_file(shard, recorded, full=full)
-                if problem is not None:
-                    raise _Mismatch(problem)
-                with np.load(shard) as z:  # reads the zip's directory and `meta`, not `data`
-                    meta = json.loads(z["meta"].tobytes())
+                if problem is None:
+                    with np.load(shard) as z:  # reads the zip's directory and `meta`, not `data`
+                        meta = json.loads(z["meta"].tobytes())
             else:
                 raw = shard.read_bytes()
                 with np.load(io.BytesIO(raw)) as z:
                     meta = json.loads(z["meta"].tobytes())
                     z["data"]  # read in full: the zip checks its CRC-32
                 current = Record.of(raw).stamped(shard)
-        # Anything that stops a shard from being read (a zip cut short, an empty file, bad JSON)
-        # means the same: a derived file to compute again.
+        # Anything that stops a shard from being read (a zip cut short, an empty file, bad JSON): recompute.
         except Exception as e:  # noqa: BLE001
-            problem = str(e) if isinstance(e, _Mismatch) else f"unreadable ({type(e).__name__}: {str(e)[:120] or 'no detail'})"
-            ids = manifest.shards.get(key, {}).get("ids")
-            damaged.append(DamagedShard(key, problem, ids))
+            problem = f"unreadable ({type(e).__name__}: {str(e)[:120] or 'no detail'})"
+        if problem is not None:
+            damaged.append(DamagedShard(key, problem, manifest.shards.get(key, {}).get("ids")))
             shard.unlink(missing_ok=True)
             manifest.drop_shard(key)
             continue
@@ -251,7 +232,3 @@ def read_shards(folder: Path, split: str, manifest: Manifest, *, full: bool = Fa
     for key in [k for k in manifest.shards if k.startswith(f"{split}/") and k not in present]:
         manifest.drop_shard(key)
     return entries, damaged
-
-
-class _Mismatch(Exception):
-    """A shard that reads but is not what was written."""

@@ -1,14 +1,9 @@
 """The process group one DDP run lives in: who this process is, and the few collectives training needs.
 
-A process belongs to a distributed run when torch's elastic launcher started it (`torchrun`, or
-`harness train --nproc N`, which runs the same launcher): the launcher sets RANK, WORLD_SIZE,
-LOCAL_RANK and the rendezvous store, and `process_group` joins it (gloo on CPU, NCCL on GPU). A
-process started any other way is a world of one and every helper here is the identity, so the
-single-process path runs exactly the code it ran before DDP existed.
-
-Every collective has a timeout (`HARNESS_COLLECTIVE_TIMEOUT` seconds, default 300): when a peer
-hangs or dies in a way its launcher does not see (another node), the survivors raise instead of
-waiting for ever, and their launcher ends the run.
+A process started by torch's elastic launcher (`torchrun`, `harness train --nproc N`) joins its group in
+`process_group` (gloo on CPU, NCCL on GPU); any other process is a world of one where every helper is the
+identity. Every collective has a timeout (`HARNESS_COLLECTIVE_TIMEOUT`, 300 s): a peer that hangs or dies
+unseen by its launcher makes the survivors raise instead of waiting for ever.
 """
 from __future__ import annotations
 
@@ -26,12 +21,15 @@ import torch.distributed as dist
 
 from harness.data.dataset import Shard
 from harness.errors import ConfigError
+from harness.fileio import write_text
 
 TIMEOUT_ENV = "HARNESS_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
-# Set by the `--nproc` launcher: rank 0 writes the MLflow run id there as soon as the run exists, so
-# the launching process can close the run when rank 0 dies before it could.
+# Rank 0 writes the MLflow run id there, so the `--nproc` launcher can close the run if rank 0 dies first.
 RUN_ID_FILE_ENV = "HARNESS_RUN_ID_FILE"
+# A gloo group with at least the default timeout, for the start-up handshake only: it waits on rank 0
+# creating its MLflow run (seconds of imports on a loaded machine, longer than a tight collective timeout).
+_startup_group: Any = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +59,8 @@ def launched() -> bool:
 def collective_timeout() -> timedelta:
     """The collectives' timeout: `HARNESS_COLLECTIVE_TIMEOUT` seconds, else 300."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return timedelta(seconds=DEFAULT_TIMEOUT_S)
     try:
-        seconds = float(raw)
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
@@ -76,53 +72,48 @@ def current() -> World:
     """The world of the process group this process is in (a world of one when there is none)."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                 active=True)
-
-
-def _uses_cuda(device: str) -> bool:
-    return device == "cuda" or device.startswith("cuda:") or (device == "auto" and torch.cuda.is_available())
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), active=True)
 
 
 @contextmanager
 def process_group(device: str) -> Iterator[World]:
-    """Join the launcher's process group for the length of the block (NCCL when `device` resolves to
-    CUDA, else gloo) and leave it afterwards; outside a launcher, or when a group is already up (the
-    caller owns it), yield the current world and do nothing else.
-
-    Raises ConfigError for a bad `HARNESS_COLLECTIVE_TIMEOUT`.
-    """
+    """Join the launcher's process group for the block (NCCL when `device` is CUDA, else gloo); outside a
+    launcher, or with a group already up (the caller's), only yield the current world."""
     if not launched() or dist.is_initialized():
         yield current()
         return
     timeout = collective_timeout()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if _uses_cuda(device):
+    if device == "cuda" or device.startswith("cuda:") or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
         torch.cuda.set_device(local_rank)  # before NCCL starts: one GPU per rank
         dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
     else:
         dist.init_process_group("gloo", timeout=timeout)
+    global _startup_group
+    _startup_group = dist.new_group(backend="gloo", timeout=max(timeout, timedelta(seconds=DEFAULT_TIMEOUT_S)))
     try:
         yield current()
     finally:
+        _startup_group = None
         dist.destroy_process_group()
 
 
 def _device() -> torch.device:
     """Where collective tensors must live: the rank's GPU under NCCL, else the host."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def agree(value: Any, world: World) -> Any:
-    """Rank 0's `value` (any picklable object) on every rank: its decisions (stop, the run id) bind all."""
+def agree(value: Any, world: World, *, startup: bool = False) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank: its decisions (stop, the run id) bind all.
+    `startup`: the start-up handshake, over the group whose timeout is not the collectives' own."""
     if not world.active or world.size == 1:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0, device=_device())
+    handshake = startup and _startup_group is not None
+    dist.broadcast_object_list(box, src=0, group=_startup_group if handshake else None,
+                               device=torch.device("cpu") if handshake else _device())
     return box[0]
 
 
@@ -145,17 +136,11 @@ def gather_shards(local: np.ndarray, n: int, world: World) -> np.ndarray:
     padded[: len(local)] = torch.from_numpy(np.asarray(local, dtype=np.float64)).to(padded.device)
     parts = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(parts, padded)
-    out = np.empty(n, dtype=np.float64)
-    for rank, part in enumerate(parts):
-        share = out[rank::world.size]
-        share[:] = part[: len(share)].cpu().numpy()
-    return out
+    # Row r holds samples r, r + size, ...: column-major order is the split's, the padding past `n`.
+    return torch.stack(parts).cpu().numpy().T.reshape(-1)[:n]
 
 
 def announce_run(run_id: str) -> None:
     """Rank 0: tell the `--nproc` launcher (when there is one) which MLflow run this is."""
-    target = os.environ.get(RUN_ID_FILE_ENV)
-    if target:
-        from harness.fileio import write_text
-
+    if target := os.environ.get(RUN_ID_FILE_ENV):
         write_text(Path(target), run_id)

@@ -1,16 +1,10 @@
-"""The refusal policy of `harness submit`: which runs and datasets may be promoted, each refusal one line.
-
-Checked before any scoring or writing, in this order:
-
-1. status: only a FINISHED run (the contract and its words: `harness.tracking.tags.why_not_finished`);
-2. compliance: the run's model against the competition rules again (`harness.run.gate`; the rules
-   may have tightened since it trained);
-3. dataset: the track matches the model (`harness.config.check_track`), there are test clips, and
-   a dataset other than the one the run trained on (label files, template, feature settings: the
-   `data.fingerprint` tag) is a warning, not a refusal.
+"""The refusals of `harness submit`, before any scoring or writing, one line each: a run not FINISHED; a
+model breaking the competition rules (they may have tightened since); a dataset of the other track or without
+test clips. Another dataset than the run's (`data.fingerprint`) is a warning only.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,39 +28,30 @@ class TestSet:
 
 
 def check_promotable(run: Any) -> None:
-    """Refuse a run that did not end FINISHED, naming why (pruned, interrupted, orphaned, failed, running).
-
-    Raises:
-        SubmitError: the run's status forbids promotion.
-    """
-    why = why_not_finished(run.info.status, run.data.tags)
-    if why is not None:
+    """SubmitError for a run that did not end FINISHED, naming why (pruned, interrupted, orphaned, failed)."""
+    if (why := why_not_finished(run.info.status, run.data.tags)) is not None:
         raise SubmitError(f"run {run.info.run_id} {why}; only a FINISHED run can be promoted")
 
 
-def check_compliance(cfg: RunConfig, run_id: str) -> Any:
-    """The run's model against the competition rules again; returns the `ComplianceReport`.
-
-    Raises:
-        SubmitError: the model breaks a rule (unknown backbone, non-ImageNet-1k weights, over the cap).
-    """
+def check_compliance(cfg: RunConfig, run_id: str, *, pack: Sequence[RunConfig] = ()) -> Any:
+    """The run's model (a pack: its members) against the competition rules again: its `ComplianceReport`, or SubmitError."""
     from harness.models import ModelRuleError
-    from harness.run import gate
+    from harness.run import check_rules
 
     try:
-        return gate(cfg)
+        if not pack:
+            return check_rules(cfg)
+        from harness.pack import check_pack
+
+        if not (report := check_pack(pack)).ok:
+            raise ModelRuleError(report.summary())
+        return report
     except ModelRuleError as e:
-        raise SubmitError(f"run {run_id} breaks the compliance gates: {e}") from None
+        raise SubmitError(f"run {run_id} breaks the competition rules: {e}") from None
 
 
 def check_dataset(data_dir: Path, cfg: RunConfig, run: Any) -> TestSet:
-    """Load the dataset and check it fits the run; the test names come from the template (else
-    every test clip in name order).
-
-    Raises:
-        DatasetError: a malformed dataset or template.
-        SubmitError: another track than the model's, or no test clips.
-    """
+    """The dataset, checked to fit the run, and its test names (the template's, else every test clip's, sorted)."""
     from harness.data.labels import load_dataset
     from harness.run import data_fingerprint
 

@@ -1,10 +1,6 @@
-"""The submission's CSV files: prediction.csv (written only once it passes the template's rules) and
-fallbacks.csv (the rows scored at the fallback, and why).
-
-prediction.csv: header `video_name,score`, one row per template row in the template's order, no
-duplicates, every score a finite probability in [0, 1] written with at least 6 decimals (we write
-`SCORE_DECIMALS`). The file is written under a temporary name, read back and validated, and only
-then renamed onto its path: a prediction.csv is always whole and valid.
+"""prediction.csv (header `video_name,score`, one row per template row in its order, no duplicates, every
+score a probability with at least 6 decimals; written under a temporary name, read back and validated, only
+then renamed: always whole and valid) and fallbacks.csv (the rows scored at the fallback, and why).
 """
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import JobFailed
-from harness.fileio import atomic_write, csv_text, temp_name, write_text
+from harness.fileio import atomic_write, csv_text, temp_name
 from harness.predict import format_score
 from harness.submit.checks import SubmitError
 
@@ -25,28 +21,17 @@ _SCORE_TEXT = re.compile(r"^[01]\.\d{6,}$")
 
 
 class ValidationError(SubmitError, JobFailed):
-    """A prediction CSV that breaks the template's rules; one line naming the file and line.
-    Our own output failed its check, so the job failed (exit 1), not the input."""
+    """A prediction CSV that breaks the template's rules (`file:line: ...`); our own output, so exit 1."""
 
     exit_code = JobFailed.exit_code
 
 
 def write_prediction(path: Path, names: Sequence[str], scores: Sequence[float], *, shown_as: Path | None = None) -> Path:
-    """Write `video_name,score` rows to `path` once they pass `validate_prediction`.
-
-    Args:
-        path: where to write.
-        names: the template's names, in order.
-        scores: one probability per name.
-        shown_as: the path error messages name (when `path` is a staging copy).
-
-    Raises:
-        ValidationError: the rows break a rule; `path` is left as it was.
-    """
+    """Write `video_name,score` rows to `path` once they pass `validate_prediction`, else ValidationError."""
     if len(names) != len(scores):
         raise ValidationError(f"{len(names)} names but {len(scores)} scores")
     text = csv_text(HEADER, [(n, format_score(s) if math.isfinite(s) else str(s)) for n, s in zip(names, scores)])
-    with atomic_write(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8", sync=False) as f:  # durable with the submission folder
         f.write(text)
         f.flush()
         validate_prediction(temp_name(Path(path)), names, shown_as=shown_as or path)  # the bytes on disk
@@ -54,11 +39,7 @@ def write_prediction(path: Path, names: Sequence[str], scores: Sequence[float], 
 
 
 def validate_prediction(path: Path, expected: Sequence[str], *, shown_as: Path | None = None) -> int:
-    """Check a prediction CSV against the template's names; return its row count.
-
-    Raises:
-        ValidationError: the first broken rule, as `file:line: problem`.
-    """
+    """A prediction CSV's row count, checked against the template's names (ValidationError: `file:line: ...`)."""
     where = shown_as or path
     rows = list(csv.reader(Path(path).read_text(encoding="utf-8").splitlines()))
     if not rows or tuple(rows[0]) != HEADER:
@@ -89,5 +70,7 @@ def validate_prediction(path: Path, expected: Sequence[str], *, shown_as: Path |
 
 
 def write_fallbacks(path: Path, fallbacks: Sequence[tuple[str, str, str]], score: float) -> Path:
-    """fallbacks.csv: `video_name,reason,detail,score` for each (name, reason, detail) scored `score`."""
-    return write_text(path, csv_text(FALLBACKS_HEADER, [(n, r, d, format_score(score)) for n, r, d in fallbacks]))
+    """fallbacks.csv: `video_name,reason,detail,score` a fallback; a plain write (the staging folder is made durable)."""
+    Path(path).write_text(csv_text(FALLBACKS_HEADER, [(n, r, d, format_score(score)) for n, r, d in fallbacks]),
+                          encoding="utf-8")
+    return Path(path)

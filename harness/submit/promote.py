@@ -1,35 +1,26 @@
-"""Promotion of a run: refuse -> score -> CSV -> bundle -> register.
-
-`submit(run_id, data_dir=..., out_dir=...)` in that order, so that nothing is written for a run or a
-dataset that is refused:
-
-1. refuse (`checks`): a run that did not finish, has no checkpoint or breaks the compliance gates;
-   a dataset of the other track or without test clips; then the promotion gate (`gate`): the run's
-   intervals, how many runs it was picked from, the dataset's audit findings, the paired comparison
-   with the champion; its warnings refuse the run under `strict`;
-2. score (`scoring`): every template row, in its order, from the feature cache; clips that cannot
-   be used score the fallback and are listed;
-3. CSV (`prediction_csv`): prediction.csv validated against the template before it exists, and
-   fallbacks.csv;
-4. bundle (`harness.bundle.build`): the bundle folder and its archive;
-5. register (`harness.tracking.registry`): a new model version aliased `champion`, the submission's
-   files logged under the run's `submission/` artifacts, the run tagged `promoted.*`.
-
-Steps 3 and 4 write into one staging folder that is committed into OUT as a whole, with a
-completion marker naming the run (`output`): a killed submit never leaves OUT mixing two runs.
+"""Promotion of a run, in an order that writes nothing for a refused run or dataset: 1. refuse (`checks`,
+then the `gate`, whose warnings refuse under `strict`); 2. score every template row (`scoring`); 3. write
+prediction.csv (validated first) and fallbacks.csv; 4. the bundle and its archive; 5. register the bundle as
+a pyfunc model version (`champion` only when earned), its files under the run's `submission/`, `promoted.*`.
+Steps 3 and 4 write one staging folder that replaces OUT whole (`output`): never two runs mixed.
 """
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from harness import bundle_format as F
 from harness import paths, tracking
 from harness.bundle.build import build_bundle, write_archive
 from harness.bundle.card import now
-from harness.bundle.format import ARCHIVE, FOLDER, MANIFEST, MODEL_CARD, REQUIREMENTS
-from harness.predict import Predictor
+from harness.bundle.source import check_commit
+from harness.predict import PackPredictor, Predictor
 from harness.submit import output
 from harness.submit.checks import check_compliance, check_dataset, check_promotable
 from harness.submit.gate import GateReport, enforce, evaluate_gate
@@ -53,57 +44,32 @@ class SubmitReport:
     archive: Path | None = None
     model_name: str | None = None
     model_version: str | None = None
+    champion: str | None = None  # the version alias `champion` names after the submit
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     gate: GateReport | None = None
 
 
-def submit(
-    run_id: str,
-    *,
-    data_dir: Path,
-    out_dir: Path | None,
-    cache_root: Path,
-    tta: int = 1,
-    model_name: str | None = None,
-    register: bool = True,
-    bundle: bool = True,
-    workers: int = 2,
-    device: str = "cpu",
-    on_progress: Callable[[int, int], None] | None = None,
-    strict: bool = False,
-    on_gate: Callable[[GateReport], None] | None = None,
-) -> SubmitReport:
-    """Promote `run_id` (an id, `best` or `last`); see the module docstring.
-
-    Args:
-        run_id: the run to promote.
-        data_dir: the dataset whose test split (or template) is scored.
-        out_dir: the submission folder; None: submissions/<run id> in the project.
-        cache_root: the feature cache.
-        tta: circular time shifts averaged per clip (audio models).
-        model_name: registry name; None: `harness-<dataset folder>`.
-        register: register the model, move `champion`, tag the run.
-        bundle: write bundle/ and bundle.tar.gz.
-        workers, device, on_progress: feature extraction processes, scoring device, progress callback.
-        strict: refuse the run when the promotion gate warns (GateRefused, exit 1), before anything is written.
-        on_gate: called with the gate's report as soon as it is known (the CLI prints it).
-
-    Raises:
-        NotFound: an unknown run, or one without a checkpoint.
-        BadInput: text that cannot be a run id.
-        SubmitError: a refused run or dataset (ValidationError, exit 1: a CSV that fails its checks).
-        GateRefused: `strict` and the gate warned (exit 1), every reason named.
-        DatasetError: a malformed dataset or template.
-        OSError: an I/O error writing OUT (named); OUT is left as it was.
-    """
+def submit(run_id: str, *, data_dir: Path, out_dir: Path | None, cache_root: Path, tta: int = 1,
+           model_name: str | None = None, register: bool = True, bundle: bool = True, workers: int = 2,
+           device: str = "cpu", on_progress: Callable[[int, int], None] | None = None, strict: bool = False,
+           on_gate: Callable[[GateReport], None] | None = None) -> SubmitReport:
+    """Promote `run_id` (an id, `best` or `last`) on `data_dir`'s test split into `out_dir` (None: submissions/<run
+    id>); `tta`: circular time shifts averaged a clip; `on_gate` sees the gate's report as soon as it is known.
+    Raises NotFound, BadInput, BundleError (the run's commit unavailable), SubmitError (ValidationError: a CSV
+    failed its checks), GateRefused (`strict`), DatasetError, or an OSError naming OUT (left as it was)."""
     start = time.perf_counter()
     client = tracking.setup()
-    run = registry.find_run(client, run_id)
-    run_id = run.info.run_id
-    check_promotable(run)
-    cfg, weights = tracking.load_run_config(client, run_id)
-    compliance = check_compliance(cfg, run_id)
+    found = tracking.resolve_run(client, run_id, check=check_promotable)
+    run, run_id, cfg, weights = found.run, found.run_id, found.config, found.weights
+    if bundle:
+        check_commit(run)  # the code the bundle must carry: refused now rather than after scoring
+    out = Path(out_dir) if out_dir is not None else paths.project_root() / "submissions" / run_id
+    output.check_folder(out)
+    if found.pack:
+        from harness.pack.model import read_members
+    members = read_members(weights.parent) if found.pack else ()
+    compliance = check_compliance(cfg, run_id, pack=[m.config for m in members])
     test = check_dataset(data_dir, cfg, run)
     model_name = model_name or registry.default_model_name(test.dataset.root)
     gate = evaluate_gate(client, run, ds=test.dataset, model_name=model_name, cache_root=cache_root, workers=workers)
@@ -112,37 +78,47 @@ def submit(
     if strict:
         enforce(gate, run_id)
 
-    predictor = Predictor(cfg, weights, tta=tta, device=device, source=f"run {run_id}")
+    predictor = (PackPredictor(weights, device=device, source=f"run {run_id}") if found.pack
+                 else Predictor(cfg, weights, tta=tta, device=device, source=f"run {run_id}"))
     scores, fallbacks = score_test_split(test.dataset, predictor, test.names, cache_root=cache_root,
                                          workers=workers, on_progress=on_progress)
 
-    out = Path(out_dir) if out_dir is not None else paths.project_root() / "submissions" / run_id
     with output.staged(out) as stage:
         write_prediction(stage / output.PREDICTION, test.names, scores, shown_as=out / output.PREDICTION)
         write_fallbacks(stage / output.FALLBACKS, fallbacks, predictor.fallback)
         if bundle:
-            build_bundle(stage / FOLDER, run=run, cfg=cfg, weights=weights, predictor=predictor,
+            build_bundle(stage / F.FOLDER, run=run, cfg=cfg, weights=weights, predictor=predictor,
                          compliance=compliance, fallbacks=len(fallbacks), test_rows=len(test.names), gate=gate.to_dict())
-            write_archive(stage / FOLDER, stage / ARCHIVE)
+            write_archive(stage / F.FOLDER, stage / F.ARCHIVE)
         output.write_marker(stage, run_id, created=now(), rows=len(test.names), fallbacks=len(fallbacks))
-    report = SubmitReport(run_id=run_id, out=out, csv=out / output.PREDICTION, rows=len(test.names),
-                          fallbacks=fallbacks, fallback_score=predictor.fallback, tta=tta,
-                          warnings=test.warnings, gate=gate)
-    if bundle:
-        report.bundle, report.archive = out / FOLDER, out / ARCHIVE
-
+    report = SubmitReport(run_id=run_id, out=out, csv=out / output.PREDICTION, rows=len(test.names), fallbacks=fallbacks,
+                          fallback_score=predictor.fallback, tta=tta, warnings=test.warnings, gate=gate,
+                          bundle=out / F.FOLDER if bundle else None, archive=out / F.ARCHIVE if bundle else None)
     if register:
-        report.model_name = model_name
-        source = None
-        if report.bundle is not None:  # the champion as a real MLflow model (pyfunc from the bundle)
-            from harness.tracking.pyfunc import log_pyfunc_model
-
-            source = log_pyfunc_model(client, run_id, report.bundle, requirements=report.bundle / REQUIREMENTS)
-        report.model_version = registry.register_model(client, run, report.model_name, source=source)
-        files = [report.csv, out / output.FALLBACKS]
-        if report.bundle is not None:
-            files += [report.bundle / MANIFEST, report.bundle / MODEL_CARD]
-        registry.record_promotion(client, run_id, model=report.model_name, version=report.model_version,
-                                  fallbacks=len(fallbacks), at=now(), files=files)
+        _register(client, run, report, model_name, gate)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _register(client: Any, run: Any, report: SubmitReport, model_name: str, gate: GateReport) -> None:
+    """Register the model (the bundle as a pyfunc model), move `champion` when earned, record the promotion."""
+    report.model_name = model_name
+    source = None
+    if report.bundle is not None:
+        from harness.tracking.pyfunc import log_pyfunc_model
+
+        with tempfile.TemporaryDirectory(prefix="harness-pyfunc-") as tmp:  # only config.json and the weights travel
+            for name in F.PYFUNC_FILES + ((F.PACK_TABLE,) if (report.bundle / F.PACK_TABLE).is_file() else ()):
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(report.bundle / name, Path(tmp) / name)
+            source = log_pyfunc_model(client, report.run_id, code=F.PYFUNC_CODE, artifacts={F.PYFUNC_ARTIFACT: Path(tmp)},
+                                      columns=(F.PYFUNC_INPUT, F.PYFUNC_OUTPUT), requirements=report.bundle / F.REQUIREMENTS)
+    v = gate.values.get("val", {})
+    interval = (v["auc_low"], v["auc_high"]) if all(math.isfinite(v.get(k, math.nan)) for k in ("auc_low", "auc_high")) else None
+    report.model_version = registry.register_model(client, run, model_name, source=source, withheld=gate.withheld,
+                                                   interval=interval)
+    report.champion = report.model_version if gate.withheld is None else (gate.values.get("champion") or {}).get("version")
+    bundled = [report.bundle / F.MANIFEST, report.bundle / F.MODEL_CARD] if report.bundle is not None else []
+    files = [report.csv, report.out / output.FALLBACKS, *bundled]
+    registry.record_promotion(client, report.run_id, model=model_name, version=report.model_version,
+                              fallbacks=len(report.fallbacks), at=now(), files=files)

@@ -1,10 +1,6 @@
-"""Test scoring for `harness submit`: every template row, from the feature cache, with fallbacks.
-
-Features come through the feature cache (`prepare_features`: the same extraction as `harness
-predict`, computed in parallel and reused), the model through `harness.predict.Predictor`. A clip
-none of whose inputs can be made scores the predictor's fallback (0.5: see harness.predict) and is
-returned as a `Fallback` with the reason per input; a fusion model scores a clip from whichever
-input it has.
+"""Test scoring for `harness submit` (and a pack's val scoring): every row, through the feature cache and
+`harness.predict.Predictor`. A clip with no usable input scores the fallback, returned as a `Fallback` with a
+reason per input; a fusion model scores from whichever input it has, a pack from the members that have theirs.
 """
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import numpy as np
 
 from harness.data.cache import feature_dir, load_split, prepare_features
 from harness.data.dataset import load_arrays
-from harness.predict import Predictor
+from harness.predict import PackPredictor, Predictor, combine_members
 from harness.submit.checks import SubmitError
 
 SLICE = 1024  # test rows read from the memmapped cache and scored at a time
@@ -30,41 +26,43 @@ class Fallback(NamedTuple):
     detail: str
 
 
-def score_test_split(
-    ds: Any, predictor: Predictor, names: list[str], *, cache_root: Path, workers: int,
-    on_progress: Callable[[int, int], None] | None,
-) -> tuple[list[float], list[Fallback]]:
-    """Score the test split from the feature cache (prepared here if needed), in the template's order.
+def score_test_split(ds: Any, predictor: Predictor | PackPredictor, names: list[str], *, cache_root: Path, workers: int,
+                     on_progress: Callable[[int, int], None] | None, split: str = "test") -> tuple[list[float], list[Fallback]]:
+    """(a score a name, the clips that fell back) in `names` order; SubmitError when the cache's index is not."""
+    members = getattr(predictor, "members", [predictor])
+    parts = [_score_member(ds, m, names, split, cache_root=cache_root, workers=workers, on_progress=on_progress)
+             for m in members]
+    ok = np.stack([usable for _, usable, _ in parts], axis=1)
+    scores = combine_members(np.stack([member_scores for member_scores, _, _ in parts], axis=1), ok,
+                             getattr(predictor, "member_weights", np.ones(1)), predictor.fallback)
+    fallbacks = [Fallback(n, *parts[0][2](n)) for n, row in zip(names, ok) if not row.any()]
+    return scores.tolist(), fallbacks
 
-    A clip with none of the model's inputs gets the fallback score; a fusion model scores a clip
-    from whichever input it has.
 
-    Returns:
-        (one score per name, in `names` order; the clips that fell back, in `names` order).
-
-    Raises:
-        SubmitError: the cache's test index is not in the template's order.
-    """
+def _score_member(ds: Any, predictor: Predictor, names: list[str], split: str, *, cache_root: Path, workers: int,
+                  on_progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, Callable]:
+    """One model's scores of `names`, which of them it could score, and why(name) for those it could not."""
     cfg = predictor.cfg
     folders, failures, reasons = {}, {}, {}
     for name in cfg.inputs:
         settings = cfg.features_for(name)
-        prepared = prepare_features(ds, settings, cache_root=cache_root, workers=workers, splits=("test",),
+        prepared = prepare_features(ds, settings, cache_root=cache_root, workers=workers, splits=(split,),
                                     on_progress=on_progress)
         folders[name] = feature_dir(ds, settings, cache_root)
-        _, index = load_split(folders[name], "test")
+        _, index = load_split(folders[name], split)
         if [row["name"] for row in index] != names:
-            raise SubmitError(f"the feature cache's test index does not follow the template's order ({prepared.cache})")
+            raise SubmitError(f"the feature cache's {split} index does not follow the template's order ({prepared.cache})")
         failures.update({(name, f.name): f.detail for f in prepared.failures})
         for row in index:
             if row["ok"] != "1":
                 reasons.setdefault(row["name"], []).append((name, row["reason"]))
-    data = load_arrays(folders, "test", usable_only=False, features=cfg.features)  # windowed: the evaluation windows
+    data = load_arrays(folders, split, usable_only=False, audio=cfg.audio)  # windowed: the evaluation windows
     missing = {n for n, why in reasons.items() if len(why) == len(cfg.inputs)}  # no input at all
-    usable = np.flatnonzero([n not in missing for n in data.names])
+    usable = np.array([n not in missing for n in data.names], dtype=bool)
     scores = np.full(len(names), predictor.fallback, dtype=np.float64)
-    for start in range(0, len(usable), SLICE):  # a bounded slice of the memmap in memory at a time
-        rows = usable[start : start + SLICE]
+    rows_usable = np.flatnonzero(usable)
+    for start in range(0, len(rows_usable), SLICE):  # a bounded slice of the memmap in memory at a time
+        rows = rows_usable[start : start + SLICE]
         batch = data.arrays(rows)
         if len(cfg.inputs) > 1:
             for k in cfg.inputs:
@@ -77,5 +75,4 @@ def score_test_split(
             return parts[0][1], failures.get((parts[0][0], name), "")
         return "; ".join(f"{i}: {r}" for i, r in parts), "; ".join(failures.get((i, name), "") for i, _ in parts)
 
-    fallbacks = [Fallback(n, *why(n)) for n in names if n in missing]
-    return scores.tolist(), fallbacks
+    return scores, usable, why

@@ -1,73 +1,64 @@
-"""The parent run of a grouped cross-validation: `harness.kind=cv`, one child run per fold.
+"""The parent run of a grouped cross-validation: `harness.kind=cv`, one child run per fold (`fold`), folds 1..K.
 
-Plain values in (no fold or dataset types). The parent is created RUNNING with the run's settings as
-params and the CV plan as tags; `finish` logs the summary metrics and the out-of-fold files as
-artifacts and ends it FINISHED, or FAILED / KILLED when a fold broke off (the children record their
-own status). It carries the process tags, so a parent left RUNNING by `kill -9` is closed by the
-next command like any top-level run (`store.close_dead_runs`).
-
-Its summary metrics are named `cv_*` and `oof_*`, never `best_val_auc`: `--run-id best` keeps
-choosing among trained models, and a parent has no checkpoint of its own.
+Opened with the settings as params, the CV plan as tags and `config.json` (what every fold trains with). It
+ends as every run does, a FAILED error prefixed by its fold; `stop` ends it early (KILLED with `pruned_at_fold`
+for a pruner). Metrics: `fold/auc` at step = fold, `cv/...`, `oof/...`, never `summary/best_val_auc`:
+`--run-id best` chooses among trained models, and a parent has no checkpoint.
 """
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
-
-from harness import paths
+from harness import checkpoint as ckpt
+from harness.tracking import metric_names as M
 from harness.tracking import tags as T
-from harness.tracking.store import get_or_create_experiment, git_state, package_versions, process_tags, setup
+from harness.tracking.lifecycle import TrackedRun, error_line, open_run, readable
+from harness.tracking.store import get_or_create_experiment, setup
 
 
 class CvParent:
-    """A cross-validation's parent run; create it, train the folds under `run_id`, then `finish`."""
+    """A cross-validation's parent run (under a study's, if any): open it, train the folds in its block, `finish`."""
 
     def __init__(self, *, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
-                 config: dict[str, Any] | None = None) -> None:
-        """
-        Args:
-            experiment: MLflow experiment name (created when missing).
-            run_name: the parent's name; fold runs are named after it.
-            params: the run settings, flat (`harness.config.flat`), plus the CV's own.
-            tags: the CV plan (cv.folds, cv.group_by, cv.groups) and the dataset tags.
-            config: the settings every fold trains with (`harness.config.to_dict`), logged as
-                `config.json`, from which `harness train --like RUN` trains them on the official split.
-        """
-        self.client = setup()
-        run_tags = {**git_state(paths.project_root()), **package_versions(), **process_tags(), **tags, T.KIND: T.CV_KIND}
-        if run_tags[T.GIT_COMMIT] != "unknown":
-            run_tags[T.MLFLOW_GIT_COMMIT] = run_tags[T.GIT_COMMIT]
-        run = self.client.create_run(get_or_create_experiment(self.client, experiment), run_name=run_name,
-                                     tags={k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in run_tags.items()})
-        self.run_id: str = run.info.run_id
-        self.run_name: str = run.info.run_name
-        if config is not None:
-            self.client.log_dict(self.run_id, config, "config.json")
-        entries = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
-        for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+                 config: dict[str, Any], parent_run_id: str | None = None) -> None:
+        client = setup()
+        self.run: TrackedRun = open_run(client, T.CV_KIND, experiment_id=get_or_create_experiment(client, experiment),
+                                        run_name=run_name, parent_run_id=parent_run_id, tags=tags, params=params)
+        self.run_id, self.run_name = self.run.run_id, self.run.run_name
+        self.fold_aucs: list[float] = []
+        self.fold = 0  # the fold being trained (1-based), named in an error
+        with self.run.ended_on_error():
+            self.run.call(client.log_dict, self.run_id, config, ckpt.SETTINGS)
 
     def log_fold(self, fold: int, metrics: dict[str, float]) -> None:
-        """A finished fold's headline numbers at step = fold, so the parent charts them as they come."""
-        now = int(time.time() * 1000)
-        values = [Metric(f"fold_{k}", float(v), now, fold) for k, v in metrics.items() if math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=values)
+        """A finished fold's headline numbers (`auc`, `tpr_fpr1e-3`) at step = fold (1..K)."""
+        self.fold_aucs.append(metrics.get("auc", float("nan")))
+        self.run.log_metrics({f"{M.FOLD}{k}": v for k, v in metrics.items()}, step=fold)
 
-    def finish(self, status: str = T.FINISHED, *, metrics: dict[str, float] | None = None, artifacts: Path | None = None,
-               error: str | None = None, tags: dict[str, str] | None = None) -> None:
-        """Log the summary (finite metrics only), the folder `artifacts` and `tags`, then end the run as `status`."""
-        now = int(time.time() * 1000)
-        values = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(v)]
-        tags = [RunTag(k, v) for k, v in (tags or {}).items()]
-        if error:
-            tags.append(RunTag(T.ERROR, " ".join(error.split())[:500]))
-        if values or tags:
-            self.client.log_batch(self.run_id, metrics=values, tags=tags)
-        if artifacts is not None:
-            self.client.log_artifacts(self.run_id, str(artifacts))
-        self.client.set_terminated(self.run_id, status=status)
+    def stop(self, status: str, *, pruned_after: int | None = None, error: str | None = None) -> None:
+        """End early: KILLED with `pruned_at_fold` (a pruner), or `status` with `error` (a fold that did not finish)."""
+        tags = {T.PRUNED_AT_FOLD: str(pruned_after)} if pruned_after is not None else None
+        self.run.describe(self._folds_line())
+        self.run.end(status, error=error, tags=tags)
+
+    def finish(self, metrics: dict[str, float], artifacts: Path) -> None:
+        """The summary (`cv_*`, `oof_*`), the folder `artifacts` and the result line; then FINISHED."""
+        self.run.log_metrics({M.cv_metric(k): v for k, v in metrics.items()})
+        self.run.call(self.run.client.log_artifacts, self.run_id, str(artifacts))
+        low, high = metrics.get("oof_auc_ci_low"), metrics.get("oof_auc_ci_high")
+        self.run.describe(f"out-of-fold AUC {readable(metrics.get('oof_auc', float('nan')))} "
+                          f"[{readable(low)}, {readable(high)}]; {self._folds_line()}")
+        self.run.end(T.FINISHED)
+
+    def _folds_line(self) -> str:
+        return "folds " + ("/".join(f"{a:.3g}" for a in self.fold_aucs) if self.fold_aucs else "none finished")
+
+    def __enter__(self) -> CvParent:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None and not isinstance(exc, KeyboardInterrupt) and self.fold:
+            self.run.end(T.FAILED, error=f"fold {self.fold}: {error_line(exc)}")
+        self.run.__exit__(exc_type, exc, tb)

@@ -1,14 +1,9 @@
-"""What the promotion gate of `harness submit` reads from MLflow, as plain values.
-
-- `selection`: how many runs the candidate was picked from: the trials of its study (children of its
-  parent run), else the finished runs of its experiment on the same data (`data.fingerprint`);
-- `val_predictions`: a run's `val_predictions.csv` (name, label, score), None when it has none;
-- `champion`: the version and run that a registered model's `champion` alias points at.
+"""What the promotion gate of `harness submit` reads from MLflow, as plain values: how many runs the
+candidate was picked from, a run's val predictions, the version and run a model's `champion` names.
 """
 from __future__ import annotations
 
 import csv
-import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.tracking import tags as T
+from harness.tracking.store import search_all
 
 PREDICTIONS = "val_predictions.csv"
 
@@ -31,18 +27,8 @@ class Selection:
     among: str
 
 
-def _count(client: MlflowClient, experiment_id: str, query: str) -> int:
-    total, token = 0, None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=query, page_token=token, max_results=1000)
-        total += len(page)
-        token = page.token
-        if not token:
-            return total
-
-
 def selection(client: MlflowClient, run: Any) -> Selection:
-    """How many runs `run` was selected from (selection optimism grows with it)."""
+    """How many runs `run` was picked from (optimism grows with it): its study's trials, else its experiment's on its data."""
     tags = run.data.tags
     experiment_id = run.info.experiment_id
     parent_id = tags.get(T.MLFLOW_PARENT)
@@ -50,7 +36,7 @@ def selection(client: MlflowClient, run: Any) -> Selection:
         parent = client.get_run(parent_id)
         kind = parent.data.tags.get(T.KIND)
         if kind == T.STUDY_KIND:
-            n = _count(client, experiment_id, f"tags.`{T.MLFLOW_PARENT}` = '{parent_id}'")
+            n = len(search_all(client, [experiment_id], f"tags.`{T.MLFLOW_PARENT}` = '{parent_id}'", max_results=1000))
             return Selection(n, f"trials of study {parent.data.tags.get(T.STUDY, parent.info.run_name)}")
         if kind == T.CV_KIND:
             return Selection(1, f"fold {tags.get(T.CV_FOLD, '?')} of cross-validation {parent.info.run_name}")
@@ -58,7 +44,7 @@ def selection(client: MlflowClient, run: Any) -> Selection:
     if not fingerprint:
         return Selection(1, "runs (the run records no data fingerprint)")
     query = f"attributes.status = '{T.FINISHED}' and tags.`{T.DATA_FINGERPRINT}` = '{fingerprint}'"
-    n = max(1, _count(client, experiment_id, query))
+    n = max(1, len(search_all(client, [experiment_id], query, max_results=1000)))
     return Selection(n, "finished runs on the same data in its experiment")
 
 
@@ -69,7 +55,7 @@ def val_predictions(client: MlflowClient, run_id: str) -> tuple[list[str], np.nd
             path = Path(client.download_artifacts(run_id, PREDICTIONS, tmp))
         except (MlflowException, OSError):
             return None
-        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
     names = [r["name"] for r in rows]
     return names, np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
 

@@ -1,11 +1,9 @@
 """`run_study`: run (or resume) a study with K spawned worker processes, watch it, wrap it up.
 
-Workers run one GPU each when GPUs exist (several may share one), else share the CPU cores; with
-`gpus_per_trial` G > 1 each worker gets a group of G GPUs of its own, and each of its trials trains as
-G DDP ranks there (gloo ranks sharing the cores on a CPU machine). A trial whose worker died
-(kill -9, a lost machine) goes stale after the heartbeat's grace period, is marked FAIL and re-queued
-once with the same parameters; running the same study again resumes it, with the same MLflow parent
-run. Every MLflow call goes through `harness.tracking.study_runs`.
+Workers run on one GPU each (or share the CPU cores), on G of their own with `gpus_per_trial` G > 1. A dead
+worker's trial goes stale after the heartbeat's grace period and is re-queued. Each session reopens the
+study's MLflow parent run and ends it: FINISHED; KILLED when interrupted or a worker crashed; FAILED when
+the session broke.
 """
 from __future__ import annotations
 
@@ -24,24 +22,17 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from harness import paths
+from harness.tracking import tags as T
 from harness.tuning.errors import SpecError, StudyError
 from harness.tuning.results import FINISHED_STATES, Progress, StudyResult, TrialRow, trial_rows
+from harness.tuning.space import describe
 from harness.tuning.spec import StudySpec, check_dataset
-from harness.tuning.storage import (
-    PARENT_ATTR,
-    Lock,
-    fail_stale,
-    identity,
-    load_or_create_study,
-    locked,
-    open_storage,
-    redact,
-    resolve_storage,
-    study_lock,
-)
+from harness.tuning.storage import (PARENT_ATTR, Lock, fail_stale, identity, load_or_create_study, locked, open_storage,
+                                    redact, resolve_storage, study_lock)
 from harness.tuning.worker import Job, record_progress, run_worker
 
 if TYPE_CHECKING:
+    from harness.tracking.lifecycle import TrackedRun
     from harness.tracking.study_runs import StudyRuns
 
 _POLL_S = 1.0
@@ -49,8 +40,6 @@ _POLL_S = 1.0
 
 @dataclass
 class _Session:
-    """One coordinator's hold on a study: its storage, lock, Optuna study and MLflow parent run."""
-
     spec: StudySpec
     url: str
     target: int
@@ -58,6 +47,7 @@ class _Session:
     lock: Lock
     runs: StudyRuns
     parent: str
+    parent_run: TrackedRun  # the parent, open for this session
     start: float
     deadline: float | None
 
@@ -65,44 +55,19 @@ class _Session:
         return trial_rows(self.study, self.spec.objectives)
 
 
-def run_study(
-    spec: StudySpec,
-    *,
-    data_dir: Path,
-    storage: str | None = None,
-    trials: int | None = None,
-    workers: int | None = None,
-    timeout: float | None = None,
-    cache_root: Path | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    gpus_per_trial: int | None = None,
-) -> StudyResult:
-    """Run (or resume) `spec`'s study until it holds `trials` finished trials in total.
+def run_study(spec: StudySpec, *, data_dir: Path, storage: str | None = None, trials: int | None = None,
+              workers: int | None = None, timeout: float | None = None, cache_root: Path | None = None,
+              on_progress: Callable[[Progress], None] | None = None, gpus_per_trial: int | None = None) -> StudyResult:
+    """Run (or resume) `spec`'s study until it holds `trials` finished (complete + pruned) trials in total.
 
-    Args:
-        spec: the study (see `load_spec`).
-        data_dir: the dataset folder; every input a trial can read is prepared first.
-        storage: an RDB URL (default `default_storage(spec)`).
-        trials: finished (complete + pruned) trials wanted in total (default `spec.trials`).
-        workers: local worker processes (default `spec.workers`), pinned one GPU each round-robin
-            when GPUs exist, else sharing the CPU cores.
-        timeout: seconds after which no new trial starts (running ones finish).
-        cache_root: the feature cache (default `harness.paths.cache_dir()`).
-        on_progress: called from this process about once a second while something changed.
-        gpus_per_trial: devices each trial trains on as DDP ranks (default `spec.gpus_per_trial`);
-            above 1, workers x gpus_per_trial must not exceed the visible GPUs.
-
-    Returns:
-        What the study holds now and why this session stopped.
-
-    Raises:
-        SpecError, StorageError: the spec, storage or stored study cannot be used, or the GPUs
-            cannot give each worker its own group of gpus_per_trial.
-        StorageUnavailable: the PostgreSQL server did not answer.
-        DatasetError: a bad `data_dir`.
-        StudyError: a worker process crashed (`.result` says what the session did).
-        KeyboardInterrupt: after the workers have stopped and recorded their runs KILLED.
+    Every input a trial can read in `data_dir` is prepared first. `trials`, `workers` and `gpus_per_trial`
+    default to the spec's; `timeout`: seconds after which no new trial starts; `on_progress` is called about
+    once a second while something changed. Raises SpecError, StorageError, StorageUnavailable, DatasetError,
+    StudyError (a worker crashed; `.result` says what the session did), KeyboardInterrupt (workers stopped).
     """
+    from harness.data.labels import load_dataset
+    from harness.preflight import preflight
+
     start = time.time()
     target = trials if trials is not None else spec.trials
     n_workers = workers if workers is not None else spec.workers
@@ -115,38 +80,28 @@ def run_study(
             raise SpecError(f"gpus_per_trial {gpus_per_trial}: a cross-validated study (folds = {spec.folds}) trains "
                             "each fold in one process")
         spec = dataclasses.replace(spec, gpus_per_trial=gpus_per_trial)
-    gpus = _cuda_devices() if spec.base.train.device != "cpu" else []
-    devices = device_groups(spec, gpus, n_workers)  # refused before any feature work
+    devices = device_groups(spec, _cuda_devices() if spec.base.train.device != "cpu" else [], n_workers)  # before feature work
     url = resolve_storage(storage, spec)
     cache = Path(cache_root) if cache_root is not None else paths.cache_dir()
-    _prepare_inputs(spec, Path(data_dir), cache)
+    ds = load_dataset(Path(data_dir))
+    check_dataset(spec, ds.track, where=ds.root)
+    for cfg in spec.prepare_configs():  # every input a trial can read, once, before workers race for the cache
+        preflight(ds, cfg, cache_root=cache)
     session = _open_session(spec, url, target, start, None if timeout is None else start + timeout)
-    processes = _start_workers(session, Path(data_dir), cache, devices)
-    interrupted = _watch(session, processes, on_progress)
-    result = _wrap_up(session, processes, interrupted)
+    with session.parent_run:  # ended by `_wrap_up`; FAILED (KILLED on Ctrl-C) if the session breaks first
+        processes = _start_workers(session, Path(data_dir), cache, devices)
+        interrupted = _watch(session, processes, on_progress)
+        result = _wrap_up(session, processes, interrupted)
     if interrupted:
         raise KeyboardInterrupt
-    crashed = [f"worker {i}: exit {code}" for i, code in enumerate(result.worker_exitcodes) if code not in (0, 130)]
-    if crashed:
+    if crashed := [f"worker {i}: exit {code}" for i, code in enumerate(result.worker_exitcodes) if code not in (0, 130)]:
         raise StudyError(f"study {spec.name}: {', '.join(crashed)}; {result.finished}/{target} trials finished, "
                          f"run the same command again to resume", result=result)
     return result
 
 
-def _prepare_inputs(spec: StudySpec, data_dir: Path, cache: Path) -> None:
-    """Every input a trial can read, computed here once, before workers race for the cache."""
-    from harness import run
-    from harness.data.labels import load_dataset
-
-    ds = load_dataset(data_dir)
-    check_dataset(spec, ds.track, where=ds.root)
-    for cfg in spec.prepare_configs():
-        run.features_for(ds, cfg, cache)
-
-
 def _open_session(spec: StudySpec, url: str, target: int, start: float, deadline: float | None) -> _Session:
-    """Open the storage and the study, find (or make) the parent run, mark it RUNNING, and fail
-    stale trials and close orphaned runs left by dead workers; all under the study lock."""
+    """Open the storage and the study, find (or make) the parent run and mark it RUNNING, and `_heal`."""
     from harness.tracking.study_runs import StudyRuns
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,50 +110,38 @@ def _open_session(spec: StudySpec, url: str, target: int, start: float, deadline
     runs = StudyRuns.open(spec.experiment)
     with locked(lock):
         study = load_or_create_study(spec, store)
-        parent = runs.find_or_create_parent(
-            study=spec.name, storage=identity(url), known_run_id=study.user_attrs.get(PARENT_ATTR),
-            params=_spec_params(spec), space_hash=spec.space_hash(), spec_text=spec.source)
+        parent = runs.find_or_create_parent(study=spec.name, storage=identity(url), params=_spec_params(spec),
+                                            known_run_id=study.user_attrs.get(PARENT_ATTR), space_hash=spec.space_hash(),
+                                            spec_text=spec.source)
         study.set_user_attr(PARENT_ATTR, parent)
-        runs.start_session(parent, target=target)
-        session = _Session(spec, url, target, study, lock, runs, parent, start, deadline)
-        _heal(session)
+        session = _Session(spec, url, target, study, lock, runs, parent, runs.start_session(parent, target=target),
+                           start, deadline)
+        with session.parent_run.ended_on_error():
+            _heal(session)
     return session
 
 
 def _heal(session: _Session) -> None:
-    """Fail stale trials (their retry is queued) and close the runs their dead workers left open.
-    Call it under the study lock."""
+    """Under the study lock: fail stale trials (retries queued) and close the runs dead workers left open."""
     fail_stale(session.study)
     states = {t.number: t.state.name for t in session.study.get_trials(deepcopy=False)}
     session.runs.close_orphaned_trials(session.parent, states)
 
 
 def _spec_params(spec: StudySpec) -> dict[str, Any]:
-    from harness.tuning.space import describe
-
-    params: dict[str, Any] = {"study.name": spec.name, "study.objectives": ",".join(spec.objectives),
-                              "sampler": repr(spec.sampler), "pruner": repr(spec.pruner)}
-    for name, dim in spec.space:
-        params[f"space.{name}"] = describe(dim)
     train = spec.base.train
-    params.update({"base.backbone": train.backbone, "base.pretrained": train.pretrained,
-                   "base.max_params": train.max_params, "base.seed": train.seed})
-    return params
+    return {"study.name": spec.name, "study.objectives": ",".join(spec.objectives), "sampler": repr(spec.sampler),
+            "pruner": repr(spec.pruner), **{f"space.{name}": describe(dim) for name, dim in spec.space},
+            "base.backbone": train.backbone, "base.pretrained": train.pretrained, "base.max_params": train.max_params,
+            "base.seed": train.seed}
 
 
 def device_groups(spec: StudySpec, gpus: list[str], workers: int) -> list[str | None]:
-    """Each worker's CUDA_VISIBLE_DEVICES: one GPU each, round-robin, when a trial takes one (workers
-    may share a GPU); a group of `gpus_per_trial` GPUs of its own each when a trial takes more; None
-    each without GPUs (CPU trials; several ranks each with gloo).
-
-    Raises:
-        SpecError: naming the spec and the key, when workers x gpus_per_trial exceed the GPUs.
-    """
+    """Each worker's CUDA_VISIBLE_DEVICES: one GPU, round-robin, when a trial takes one; `gpus_per_trial`
+    GPUs of its own when more (SpecError when workers x gpus_per_trial exceed them); None without GPUs."""
     per_trial = spec.gpus_per_trial
-    if not gpus:
-        return [None] * workers
-    if per_trial == 1:
-        return [gpus[i % len(gpus)] for i in range(workers)]
+    if not gpus or per_trial == 1:
+        return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
     if workers * per_trial > len(gpus):
         where = spec.path or f"study {spec.name}"
         raise SpecError(f"{where}: [study] gpus_per_trial = {per_trial} x {workers} worker(s) needs "
@@ -211,19 +154,16 @@ def _start_workers(session: _Session, data_dir: Path, cache: Path, devices: list
     """Spawn as many workers as there are trials left to finish (at most one per entry of `devices`)."""
     spec = session.spec
     rows = session.rows()
-    finished = sum(r.state in FINISHED_STATES for r in rows)
-    n_workers = max(0, min(len(devices), session.target - finished))
+    n_workers = max(0, min(len(devices), session.target - sum(r.state in FINISHED_STATES for r in rows)))
     on_gpus = any(d is not None for d in devices)
     # Threads per process that trains: a worker, or each rank of a trial over several devices.
-    trainers = n_workers * spec.gpus_per_trial
-    threads = None if on_gpus and spec.gpus_per_trial == 1 else _cpu_threads(trainers)
+    threads = None if on_gpus and spec.gpus_per_trial == 1 else _cpu_threads(n_workers * spec.gpus_per_trial)
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(n_workers):
         job = Job(spec=spec, storage_url=session.url, data_dir=str(data_dir.resolve()), cache_root=str(cache.resolve()),
                   experiment_id=session.runs.experiment_id, parent_run_id=session.parent, target=session.target,
-                  deadline=session.deadline, index=index, seed_offset=1000 * index + len(rows),
-                  cuda_device=devices[index], threads=threads)
+                  deadline=session.deadline, seed_offset=1000 * index + len(rows), cuda_device=devices[index], threads=threads)
         process = context.Process(target=run_worker, args=(job,), name=f"harness-tune-{index}", daemon=False)
         process.start()
         processes.append(process)
@@ -237,12 +177,10 @@ def _watch(session: _Session, processes: list[Any], on_progress: Callable[[Progr
     try:
         while True:
             alive = any(p.is_alive() for p in processes)
-            if on_progress is not None:
-                rows = session.rows()
-                if rows != last:
-                    on_progress(Progress(study=spec.name, objectives=spec.objectives, dimensions=spec.searched,
-                                         target=session.target, rows=rows, elapsed_s=time.time() - session.start))
-                    last = rows
+            if on_progress is not None and (rows := session.rows()) != last:
+                on_progress(Progress(study=spec.name, objectives=spec.objectives, dimensions=spec.searched,
+                                     target=session.target, rows=rows, elapsed_s=time.time() - session.start))
+                last = rows
             if not alive:
                 return False
             for p in processes:
@@ -260,11 +198,9 @@ def _stop_workers(processes: list[Any], *, signalled: bool = True) -> None:
     first give them a moment), wait for them to record their runs as KILLED, then terminate."""
     steps = ((3.0, None), (30.0, signal.SIGINT), (10.0, signal.SIGTERM))
     for wait_s, action in steps if signalled else steps[1:]:
-        if action is not None:
-            for p in processes:
-                if p.is_alive():
-                    with contextlib.suppress(OSError):
-                        os.kill(p.pid, action)
+        for p in (p for p in processes if action is not None and p.is_alive()):
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, action)
         deadline = time.time() + wait_s
         while any(p.is_alive() for p in processes) and time.time() < deadline:
             try:
@@ -273,14 +209,12 @@ def _stop_workers(processes: list[Any], *, signalled: bool = True) -> None:
                 break
         if not any(p.is_alive() for p in processes):
             return
-    for p in processes:
-        if p.is_alive():
-            p.kill()
+    for p in (p for p in processes if p.is_alive()):
+        p.kill()
 
 
 def _wrap_up(session: _Session, processes: list[Any], interrupted: bool) -> StudyResult:
-    """The session's last word: stale trials failed, orphans closed, the parent's counts, figures and
-    status, and why the session stopped."""
+    """The session's last word: `_heal`, the parent's counts, figures and status, and why it stopped."""
     from harness.tuning.figures import study_pngs, trials_csv
 
     spec = session.spec
@@ -293,48 +227,33 @@ def _wrap_up(session: _Session, processes: list[Any], interrupted: bool) -> Stud
     session.runs.log_study_artifacts(session.parent, pngs=pngs, trials_csv=trials_csv(session.study), skipped=skipped)
     counts = Counter(r.state for r in rows)
     crashed = any(code not in (0, 130) for code in exitcodes)
-    if counts["RUNNING"] == 0:  # trials of other machines still running: the study goes on there
-        session.runs.end_session(session.parent, stopped_early=interrupted or crashed)
-    return StudyResult(
-        study=spec.name, storage=redact(session.url), experiment_id=session.runs.experiment_id,
-        parent_run_id=session.parent, objectives=spec.objectives, dimensions=spec.searched, target=session.target,
-        rows=rows, seconds=time.time() - session.start, epochs_trained=sum(r.epoch for r in rows),
-        stopped=_why_stopped(session, counts, interrupted, crashed), worker_exitcodes=exitcodes,
-    )
-
-
-def _why_stopped(session: _Session, counts: Counter, interrupted: bool, crashed: bool) -> str:
-    if interrupted:
-        return "interrupted"
-    if counts["COMPLETE"] + counts["PRUNED"] >= session.target:
-        return "target reached"
-    if counts["FAIL"] >= session.spec.max_failures:
-        return "too many failures"
-    if crashed:
-        return "worker died"
-    if session.deadline is not None and time.time() >= session.deadline:
-        return "timeout"
-    return "stopped"
+    if counts["RUNNING"]:  # trials of other machines still running: the study goes on there
+        session.parent_run.release()
+    else:
+        session.parent_run.end(T.KILLED if interrupted or crashed else T.FINISHED)
+    why = {"interrupted": interrupted, "target reached": counts["COMPLETE"] + counts["PRUNED"] >= session.target,
+           "too many failures": counts["FAIL"] >= spec.max_failures, "worker died": crashed,
+           "timeout": session.deadline is not None and time.time() >= session.deadline}
+    return StudyResult(study=spec.name, storage=redact(session.url), experiment_id=session.runs.experiment_id,
+                       parent_run_id=session.parent, objectives=spec.objectives, dimensions=spec.searched,
+                       target=session.target, rows=rows, seconds=time.time() - session.start, worker_exitcodes=exitcodes,
+                       epochs_trained=sum(r.epoch for r in rows), stopped=next((w for w, hit in why.items() if hit), "stopped"))
 
 
 def study_rows(spec: StudySpec, *, storage: str | None = None) -> tuple[TrialRow, ...]:
-    """The trials of `spec`'s study as stored (for a leaderboard without running anything)."""
-    url = resolve_storage(storage, spec)
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(url, spec.heartbeat))
+    """The trials of `spec`'s study as stored, without running anything (`harness pack --study`)."""
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(resolve_storage(storage, spec), spec.heartbeat))
     return trial_rows(study, spec.objectives)
 
 
 def _cpu_threads(workers: int) -> int:
-    """Torch threads per CPU worker: $OMP_NUM_THREADS when set, else the cores shared out. On a
-    machine busy with other work, 1 is much the fastest: idle OpenMP threads spin for CPU time."""
+    """Torch threads per CPU worker: $OMP_NUM_THREADS when set, else the cores shared out (on a machine busy
+    with other work 1 is much the fastest: idle OpenMP threads spin for CPU time)."""
     env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return int(env) if env.isdigit() and int(env) > 0 else max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def _cuda_devices() -> list[str]:
-    """GPU ids to pin workers to: those in CUDA_VISIBLE_DEVICES, else all that torch sees."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]

@@ -1,17 +1,13 @@
-"""A study's figures: optimisation history, parameter importances, parallel coordinates and
-intermediate values as PNG bytes, and its trials as CSV text.
+"""A study's figures as PNG bytes and its trials as CSV text.
 
-The first three are optuna.visualization.matplotlib's, the parallel coordinates limited to the
-searched parameters with short, rotated axis labels (Optuna's overlap from four parameters on).
-The intermediate values are drawn here: Optuna's gives every trial its own colour and legend entry
-(50 entries for 50 trials, trials 18-49 in one colour); here a trial's colour is its state, the best
-few complete trials are drawn bold and named, and the legend holds states, not trials.
-
-A figure that cannot be drawn yet (too few trials, one value per parameter) is not an error of the
-study: it is left out and its reason returned, so the parent run says why it is missing.
+Optimisation history, parameter importances and parallel coordinates (the searched parameters, short labels)
+are optuna.visualization.matplotlib's. The intermediate values are drawn here, coloured by state with the best
+few named, where Optuna's gives every trial its own colour and legend entry. A figure that cannot be drawn yet
+(too few trials) is left out with its reason.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Callable
@@ -28,12 +24,8 @@ _DPI = 110
 _LABEL_CHARS = 18  # an axis label longer than this is shortened with an ellipsis
 _HIGHLIGHT = 3  # complete trials drawn bold and named on the intermediate-values plot
 # State -> (colour, line width, alpha, z-order): pruned trials recede, failures stand out.
-_STATE_STYLE = {
-    "COMPLETE": ("#4C72B0", 1.0, 0.55, 2),
-    "PRUNED": ("#BBBBBB", 0.8, 0.7, 1),
-    "FAIL": ("#C44E52", 1.0, 0.8, 2),
-    "RUNNING": ("#55A868", 1.0, 0.8, 2),
-}
+_STATE_STYLE = {"COMPLETE": ("#4C72B0", 1.0, 0.55, 2), "PRUNED": ("#BBBBBB", 0.8, 0.7, 1),
+                "FAIL": ("#C44E52", 1.0, 0.8, 2), "RUNNING": ("#55A868", 1.0, 0.8, 2)}
 _BEST_COLOURS = ("#DD8452", "#8172B3", "#937860")
 
 
@@ -57,42 +49,27 @@ def study_pngs(study: optuna.Study, spec: StudySpec) -> tuple[dict[str, bytes], 
     if isinstance(spec.pruner, NoPruning):
         del plots["intermediate_values"]  # nothing is reported without a pruner
     pngs, skipped = {}, {}
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "too few trials" goes to `skipped`
-    try:
+    with warnings.catch_warnings(), contextlib.ExitStack() as restore:
+        warnings.simplefilter("ignore")
+        restore.callback(optuna.logging.set_verbosity, optuna.logging.get_verbosity())
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # "too few trials" goes to `skipped`
         for name, plot in plots.items():
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    axes = plot()
-                    figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-                    figure.set_size_inches(*_FIGURE_INCHES.get(name, (8, 5)))
-                    buffer = io.BytesIO()
-                    figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+                axes = plot()
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+                figure.set_size_inches(*_FIGURE_INCHES.get(name, (8, 5)))
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
                 pngs[name] = buffer.getvalue()
             except Exception as e:  # noqa: BLE001 - too few trials for a plot is not an error of the study
                 skipped[name] = f"{type(e).__name__}: {e}"[:300]
             plt.close("all")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     return pngs, skipped
 
 
 def intermediate_values(study: optuna.Study, objective: str, direction: int) -> Any:
-    """The per-epoch values the trials reported (what the pruner judged), one line per trial coloured
-    by its state; the best `_HIGHLIGHT` complete trials bold, in their own colours, and named.
-
-    Args:
-        study: the study.
-        objective: its first objective's name (the y label).
-        direction: 1 to maximise, -1 to minimise (which complete trials are the best).
-
-    Returns:
-        The matplotlib axes.
-
-    Raises:
-        ValueError: no trial has reported a value yet (the caller records it as skipped).
-    """
+    """The per-epoch values the trials reported, a line a trial coloured by its state, the best `_HIGHLIGHT`
+    complete ones (by `direction`, 1 or -1) bold and named; the axes. ValueError: nothing reported yet."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -102,23 +79,20 @@ def intermediate_values(study: optuna.Study, objective: str, direction: int) -> 
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     best = sorted(complete, key=lambda t: (-direction * t.value, t.number))[:_HIGHLIGHT]
     figure, ax = plt.subplots()
-    for trial in trials:
-        if trial in best:
-            continue
-        colour, width, alpha, order = _STATE_STYLE.get(trial.state.name, ("#999999", 0.8, 0.6, 1))
+
+    def draw(trial: optuna.trial.FrozenTrial, **style: Any) -> Any:
         steps = sorted(trial.intermediate_values)
-        ax.plot(steps, [trial.intermediate_values[s] for s in steps], color=colour, lw=width, alpha=alpha,
-                zorder=order, marker="o", ms=2)
+        return ax.plot(steps, [trial.intermediate_values[s] for s in steps], marker="o", **style)[0]
+
+    for trial in (t for t in trials if t not in best):
+        colour, width, alpha, order = _STATE_STYLE.get(trial.state.name, ("#999999", 0.8, 0.6, 1))
+        draw(trial, color=colour, lw=width, alpha=alpha, zorder=order, ms=2)
     handles = [Line2D([], [], color=_STATE_STYLE[state][0], lw=1.5, label=f"{state.lower()} ({n})")
                for state in _STATE_STYLE if (n := sum(t.state.name == state for t in trials))]
-    for rank, trial in enumerate(best):
-        steps = sorted(trial.intermediate_values)
-        line = ax.plot(steps, [trial.intermediate_values[s] for s in steps], color=_BEST_COLOURS[rank], lw=2.6,
-                       zorder=5, marker="o", ms=4, label=f"#{rank + 1}: trial {trial.number} ({trial.value:.4f})")
-        handles.append(line[0])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"best {objective} so far (reported to the pruner)")
-    ax.set_title(f"Intermediate values of {len(trials)} trials, by state; the best {len(best)} in colour")
+    handles += [draw(t, color=_BEST_COLOURS[rank], lw=2.6, zorder=5, ms=4,
+                     label=f"#{rank + 1}: trial {t.number} ({t.value:.4f})") for rank, t in enumerate(best)]
+    ax.set(xlabel="epoch", ylabel=f"best {objective} so far (reported to the pruner)",
+           title=f"Intermediate values of {len(trials)} trials, by state; the best {len(best)} in colour")
     ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
@@ -126,16 +100,12 @@ def intermediate_values(study: optuna.Study, objective: str, direction: int) -> 
 
 
 def _readable_axes(axes: Any) -> Any:
-    """Optuna's parallel-coordinate plot with its parameter names shortened and rotated, and long
-    category labels on the parameter axes shortened on a light box (lines run through them)."""
+    """Optuna's parallel-coordinate plot with its names and category labels shortened, on a light box."""
     ax = axes.flat[0] if hasattr(axes, "flat") else axes
     labels = [_shorten(label.get_text()) for label in ax.get_xticklabels()]
     ax.set_xticks(ax.get_xticks(), labels, rotation=25, ha="right", fontsize=9)
-    for other in ax.figure.axes:
-        if other is ax or other.get_label() == "<colorbar>":
-            continue
-        ticks = other.get_yticklabels()
-        texts = [t.get_text() for t in ticks]
+    for other in (a for a in ax.figure.axes if a is not ax and a.get_label() != "<colorbar>"):
+        texts = [t.get_text() for t in other.get_yticklabels()]
         # Category names only: numeric axes carry mathtext ("$10^{-3}$") that must stay whole.
         if any(len(t) > _LABEL_CHARS for t in texts) and not any(t.startswith("$") for t in texts):
             other.set_yticks(other.get_yticks(), [_shorten(t.split(".")[0]) for t in texts])

@@ -1,17 +1,9 @@
 """A trial over several devices (`gpus_per_trial` > 1): the worker's side and `python -m harness.tuning.rank JOB`.
 
-The worker writes the trial's job (its resolved run settings and what rank 0 needs to act for the
-trial) to a file and starts G ranks through `harness.distributed.launch_ranks`, as `harness train
---nproc G` does. Every rank runs `harness.run.train_run` in one process group (DDP: gloo on CPU,
-NCCL with one GPU each among the worker's CUDA_VISIBLE_DEVICES). Rank 0 alone opens the study and
-rebuilds the running trial (`optuna.trial.Trial(study, trial_id)`): it reports each epoch, asks the
-pruner and records the trial's MLflow run, exactly as a one-process trial does. Pruning, like early
-stopping, is rank 0's decision, which the engine broadcasts to the other ranks
-(`harness.distributed.agree`), so every rank ends that epoch and exits: no rank is left waiting.
-
-Rank 0 leaves the outcome (or its error) in the job's result file. `train_over_ranks` reads it;
-when a rank died it closes the run with `harness.run.close_after_ranks` and raises `RanksFailed`
-with the reason ("rank 1 exited with signal 9 (SIGKILL)"), which fails the trial.
+The worker writes the trial's job to a file and starts G ranks (`harness.distributed.launch_ranks`), each
+running `harness.run.train_run` in one DDP group. Rank 0 alone rebuilds the running trial from the storage,
+reports, prunes (its decisions reach the other ranks through the engine) and leaves the outcome in the
+job's result file; when a rank died `train_over_ranks` closes the run and raises `RanksFailed`.
 """
 from __future__ import annotations
 
@@ -26,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import optuna
+
+from harness.config import RunConfig, from_dict
 from harness.errors import JobFailed
+from harness.fileio import write_text
+from harness.tuning.storage import open_storage
+from harness.tuning.strategies import PRUNERS, Heartbeat, Pruner, trial_callbacks
 
 if TYPE_CHECKING:
-    import optuna
-
     from harness.run import RunResult
-    from harness.tuning.strategies import Pruner
 
 
 class RanksFailed(JobFailed):
@@ -48,13 +43,14 @@ class TrialOutcome:
     epochs: int  # epochs trained
     stopped_by: str | None
     best_metrics: dict[str, float] = field(default_factory=dict)
+    worst_slice: str | None = None  # `harness.slices`' worst slice, as the leaderboard shows it
 
     @classmethod
     def of(cls, result: RunResult) -> TrialOutcome:
-        fit = result.fit
-        return cls(run_id=result.run_id, status=result.status, epochs=len(fit.history) if fit else 0,
-                   stopped_by=fit.stopped_by if fit else None,
-                   best_metrics={k: float(v) for k, v in (fit.best_metrics if fit else {}).items()})
+        if (fit := result.fit) is None:
+            return cls(run_id=result.run_id, status=result.status, epochs=0, stopped_by=None)
+        return cls(result.run_id, result.status, len(fit.history), fit.stopped_by,
+                   {k: float(v) for k, v in fit.best_metrics.items()}, fit.info.get("worst_slice"))
 
 
 @dataclass(frozen=True)
@@ -80,22 +76,18 @@ class RankJob:
 
 def pruner_table(pruner: Pruner) -> dict[str, Any]:
     """A pruner as plain values, as the spec's [pruner] table writes it."""
-    from harness.tuning.strategies import PRUNERS
+    return {"kind": next(k for k, v in PRUNERS.items() if isinstance(pruner, v)), **dataclasses.asdict(pruner)}
 
-    kind = next(k for k, v in PRUNERS.items() if isinstance(pruner, v))
-    return {"kind": kind, **dataclasses.asdict(pruner)}
+
+def _pruner(job: RankJob) -> Pruner:
+    return PRUNERS[job.pruner["kind"]](**{k: v for k, v in job.pruner.items() if k != "kind"})
 
 
 def train_over_ranks(job: RankJob, nproc: int, *, threads: int | None = None) -> TrialOutcome:
-    """Train the trial as `nproc` DDP ranks on this machine and return rank 0's outcome.
-
-    Raises:
-        RanksFailed: a rank failed; the run (when rank 0 made one) is closed FAILED with the reason.
-        KeyboardInterrupt: Ctrl-C or SIGTERM reached the launcher; the run is closed KILLED.
-    """
+    """Train the trial as `nproc` DDP ranks here; rank 0's outcome. RanksFailed: a rank failed (the run
+    closed FAILED with the reason); KeyboardInterrupt: the run closed KILLED."""
     from harness.distributed import launch_ranks
-    from harness.fileio import write_text
-    from harness.run import close_after_ranks
+    from harness.tracking import close_after_ranks
 
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
@@ -113,80 +105,60 @@ def train_over_ranks(job: RankJob, nproc: int, *, threads: int | None = None) ->
     return TrialOutcome(**left["outcome"])
 
 
-def _rank() -> int:
-    # Set by the launcher before the process starts; the process group itself comes up inside train_run.
-    return int(os.environ.get("RANK", "0"))
-
-
 def _trial(job: RankJob) -> optuna.Trial:
     """The running trial, rebuilt on rank 0 from the study's storage (public Optuna API only)."""
-    import optuna
-
-    from harness.tuning.storage import open_storage
-    from harness.tuning.strategies import PRUNERS, Heartbeat
-
-    table = dict(job.pruner)
-    pruner = PRUNERS[table.pop("kind")](**table).build(max_epochs=job.max_epochs)
     storage = open_storage(job.storage_url, Heartbeat(**job.heartbeat))
     # The trial's values are drawn already: a sampler that draws nothing relative when the trial is rebuilt.
     study = optuna.load_study(study_name=job.study, storage=storage, sampler=optuna.samplers.RandomSampler(),
-                              pruner=pruner)
+                              pruner=_pruner(job).build(max_epochs=job.max_epochs))
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(job.study),
                                                                job.trial_number)
     return optuna.trial.Trial(study, trial_id)
 
 
-def run_rank(job: RankJob) -> TrialOutcome:
-    """This rank's share of the trial: `train_run` in the launcher's process group, with the trial's
-    callbacks on rank 0 (the other ranks follow its decisions)."""
-    from harness.config import RunConfig, from_dict
+def run_rank(job: RankJob, *, is_main: bool) -> TrialOutcome:
+    """This rank's share of the trial: `train_run` in the launcher's process group, the trial's callbacks on rank 0."""
+    from harness.preflight import preflight
     from harness.run import train_run
-    from harness.tuning.strategies import PRUNERS, trial_callbacks
 
-    cfg = from_dict(RunConfig, job.config)
-    callbacks: list[Any] = []
-    if _rank() == 0:
-        table = dict(job.pruner)
-        pruner = PRUNERS[table.pop("kind")](**table)
-        callbacks = trial_callbacks(_trial(job), job.objectives, pruner)
-    result = train_run(cfg, data_dir=Path(job.data_dir), experiment=job.experiment, cache_root=Path(job.cache_root),
-                       run_name=job.run_name, parent_run_id=job.parent_run_id, callbacks=callbacks, tags=job.tags)
+    callbacks = trial_callbacks(_trial(job), job.objectives, _pruner(job)) if is_main else []
+    ready = preflight(Path(job.data_dir), from_dict(RunConfig, job.config), cache_root=Path(job.cache_root), workers=1)
+    result = train_run(ready, experiment=job.experiment, run_name=job.run_name, parent_run_id=job.parent_run_id,
+                       callbacks=callbacks, tags=job.tags, kind="trial")
     return TrialOutcome.of(result)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def child_process() -> None:
+    """In a worker or rank: SIGTERM ends the trial as Ctrl-C does (its run KILLED), and errors are recorded
+    on the trial and its run rather than printed, keeping the study's console readable."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m harness.tuning.rank JOB.json`: one rank; exits 0, 130 when interrupted (the launcher
-    passes Ctrl-C on as SIGTERM), else the error's exit code (2 bad input, 1 otherwise)."""
-    import optuna
-
-    args = sys.argv[1:] if argv is None else argv
-    job = RankJob(**json.loads(Path(args[0]).read_text()))
-    signal.signal(signal.SIGTERM, _interrupt)  # the run ends KILLED, as on Ctrl-C
-    warnings.simplefilter("ignore")  # as in a worker: errors are recorded on the trial and its run
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    is_main = _rank() == 0
+    """`python -m harness.tuning.rank JOB.json`: one rank; exits 0, 130 when interrupted, else the error's code."""
+    job = RankJob(**json.loads(Path((sys.argv[1:] if argv is None else argv)[0]).read_text()))
+    child_process()
+    rank = int(os.environ.get("RANK", "0"))  # set by the launcher; the process group comes up inside train_run
     try:
-        outcome = run_rank(job)
+        outcome = run_rank(job, is_main=rank == 0)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - one line and an exit code, as `harness.cli.main` does
-        error = " ".join((f"{type(e).__name__}: {e}" if str(e) else type(e).__name__).split())[:500]
-        if is_main:
+        from harness.tracking.lifecycle import error_line
+
+        error = error_line(e)
+        if rank == 0:
             _leave(job, {"error": error})  # recorded on the trial (and its run): no line on the study's console
         else:  # the only place another rank's own error shows (its trial records "rank 1 exited with status 1")
-            print(f"error: rank {_rank()}: {error}", file=sys.stderr)
+            print(f"error: rank {rank}: {error}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 1))
-    if is_main:
+    if rank == 0:
         _leave(job, {"outcome": dataclasses.asdict(outcome)})
 
 
 def _leave(job: RankJob, found: dict[str, Any]) -> None:
-    from harness.fileio import write_text
-
     if job.result_file:
         write_text(Path(job.result_file), json.dumps(found))
 

@@ -1,6 +1,5 @@
-"""What a study holds, as plain frozen values: one `TrialRow` per trial, the `Progress` a live view
-shows, and the `StudyResult` of a session. Read from an Optuna study by `trial_rows`.
-"""
+"""What a study holds, as plain frozen values: one `TrialRow` per trial (`trial_rows`), the `Progress` a
+live view shows, and the `StudyResult` of a session."""
 from __future__ import annotations
 
 import datetime
@@ -30,6 +29,7 @@ class TrialRow:
     error: str | None
     seconds: float | None
     worker: str | None  # host:pid
+    worst_slice: str | None = None  # `harness.slices`' worst slice of the trial's run, when methods are known
 
     @property
     def value(self) -> float | None:
@@ -39,19 +39,22 @@ class TrialRow:
 
 def best_row(rows: Iterable[TrialRow], objectives: Sequence[str]) -> TrialRow | None:
     """The COMPLETE trial best by the first objective (ties: the earliest), or None."""
+    finite = [r for r in rows if r.values and math.isfinite(r.values[0])]
+    return next(iter(ranked_rows(finite, objectives)), None)
+
+
+def ranked_rows(rows: Iterable[TrialRow], objectives: Sequence[str]) -> list[TrialRow]:
+    """COMPLETE trials, best first by the first objective (ties: the earliest)."""
     direction = sign(objectives[0])
-    done = [r for r in rows if r.state == "COMPLETE" and r.values and math.isfinite(r.values[0])]
-    return max(done, key=lambda r: (direction * r.values[0], -r.number)) if done else None
+    done = (r for r in rows if r.state == "COMPLETE" and r.values)
+    return sorted(done, key=lambda r: (-direction * r.values[0], r.number))
 
 
-@dataclass(frozen=True)
-class Progress:
-    study: str
-    objectives: tuple[str, ...]
-    dimensions: tuple[str, ...]  # searched dimensions, in spec order
-    target: int
+class _Rows:
+    """What a live view and a session's result both read from their `rows`."""
+
     rows: tuple[TrialRow, ...]
-    elapsed_s: float
+    objectives: tuple[str, ...]
 
     def count(self, *states: str) -> int:
         return sum(r.state in states for r in self.rows)
@@ -66,7 +69,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class StudyResult:
+class Progress(_Rows):
+    study: str
+    objectives: tuple[str, ...]
+    dimensions: tuple[str, ...]  # searched dimensions, in spec order
+    target: int
+    rows: tuple[TrialRow, ...]
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class StudyResult(_Rows):
     study: str
     storage: str  # the URL, password hidden
     experiment_id: str
@@ -80,19 +93,8 @@ class StudyResult:
     stopped: str  # why the session ended: "target reached", "timeout", "too many failures", ...
     worker_exitcodes: tuple[int, ...]
 
-    @property
-    def finished(self) -> int:
-        return sum(r.state in FINISHED_STATES for r in self.rows)
-
-    @property
-    def best(self) -> TrialRow | None:
-        return best_row(self.rows, self.objectives)
-
     def ranked(self) -> list[TrialRow]:
-        """COMPLETE trials, best first by the first objective."""
-        direction = sign(self.objectives[0])
-        done = [r for r in self.rows if r.state == "COMPLETE" and r.values]
-        return sorted(done, key=lambda r: (-direction * r.values[0], r.number))
+        return ranked_rows(self.rows, self.objectives)
 
 
 def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> tuple[TrialRow, ...]:
@@ -103,17 +105,12 @@ def trial_rows(study: optuna.Study, objectives: Sequence[str]) -> tuple[TrialRow
 
 def _row(t: optuna.trial.FrozenTrial, direction: float) -> TrialRow:
     reported = [v for v in t.intermediate_values.values() if v is not None and math.isfinite(v)]
-    end = t.datetime_complete or (None if t.datetime_start is None else _now())
-    seconds = (end - t.datetime_start).total_seconds() if t.datetime_start and end else None
+    end = t.datetime_complete or datetime.datetime.now()  # naive local time, as optuna stores trial times
+    seconds = (end - t.datetime_start).total_seconds() if t.datetime_start else None
     epoch = int(t.user_attrs.get("epoch", max(t.intermediate_values, default=0)))
-    return TrialRow(
-        number=t.number, state=t.state.name, params=dict(t.params),
-        values=tuple(t.values) if t.state == TrialState.COMPLETE and t.values else None,
-        reported=(max(reported, key=lambda v: direction * v) if reported else None), epoch=epoch,
-        run_id=t.user_attrs.get("mlflow_run_id"), retry_of=t.system_attrs.get("failed_trial"),
-        error=t.user_attrs.get("error"), seconds=seconds, worker=t.user_attrs.get("worker"),
-    )
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now()  # naive local time, as optuna stores trial times
+    return TrialRow(number=t.number, state=t.state.name, params=dict(t.params), epoch=epoch, seconds=seconds,
+                    values=tuple(t.values) if t.state == TrialState.COMPLETE and t.values else None,
+                    reported=(max(reported, key=lambda v: direction * v) if reported else None),
+                    run_id=t.user_attrs.get("mlflow_run_id"), retry_of=t.system_attrs.get("failed_trial"),
+                    error=t.user_attrs.get("error"), worker=t.user_attrs.get("worker"),
+                    worst_slice=t.user_attrs.get("worst_slice"))

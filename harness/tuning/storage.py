@@ -1,19 +1,10 @@
 """Where a study lives: the Optuna storage URL, opening it, and the study-wide locks.
 
-Storage: SQLite by default (`studies/<name>.db`, one machine), PostgreSQL across machines. A URL is
-checked and normalised before anything connects: `sqlite:///FILE` (three slashes; four before an
-absolute path) becomes absolute, and a plain `postgresql://USER:PASSWORD@HOST[:PORT]/DB` gets the
-installed driver (SQLAlchemy 2.1 picks psycopg 3 for it, while the `postgres` extra installs
-psycopg2). A malformed URL is a `StorageError` (exit 2) naming what is wrong, before any folder is
-made. PostgreSQL connections give up after `CONNECT_TIMEOUT_S` seconds (libpq's `connect_timeout`;
-set `?connect_timeout=SECONDS` in the URL to change it), so a server that accepts TCP but never
-answers fails in seconds, not minutes; an unreachable server is a `StorageUnavailable` (exit 1)
-naming the host, never the password.
-
-Locks: workers take a study-wide lock before starting a trial (see `harness.tuning.worker`): an
-flock on a file in the temporary folder for SQLite (one machine), a PostgreSQL session advisory
-lock for PostgreSQL (many machines). Both are dropped by the kernel or the server when their holder
-dies, so a killed worker never leaves the study locked.
+SQLite by default (`studies/<name>.db`), PostgreSQL across machines. A URL is checked and normalised (SQLite
+made absolute, PostgreSQL given the installed driver) before anything connects: a malformed one is a
+`StorageError` before any folder is made, a server that does not answer within `CONNECT_TIMEOUT_S` a
+`StorageUnavailable` naming the host, never the password. The study lock is an flock (SQLite) or a session
+advisory lock (PostgreSQL): either drops when its holder dies.
 """
 from __future__ import annotations
 
@@ -21,7 +12,6 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
-import os
 import re
 import tempfile
 import warnings
@@ -30,8 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
 
 from harness.dburl import PG_DRIVERS, installed_pg_driver
+from harness.fileio import FileLock
 from harness import paths
 from harness.tuning.errors import SpecError, StorageError, StorageUnavailable
 from harness.tuning.strategies import Heartbeat
@@ -45,34 +38,17 @@ SPACE_ATTR = "harness.space_hash"  # study user attribute: what the study was cr
 _USAGE = "use sqlite:///FILE (three slashes; four before an absolute path) or postgresql://USER:PASSWORD@HOST[:PORT]/DB"
 
 
-def default_storage(spec: StudySpec) -> str:
-    """SQLite under the project's studies/ folder (git-ignored): `studies/<name>.db`."""
-    return f"sqlite:///{paths.studies_dir() / f'{spec.name}.db'}"
-
-
 def resolve_storage(url: str | None, spec: StudySpec) -> str:
-    """The normalised storage URL of a study: `url` checked (see `normalise_storage`), or the default."""
-    return normalise_storage(url if url is not None else default_storage(spec))
+    """The normalised storage URL of a study: `url` checked, or the default `studies/<name>.db` (git-ignored)."""
+    return normalise_storage(url if url is not None else f"sqlite:///{paths.studies_dir() / f'{spec.name}.db'}")
 
 
 def normalise_storage(url: str) -> str:
-    """Check a storage URL and return it in the form every process of a study uses.
-
-    Raises:
-        StorageError: a URL that does not parse (`sqlite:/x.db`), a port that is not a number, a
-            database other than SQLite or PostgreSQL, SQLite without a file, or no installed driver.
-
-    Example:
-        >>> normalise_storage("sqlite:////tmp/x.db")
-        'sqlite:////tmp/x.db'
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+    """A storage URL checked, in the form every process of a study uses (StorageError otherwise)."""
     shown = _redact_text(url)
     try:
         parsed = make_url(url.strip())
-    except ArgumentError:
+    except sqlalchemy.exc.ArgumentError:
         raise StorageError(f"storage {shown!r} is not a database URL; {_USAGE}") from None
     except ValueError:
         port = re.search(r"//(?:[^@/]*@)?[^:/?#]*:([^/?#]*)", url)
@@ -84,25 +60,18 @@ def normalise_storage(url: str) -> str:
         return parsed.set(database=str(Path(parsed.database).expanduser().absolute())).render_as_string(hide_password=False)
     if backend != "postgresql":
         raise StorageError(f"storage {shown!r}: {backend} is not supported; {_USAGE}")
-    driver = parsed.get_driver_name() if "+" in parsed.drivername else _installed_pg_driver(shown)
+    driver = parsed.get_driver_name() if "+" in parsed.drivername else installed_pg_driver()
+    if driver is None:
+        raise StorageError(f"storage {shown!r}: no PostgreSQL driver is installed: pip install 'harness[postgres]'")
     if importlib.util.find_spec(PG_DRIVERS.get(driver, driver)) is None:
         raise StorageError(f"storage {shown!r}: the PostgreSQL driver {driver} is not installed "
                            f"(pip install 'harness[postgres]' installs psycopg2; or write postgresql://...)")
     return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
 
 
-def _installed_pg_driver(shown: str) -> str:
-    driver = installed_pg_driver()
-    if driver is None:
-        raise StorageError(f"storage {shown!r}: no PostgreSQL driver is installed: pip install 'harness[postgres]'")
-    return driver
-
-
 def redact(url: str) -> str:
     """The storage URL with any password hidden, for tags and messages."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - a malformed URL is reported by normalise_storage
         return _redact_text(url)
@@ -113,10 +82,7 @@ def _redact_text(url: str) -> str:
 
 
 def identity(url: str) -> str:
-    """What names the study's database whatever the driver or options: the redacted URL without its
-    driver and query (`postgresql://USER@HOST:PORT/DB`). Keys the study lock and the parent run's tag."""
-    from sqlalchemy.engine import make_url
-
+    """The database whatever the driver or options (`postgresql://USER@HOST:PORT/DB`): keys the study lock."""
     parsed = make_url(url)
     return parsed.set(drivername=parsed.get_backend_name(), password=None, query={}).render_as_string()
 
@@ -127,60 +93,42 @@ def scheme(url: str) -> str:
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
-    if scheme(url) == "sqlite":
-        # Several workers and heartbeat threads share the file: wait for a lock instead of failing.
+    if scheme(url) == "sqlite":  # workers and heartbeat threads share the file: wait for a lock, not fail
         return {"connect_args": {"timeout": 60}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if "connect_timeout=" not in url.partition("?")[2]:
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    return kwargs
+    given = "connect_timeout=" in url.partition("?")[2]
+    return {"pool_pre_ping": True, **({} if given else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})}
 
 
 @contextlib.contextmanager
 def reaching(url: str) -> Iterator[None]:
-    """Turn a failure to reach the storage's database into one line: StorageUnavailable (server
-    refused, unreachable, silent) or StorageError (the database or the credentials are wrong)."""
-    import sqlalchemy.exc
-
+    """A failure to reach the database as one line: StorageUnavailable (refused, unreachable, silent) or
+    StorageError (wrong database or credentials)."""
     try:
         yield
     except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as e:
         cause = e if isinstance(e, sqlalchemy.exc.DBAPIError) else e.__cause__
         if not isinstance(cause, sqlalchemy.exc.DBAPIError):
             raise
-        raise _unreachable(url, cause) from None
-
-
-def _unreachable(url: str, error: Any) -> Exception:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    reason = (str(error.orig).strip().splitlines() or ["no answer"])[0]
-    reason = reason.split(" failed: ", 1)[-1].strip()
-    if parsed.password:
-        reason = reason.replace(parsed.password, "***")
-    if scheme(url) == "sqlite":
-        return StorageError(f"storage {parsed.database}: {reason}")
-    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
-    if "authentication failed" in reason or "does not exist" in reason:
-        return StorageError(f"storage {redact(url)}: {reason}")
-    if "timeout" in reason:
-        timeout = parsed.query.get("connect_timeout", CONNECT_TIMEOUT_S)
-        reason = f"no answer within {timeout} s (set ?connect_timeout=SECONDS in the URL to wait longer)"
-    return StorageUnavailable(f"storage {redact(url)}: cannot connect to PostgreSQL at {where}: {reason}")
+        parsed = make_url(url)
+        reason = (str(cause.orig).strip().splitlines() or ["no answer"])[0].split(" failed: ", 1)[-1].strip()
+        if parsed.password:
+            reason = reason.replace(parsed.password, "***")
+        if scheme(url) == "sqlite":
+            raise StorageError(f"storage {parsed.database}: {reason}") from None
+        if "authentication failed" in reason or "does not exist" in reason:
+            raise StorageError(f"storage {redact(url)}: {reason}") from None
+        if "timeout" in reason:
+            timeout = parsed.query.get("connect_timeout", CONNECT_TIMEOUT_S)
+            reason = f"no answer within {timeout} s (set ?connect_timeout=SECONDS in the URL to wait longer)"
+        where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+        raise StorageUnavailable(f"storage {redact(url)}: cannot connect to PostgreSQL at {where}: {reason}") from None
 
 
 def open_storage(url: str, heartbeat: Heartbeat = Heartbeat()) -> optuna.storages.RDBStorage:
-    """An RDBStorage with heartbeats and a retry of stale trials, on a URL from `normalise_storage`.
-
-    Raises:
-        StorageError, StorageUnavailable: see `normalise_storage` and `reaching`.
-    """
+    """An RDBStorage with heartbeats and a retry of stale trials (StorageError, StorageUnavailable)."""
     if scheme(url) == "sqlite":
-        from sqlalchemy.engine import make_url
-
         Path(make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
-    storages = optuna.storages
+    storages = optuna.storages  # newer Optuna renamed the stale-trial retry callback and its keyword
     retry_cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
     parameters = inspect.signature(storages.RDBStorage.__init__).parameters
     keyword = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
@@ -190,49 +138,38 @@ def open_storage(url: str, heartbeat: Heartbeat = Heartbeat()) -> optuna.storage
         # Two machines starting on a fresh PostgreSQL database would both create Optuna's tables and
         # types, and one fails ("duplicate key ... pg_type_typname_nsp_index"): one at a time.
         with locked(study_lock(url, "\0schema")) if scheme(url) == "postgresql" else contextlib.nullcontext():
-            return storages.RDBStorage(
-                url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat.interval,
-                grace_period=heartbeat.grace_period, **{keyword: retry_cls(max_retry=heartbeat.max_retry)},
-            )
+            retry = {keyword: retry_cls(max_retry=heartbeat.max_retry)}
+            return storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat.interval,
+                                       grace_period=heartbeat.grace_period, **retry)
 
 
 def check_storage(url: str | None) -> str | None:
-    """A `--storage` URL normalised and connected to once, so that a malformed URL or an unreachable
-    server fails in seconds, before any spec check or feature work; None stays None (the default
-    storage, a SQLite file made on first use).
-
-    Raises:
-        StorageError, StorageUnavailable: see `normalise_storage` and `reaching`.
-    """
+    """A `--storage` URL normalised and connected to once, so a bad URL or an unreachable server fails in
+    seconds, before any spec check or feature work; None stays None (SQLite, made on first use)."""
     if url is None:
         return None
-    url = normalise_storage(url)
-    store = open_storage(url)
+    store = open_storage(url := normalise_storage(url))
     store.remove_session()
     store.engine.dispose()
     return url
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Mark FAIL the trials whose heartbeat went silent (their worker died); the retry callback
-    re-queues each with the same parameters."""
+    """Mark FAIL the trials whose heartbeat went silent; the retry callback re-queues each."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
 def load_or_create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, sampler_offset: int = 0) -> optuna.Study:
-    """The spec's study in `storage`, created on first use. Raises SpecError when the stored study
-    was created from other objectives, another search space or other base settings."""
-    study = optuna.create_study(
-        storage=storage, study_name=spec.name, directions=spec.directions, load_if_exists=True,
-        sampler=spec.sampler.build(seed_offset=sampler_offset), pruner=spec.pruner.build(max_epochs=spec.max_epochs()),
-    )
+    """The spec's study in `storage`, created on first use. SpecError: it was created from another spec."""
+    study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions, load_if_exists=True,
+                                sampler=spec.sampler.build(seed_offset=sampler_offset),
+                                pruner=spec.pruner.build(max_epochs=spec.max_epochs()))
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise SpecError(f"study {spec.name!r} in the storage optimises {len(study.directions)} objective(s) "
                         f"in other directions; give this spec another name or use another --storage")
-    stored = study.user_attrs.get(SPACE_ATTR)
-    if stored is None:
+    if (stored := study.user_attrs.get(SPACE_ATTR)) is None:
         study.set_user_attr(SPACE_ATTR, spec.space_hash())
     elif stored != spec.space_hash():
         raise SpecError(f"study {spec.name!r} in the storage was created from another search space, objectives "
@@ -240,51 +177,17 @@ def load_or_create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, 
     return study
 
 
-# ------------------------------------------------------------------------------------- locks
-
-class FileLock:
-    """An exclusive flock held by this process; the kernel drops it when the process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 class AdvisoryLock:
-    """A PostgreSQL session advisory lock on its own connection: the server drops it when the
-    connection does, so a machine that dies never leaves the study locked."""
+    """A PostgreSQL session advisory lock on its own connection: the server drops it with the connection,
+    so a machine that dies never leaves the study locked."""
 
     def __init__(self, url: str, key: int) -> None:
-        import sqlalchemy
-
-        self._url = url
+        self._url, self._key = url, key
+        self._conn: Any = None
         self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **{
             k: v for k, v in _engine_kwargs(url).items() if k != "pool_pre_ping"})
-        self._key = key
-        self._conn: Any = None
 
     def acquire(self) -> None:
-        import sqlalchemy
-
         with reaching(self._url):
             conn = self._engine.connect()
         try:
@@ -295,21 +198,19 @@ class AdvisoryLock:
         self._conn = conn
 
     def release(self) -> None:
-        import sqlalchemy
-
-        if self._conn is not None:
+        if (conn := self._conn) is not None:
+            self._conn = None
             try:
-                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
             finally:
-                self._conn.close()
-                self._conn = None
+                conn.close()
 
 
 Lock = FileLock | AdvisoryLock
 
 
 def study_lock(url: str, study: str) -> Lock:
-    """The lock that serialises trial starts (and parent-run updates) of one study in one storage."""
+    """The lock that serialises trial starts and parent-run updates of one study in one storage."""
     digest = hashlib.sha1(f"harness.tuning:{identity(url)}:{study}".encode()).digest()
     if scheme(url) == "postgresql":
         return AdvisoryLock(url, int.from_bytes(digest[:8], "big", signed=True))

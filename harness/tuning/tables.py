@@ -3,7 +3,7 @@ finished trial (a log file, a pipe, a batch job), and the leaderboard at the end
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from harness.tuning.results import Progress, StudyResult, TrialRow
@@ -11,9 +11,9 @@ from harness.tuning.results import Progress, StudyResult, TrialRow
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-_SHORT = {"backbone": lambda v: str(v).split(".")[0]}
 _HEADER = {"weight_decay": "wd", "augment_strength": "aug", "batch_size": "bs", "input_size": "input",
            "label_smoothing": "ls", "optimizer": "opt"}
+_LEFT = ("state", "backbone", "loss", "run id", "worst slice")  # columns of words, the others of numbers
 _STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "magenta"}
 _ENDED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -24,56 +24,57 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def trials_table(progress: Progress, *, limit: int = 20) -> RenderableType:
-    """The live table: the last `limit` trials with state, parameters, value and epoch reached,
-    and a summary line."""
+def _counts(rows: Progress | StudyResult) -> str:
+    return f"{rows.finished}/{rows.target} finished ({rows.count('PRUNED')} pruned), {rows.count('FAIL')} failed"
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str) -> RenderableType:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    first = progress.objectives[0]
-    best = progress.best
-    running = progress.count("RUNNING")
-    caption = (f"{progress.finished}/{progress.target} finished ({progress.count('PRUNED')} pruned), "
-               f"{progress.count('FAIL')} failed, {running} running, {progress.elapsed_s / 60:.1f} min")
-    if best is not None:
-        caption += f" - best {first} {best.value:.4f} (trial {best.number})"
-    table = Table(title=f"study {progress.study}", title_justify="left", box=None, pad_edge=False)
-    for name in ("#", "state", *progress.dimensions, first, "epoch", "s"):
-        table.add_column(_HEADER.get(name, name), justify="left" if name in ("state", "backbone", "loss") else "right",
-                         no_wrap=True)
-    for r in progress.rows[-limit:]:
-        style = _STATE_STYLE.get(r.state, "")
-        params = [_SHORT.get(d, _fmt)(r.params[d]) if d in r.params else "" for d in progress.dimensions]
-        value = "" if r.value is None else f"{r.value:.4f}"
-        if best is not None and r.number == best.number:
-            value = f"[bold green]{value}[/]"
-        table.add_row(str(r.number), f"[{style}]{r.state.lower()}[/]", *params, value, str(r.epoch or ""),
-                      "" if r.seconds is None else f"{r.seconds:.0f}")
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for name in columns:
+        table.add_column(_HEADER.get(name, name), justify="left" if name in _LEFT else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     return Group(table, Text(caption))
 
 
-def trial_line(row: TrialRow, objective: str, dimensions: tuple[str, ...] = ()) -> str:
-    """One plain line for a finished trial: number, state, objective value, epochs, seconds, then
-    its searched parameters and, for a failed one, the error.
+def trials_table(progress: Progress, *, limit: int = 20) -> RenderableType:
+    """The live table: the last `limit` trials with state, parameters, value and epoch, and a summary line."""
+    first, best = progress.objectives[0], progress.best
+    caption = f"{_counts(progress)}, {progress.count('RUNNING')} running, {progress.elapsed_s / 60:.1f} min"
+    if best is not None:
+        caption += f" - best {first} {best.value:.4f} (trial {best.number})"
+    rows = []
+    for r in progress.rows[-limit:]:
+        params = [(str(r.params[d]).split(".")[0] if d == "backbone" else _fmt(r.params[d])) if d in r.params else ""
+                  for d in progress.dimensions]
+        value = "" if r.value is None else f"{r.value:.4f}"
+        if best is not None and r.number == best.number:
+            value = f"[bold green]{value}[/]"
+        rows.append([str(r.number), f"[{_STATE_STYLE.get(r.state, '')}]{r.state.lower()}[/]", *params, value,
+                     str(r.epoch or ""), "" if r.seconds is None else f"{r.seconds:.0f}"])
+    return _table(f"study {progress.study}", ("#", "state", *progress.dimensions, first, "epoch", "s"), rows, caption)
 
-    Example:
-        >>> trial_line(TrialRow(3, "PRUNED", {"lr": 0.02}, None, 0.52, 3, "r", None, None, 8.0, "h:1"), "val_auc", ("lr",))
-        'trial 3 PRUNED val_auc=0.5200 epochs=3 8s lr=0.02'
+
+def trial_line(row: TrialRow, objective: str, dimensions: tuple[str, ...] = ()) -> str:
+    """One plain line for a finished trial, the error last for a failed one.
+
+    >>> trial_line(TrialRow(3, "PRUNED", {"lr": 0.02}, None, 0.52, 3, "r", None, None, 8.0, "h:1"), "val_auc", ("lr",))
+    'trial 3 PRUNED val_auc=0.5200 epochs=3 8s lr=0.02'
     """
     value = "-" if row.value is None else f"{row.value:.4f}"
     seconds = "-" if row.seconds is None else f"{row.seconds:.0f}s"
-    params = " ".join(f"{d}={_fmt(row.params[d])}" for d in dimensions if d in row.params)
-    line = f"trial {row.number} {row.state} {objective}={value} epochs={row.epoch} {seconds}"
-    line += f" {params}" if params else ""
-    return line + (f" error={row.error}" if row.error else "")
+    params = "".join(f" {d}={_fmt(row.params[d])}" for d in dimensions if d in row.params)
+    return f"trial {row.number} {row.state} {objective}={value} epochs={row.epoch} {seconds}{params}" + (
+        f" error={row.error}" if row.error else "")
 
 
 class TrialLines:
-    """An `on_progress` for a non-terminal: writes `trial_line` once for each trial as it ends.
-
-    Trials that had ended before the first call (a resumed study) are summed up in one line
-    instead, so that every trial line in a log is news at the time it is written."""
+    """An `on_progress` for a non-terminal: writes `trial_line` once for each trial as it ends. Trials ended
+    before the first call (a resumed study) are summed up in one line, so every trial line in a log is news."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
@@ -84,32 +85,21 @@ class TrialLines:
         if self.seen is None:
             self.seen = {row.number for row in ended}
             if ended:
-                self.write(f"study {progress.study}: resuming with {progress.finished}/{progress.target} finished "
-                           f"({progress.count('PRUNED')} pruned), {progress.count('FAIL')} failed")
+                self.write(f"study {progress.study}: resuming with {_counts(progress)}")
             return
-        for row in ended:
-            if row.number not in self.seen:
-                self.seen.add(row.number)
-                self.write(trial_line(row, progress.objectives[0], progress.dimensions))
+        for row in (r for r in ended if r.number not in self.seen):
+            self.seen.add(row.number)
+            self.write(trial_line(row, progress.objectives[0], progress.dimensions))
 
 
 def leaderboard_table(result: StudyResult, *, top: int = 10) -> RenderableType:
     """The best COMPLETE trials with their MLflow run ids, and a summary line."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    finished = result.finished
-    pruned = sum(r.state == "PRUNED" for r in result.rows)
-    failed = sum(r.state == "FAIL" for r in result.rows)
-    caption = (f"{finished}/{result.target} finished ({pruned} pruned), {failed} failed; {result.stopped}; "
-               f"{result.epochs_trained} epochs trained; this session {result.seconds / 60:.1f} min; "
-               f"parent run {result.parent_run_id}")
-    table = Table(title=f"study {result.study}: leaderboard", title_justify="left", box=None, pad_edge=False)
-    for name in ("rank", "#", *result.dimensions, *result.objectives, "epochs", "run id"):
-        table.add_column(_HEADER.get(name, name), justify="left" if name in ("backbone", "loss", "run id") else "right",
-                         no_wrap=True)
-    for rank, r in enumerate(result.ranked()[:top], 1):
-        params = [_fmt(r.params[d]) if d in r.params else "" for d in result.dimensions]
-        table.add_row(str(rank), str(r.number), *params, *(f"{v:.4f}" for v in r.values or ()), str(r.epoch), r.run_id or "")
-    return Group(table, Text(caption))
+    caption = (f"{_counts(result)}; {result.stopped}; {result.epochs_trained} epochs trained; "
+               f"this session {result.seconds / 60:.1f} min; parent run {result.parent_run_id}")
+    ranked = result.ranked()[:top]
+    slices = any(r.worst_slice for r in ranked)  # a column only when the data names its methods
+    columns = ("rank", "#", *result.dimensions, *result.objectives, "epochs", *(["worst slice"] * slices), "run id")
+    rows = ([str(rank), str(r.number), *(_fmt(r.params[d]) if d in r.params else "" for d in result.dimensions),
+             *(f"{v:.4f}" for v in r.values or ()), str(r.epoch), *([r.worst_slice or ""] * slices), r.run_id or ""]
+            for rank, r in enumerate(ranked, 1))
+    return _table(f"study {result.study}: leaderboard", columns, rows, caption)

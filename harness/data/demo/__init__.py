@@ -1,24 +1,16 @@
-"""A deterministic synthetic data set in the layout of the 2024 Global Multimedia Deepfake Detection
-challenge (audio-video track), so that every command can be run end to end without the real data.
-
-Layout (what `harness.data.labels` reads):
+"""A deterministic synthetic data set laid out as the 2024 Global Multimedia Deepfake Detection challenge's:
 
     OUT/trainset/*.mp4  OUT/valset/*.mp4  OUT/testset/*.mp4
     OUT/train_label.txt  OUT/val_label.txt     video_name,target   (1 = deepfake)
     OUT/test_template.csv                      video_name,score    (0.5 for every test clip)
+    OUT/methods.csv                            video_name,method,modality of train and val clips
     OUT/.answers/test_label.txt                the hidden test labels, to score a submission
+    OUT/.answers/methods.csv                   the test clips' methods, one of them never in train or val
     OUT/.answers/clips.csv                     which artefacts each clip carries, at what strength
     OUT/.demo.json                             the parameters; written last, so it marks a complete set
 
-Each clip is a small mp4 (H.264 96x96 at 12 fps, AAC mono 16 kHz): speech-like audio (a harmonic
-source with gliding pitch, formant resonances, syllable envelopes, fricative bursts) and a face-like
-picture whose mouth opens with the audio envelope. Genuine clips vary in the nuisances of real
-recordings (room, microphone colouration, noise, hum, level, camera blur and noise), so that no single
-trivial feature separates the classes. As in the challenge, a fake may be fake in its audio, its video
-or both. Audio fakes carry a vocoder's mark (harmonics smeared across frequency, phase partly random),
-often with band-limiting, spectral holes or a faint tonal buzz; video fakes a blended inner face with a
-colour and sharpness seam, sometimes jittering against the head or with its mouth out of step with the
-audio. Each fake's artefacts have one of a few strengths, from barely there to plain.
+Each clip (H.264 96x96 at 12 fps, AAC mono 16 kHz) holds synthetic speech and a face whose mouth follows it, with
+a real recording's nuisances; a fake is fake in its audio, its video or both, by the methods of `dataset.METHODS`.
 """
 from __future__ import annotations
 

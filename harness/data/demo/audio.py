@@ -1,15 +1,9 @@
-"""The demo's audio: a synthetic voice, a vocoder's artefacts for fakes, and a recording chain.
-
-The speech is built in the STFT domain because the fake artefacts are damage to that same
-representation; every clip, genuine or fake, then passes through room, noise, microphone and level.
-"""
+"""The demo's audio: a synthetic voice, a vocoder's artefacts for fakes, and a recording chain every clip passes."""
 from __future__ import annotations
 
 import numpy as np
 
-from harness.data.demo.clip import SAMPLE_RATE
-from harness.data.demo.filters import _gaussian
-from harness.data.demo.speech import _VOWELS, _envelope
+from harness.data.demo.clip import _VOWELS, SAMPLE_RATE, _envelope, _gaussian
 
 _N_FFT = 512  # synthesis STFT: 32 ms window, 8 ms hop
 _HOP = 128
@@ -18,15 +12,11 @@ _WINDOW = np.hanning(_N_FFT + 1)[:-1]  # periodic Hann: overlap-adds to a consta
 
 
 def _voice_stft(rng: np.random.Generator, syllables: np.ndarray, n: int) -> np.ndarray:
-    """The speech as a (frames, bins) STFT: harmonic source x formant envelope, plus fricative noise.
-
-    Built in the STFT domain because the fake artefacts are damage to that same representation.
-    """
+    """The speech as a (frames, bins) STFT, the domain the fakes damage: harmonics x formants, plus fricatives."""
     t = np.arange(n) / SAMPLE_RATE
     f0 = _pitch(rng, t)
     phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    # Every harmonic below 7.8 kHz at amplitude 1/k; cos(k phase) by the Chebyshev recurrence, far
-    # cheaper than a cosine per harmonic.
+    # Every harmonic below 7.8 kHz at amplitude 1/k; cos(k phase) by the Chebyshev recurrence (cheap).
     source, previous, current, cos1 = np.zeros(n), np.ones(n), np.cos(phase), np.cos(phase)
     for k in range(1, int(7800 / f0.min()) + 1):
         source += (k * f0 < 7800) * current / k
@@ -50,8 +40,7 @@ def _voice_stft(rng: np.random.Generator, syllables: np.ndarray, n: int) -> np.n
 
 
 def _pitch(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
-    """A speaker's f0 in Hz: a base in 100-220 Hz, phrase declination, slow glides and cycle-to-cycle
-    jitter (which blurs the upper harmonics, as in real voices), within 90-260."""
+    """A speaker's f0 in Hz (90-260): a base, declination, slow glides and jitter that blurs the upper harmonics."""
     steps = np.arange(0, t[-1] + 0.01, 0.01)
     octaves = -0.15 * t / t[-1] + np.interp(t, steps, rng.normal(0, rng.uniform(0.003, 0.02), len(steps)))
     for _ in range(2):
@@ -77,16 +66,12 @@ def _formant_filter(rng: np.random.Generator, syllables: np.ndarray, frame_t: np
     return peaks.sum(axis=2) + high + 0.01
 
 
-def _audio_artefacts(
-    rng: np.random.Generator, spec: np.ndarray, strength: float
-) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """A vocoder's mark, often with one more flaw: the damaged STFT, and a buzz (level, Hz) or None."""
-    # Every synthesiser's vocoder: the magnitude smoothed across frequency (the harmonics bleed into
-    # their valleys) and the phase partly random (their fine structure smears in time).
+def _audio_artefacts(rng: np.random.Generator, spec: np.ndarray, strength: float,
+                     extra: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The STFT with a vocoder's mark (smeared magnitude, random phase) and `extra` flaw, and a buzz (level, Hz)."""
     damage = strength**1.5  # weak fakes nearly clean, strong ones plain: easy cases to learn from, hard ones left over
     magnitude = _gaussian(np.abs(spec), 2.5 * damage, axis=1)
     spec = magnitude * np.exp(1j * (np.angle(spec) + damage * np.pi * rng.uniform(-1, 1, spec.shape)))
-    extra = rng.choice(["none", "bandlimit", "holes", "buzz"], p=[0.25, 0.25, 0.25, 0.25])
     if extra == "bandlimit":  # a synthesiser running at a lower rate: a sharp edge, unlike a mic's roll-off
         cutoff = 7500 - strength * rng.uniform(2500, 3500)
         spec = spec / (1 + np.exp((_FREQS - cutoff) / 60))

@@ -6,12 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.data.demo.clip import SIZE
-from harness.data.demo.filters import _gaussian
-from harness.data.demo.speech import _envelope
+from harness.data.demo.clip import SIZE, _envelope, _gaussian
 
 _SKIN = np.array([[224, 172, 105], [198, 134, 66], [141, 85, 36], [255, 219, 172], [241, 194, 125], [110, 70, 40]])
-
 
 
 @dataclass(frozen=True)
@@ -65,21 +62,13 @@ def _draw_face(rng: np.random.Generator, mouth: np.ndarray, times: np.ndarray) -
     blink = np.ones(frames)
     for start in np.arange(rng.uniform(0, 2), times[-1] + 1, rng.uniform(2, 4)):
         blink[(times >= start) & (times < start + 0.15)] = 0.1
-    return _Face(
-        skin=np.clip(_SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 10, 3), 0, 255),
-        hair=rng.uniform(10, 120) * np.array([1.0, 0.8, 0.6]) if rng.random() < 0.75 else None,
-        lips=np.array([170.0, 80, 80]) * rng.uniform(0.7, 1.1),
-        iris=rng.uniform(20, 110, 3),
-        half_width=half_width,
-        half_height=half_width * float(rng.uniform(1.2, 1.35)),
-        eye_gap=float(rng.uniform(0.34, 0.42)),
-        light=float(rng.uniform(0, 2 * np.pi)),
-        cx=48 + rng.normal(0, 4) + drift[:, 0],
-        cy=50 + rng.normal(0, 4) + drift[:, 1] + bob,
-        tilt=rng.uniform(-0.12, 0.12) + np.cumsum(rng.normal(0, 0.01, frames)),
-        blink=blink,
-        mouth=mouth,
-    )
+    return _Face(skin=np.clip(_SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 10, 3), 0, 255),
+                 hair=rng.uniform(10, 120) * np.array([1.0, 0.8, 0.6]) if rng.random() < 0.75 else None,
+                 lips=np.array([170.0, 80, 80]) * rng.uniform(0.7, 1.1), iris=rng.uniform(20, 110, 3),
+                 half_width=half_width, half_height=half_width * float(rng.uniform(1.2, 1.35)),
+                 eye_gap=float(rng.uniform(0.34, 0.42)), light=float(rng.uniform(0, 2 * np.pi)),
+                 cx=48 + rng.normal(0, 4) + drift[:, 0], cy=50 + rng.normal(0, 4) + drift[:, 1] + bob,
+                 tilt=rng.uniform(-0.12, 0.12) + np.cumsum(rng.normal(0, 0.01, frames)), blink=blink, mouth=mouth)
 
 
 def _paint_face(face: _Face, shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -133,29 +122,16 @@ def _col(x: float | np.ndarray) -> float | np.ndarray:
     return x.astype(np.float32)[:, None, None] if isinstance(x, np.ndarray) else np.float32(x)
 
 
-def _face_swap(
-    rng: np.random.Generator,
-    video: np.ndarray,
-    host: _Face,
-    syllables: np.ndarray,
-    times: np.ndarray,
-    strength: float,
-) -> np.ndarray:
-    """Blend another person's inner face over the host's, with the artefacts of a face swap.
-
-    Always: a colour and sharpness mismatch at the blend's edge. Sometimes: the pasted face jitters
-    against the head, and its mouth follows the audio late or early.
-    """
-    lag = strength * rng.uniform(0.08, 0.25) * rng.choice([-1, 1]) if rng.random() < 0.5 else 0.0
-    jitter = rng.normal(0, 1.2 * strength, (len(times), 2)) if rng.random() < 0.5 else np.zeros((len(times), 2))
+def _face_swap(rng: np.random.Generator, video: np.ndarray, host: _Face, syllables: np.ndarray, times: np.ndarray,
+               strength: float, flaw: str = "none") -> np.ndarray:
+    """Another inner face blended over the host's: a colour and sharpness seam, and by `flaw` jitter or lagging lips."""
+    lag = strength * rng.uniform(0.08, 0.25) * rng.choice([-1, 1]) if flaw == "lag" else 0.0
+    jitter = rng.normal(0, 1.2 * strength, (len(times), 2)) if flaw == "jitter" else np.zeros((len(times), 2))
     tint = rng.normal(0, 1, 3)
     source = dataclasses.replace(
-        host,
-        skin=np.clip(host.skin + 24 * strength * tint / np.linalg.norm(tint) + rng.normal(0, 4, 3), 0, 255),
-        iris=rng.uniform(20, 110, 3),
-        eye_gap=host.eye_gap * float(rng.uniform(0.9, 1.1)),
-        mouth=_envelope(syllables, times - lag),
-    )
+        host, skin=np.clip(host.skin + 24 * strength * tint / np.linalg.norm(tint) + rng.normal(0, 4, 3), 0, 255),
+        iris=rng.uniform(20, 110, 3), eye_gap=host.eye_gap * float(rng.uniform(0.9, 1.1)),
+        mouth=_envelope(syllables, times - lag))
     colour, _ = _paint_face(source, shift=jitter)
     colour = _blur(colour, 0.5 + 1.3 * strength)
     mask = _inner_mask(dataclasses.replace(host, cx=host.cx + jitter[:, 0], cy=host.cy + jitter[:, 1]))

@@ -1,25 +1,23 @@
-"""The bundle format: every file name in a promoted bundle and the layout of its config.json, in one place.
+"""The bundle format: every file name in a promoted bundle and the layout of its config.json.
 
-Written by `harness.bundle.build` and read by `harness.predict.Predictor.from_bundle` (which the
-bundle's own api.py calls). This module is a leaf: it imports only config, errors and fileio, so
-that predict, which sits upstream of the bundle in the flow, may read it.
+Written by `harness.bundle.build`, read by `harness.predict.Predictor.from_bundle` (and so the bundle's
+api.py); a leaf below predict (imports config, errors, fileio) so predict never imports the writer.
 
-config.json (format 1; the keys bundles have always had, so older bundles still load):
+config.json (format 1; older bundles still load):
 
     format        1
     run_id, run_name
-    run_config    the run's RunConfig as a dict (harness.config.to_dict)
-    model         backbone, modality, num_classes, input_size, inputs {name: {shape, mean, std}},
-                  weights (path inside the bundle), sha256 (of the weights), params, thop_params, macs
+    run_config    the run's RunConfig as a dict (harness.config.to_dict); a local weights file by name only
+    model         backbone, modality, num_classes, input_size, inputs {name: {shape, mean, std}}, weights
+                  (path inside the bundle) and their sha256, params, thop_params, macs; a pack: pack
+                  (`PACK_TABLE`) and pack_sha256, run_config being its first member's settings
     scoring       output, tta, tta_shifts, fallback_score, score_decimals
     metrics       the run's best_* and val_auc_ci_* metrics
-    data          fingerprint, path
+    data          name (the dataset folder's), fingerprint, demo (synthetic demo data); no path
     code          git_commit, git_dirty, source, python, versions
 
-Reading refuses, with one line naming config.json and the key, anything that would make the model
-load from somewhere else or from other bytes than the bundle was made with: weights outside the
-bundle (absolute, `..`, or a link that leads out), weights whose sha256 differs from the recorded
-one, and weights that are not safetensors.
+Reading refuses, in one line naming config.json and the key, weights outside the bundle (absolute,
+`..`, or a link leading out), weights whose sha256 differs from the recorded one, and non-safetensors.
 """
 from __future__ import annotations
 
@@ -34,9 +32,9 @@ from harness.fileio import sha256
 
 FORMAT = 1
 
-# ---- the files of a bundle folder
 CONFIG = "config.json"
 WEIGHTS = "weights/model.safetensors"
+PACK_TABLE = "weights/pack.json"  # a pack's member table, beside its weights (`harness.pack.model`)
 MANIFEST = "manifest.json"
 MODEL_CARD = "MODEL_CARD.md"
 API = "api.py"
@@ -47,10 +45,15 @@ TRAIN_SH = "train.sh"
 TRAIN_PY = "train.py"
 REQUIREMENTS = "requirements.txt"
 SOURCE_PACKAGE = "harness"  # the harness source at the run's commit, beside pyproject.toml
-
-# ---- beside the bundle in a submission folder
-FOLDER = "bundle"  # also the top folder inside the archive
+README = "README.md"  # pyproject.toml names it as the readme
+FOLDER = "bundle"  # beside ARCHIVE in a submission folder; also the top folder inside the archive
 ARCHIVE = "bundle.tar.gz"
+# The registered MLflow model made of a bundle ("models from code": harness/bundle/pyfunc_model.py).
+PYFUNC_CODE = Path(__file__).with_name("bundle") / "pyfunc_model.py"
+PYFUNC_ARTIFACT = "bundle"  # the model's artifact: a folder with the bundle's config.json and weights
+PYFUNC_FILES = (CONFIG, WEIGHTS)
+PYFUNC_INPUT = "path"  # a string column: clip paths on the scoring machine
+PYFUNC_OUTPUT = "score"  # a double column: the probability that the clip is fake
 
 
 class BundleError(BadInput):
@@ -72,49 +75,21 @@ class BundleConfig:
     stats: dict[str, tuple[list[float], list[float]]]  # input name -> (mean, std)
     tta: int
     fallback: float
+    demo: bool = False  # trained on the synthetic demo dataset
+    pack: bool = False  # a pack: its member table `PACK_TABLE` lies beside `weights`
 
 
-def make_config(
-    *,
-    run_id: str,
-    run_name: str,
-    run_config: dict[str, Any],
-    model: dict[str, Any],
-    weights_sha256: str,
-    scoring: dict[str, Any],
-    metrics: dict[str, float],
-    data: dict[str, Any],
-    code: dict[str, Any],
-) -> dict[str, Any]:
-    """The config.json of a bundle, in the layout above. `model` holds every model key but the
-    weights' path and digest, which this function adds (the path is always `WEIGHTS`)."""
-    return {
-        "format": FORMAT,
-        "run_id": run_id,
-        "run_name": run_name,
-        "run_config": run_config,
-        "model": {**model, "weights": WEIGHTS, "sha256": weights_sha256},
-        "scoring": scoring,
-        "metrics": metrics,
-        "data": data,
-        "code": code,
-    }
+def make_config(*, run_id: str, run_name: str, run_config: dict[str, Any], model: dict[str, Any], weights_sha256: str,
+                scoring: dict[str, Any], metrics: dict[str, float], data: dict[str, Any], code: dict[str, Any]) -> dict[str, Any]:
+    """A bundle's config.json (layout above); adds the weights' path (always `WEIGHTS`) and digest to `model`."""
+    return {"format": FORMAT, "run_id": run_id, "run_name": run_name, "run_config": run_config,
+            "model": {**model, "weights": WEIGHTS, "sha256": weights_sha256},
+            "scoring": scoring, "metrics": metrics, "data": data, "code": code}
 
 
 def read_config(folder: Path | str) -> BundleConfig:
-    """Read and check a bundle's config.json and weights; nothing is loaded into a model yet.
-
-    Args:
-        folder: the bundle folder (holding config.json).
-
-    Returns:
-        The checked `BundleConfig`.
-
-    Raises:
-        NotABundle: no config.json in `folder`.
-        BundleError: unreadable JSON, another format, a missing key, weights outside the bundle,
-            missing, not safetensors, or not matching the recorded sha256.
-    """
+    """A bundle folder's config.json and weights checked (nothing loaded); NotABundle without config.json,
+    BundleError for bad JSON, another format, a missing key, or weights that fail a check above."""
     folder = Path(folder)
     path = folder / CONFIG
     if not path.is_file():
@@ -145,13 +120,19 @@ def read_config(folder: Path | str) -> BundleConfig:
         tta, fallback = int(scoring["tta"]), float(scoring["fallback_score"])
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{path}: model.inputs or scoring is malformed ({type(e).__name__}: {e})") from None
+    data = config.get("data")
+    demo = isinstance(data, dict) and data.get("demo") is True
+    if pack := "pack" in model:
+        if model["pack"] != PACK_TABLE or (folder / PACK_TABLE).resolve().parent != weights.resolve().parent:
+            raise BundleError(f"{path}: model.pack must be {PACK_TABLE!r}, beside the weights, found {model['pack']!r}")
+        if not (folder / PACK_TABLE).is_file() or sha256(folder / PACK_TABLE) != model.get("pack_sha256"):
+            raise BundleError(f"{folder / PACK_TABLE}: missing, or not the sha256 that {path} records")
     return BundleConfig(folder=folder, run_id=str(config.get("run_id", "")), run_config=cfg, weights=weights,
-                        stats=stats, tta=tta, fallback=fallback)
+                        stats=stats, tta=tta, fallback=fallback, demo=demo, pack=pack)
 
 
 def weights_path(folder: Path, value: object, *, where: Path) -> Path:
-    """The weights file that config.json's `model.weights` names, refused unless it is a relative
-    path that stays inside `folder` once links are followed, and exists."""
+    """The file `model.weights` names: refused unless relative, inside `folder` once links are followed, existing."""
     if not isinstance(value, str) or not value:
         raise BundleError(f"{where}: model.weights must name a file inside the bundle, found {value!r}")
     relative = PurePosixPath(value)
