@@ -9,6 +9,7 @@ import pytest
 
 from harness.config import RunConfig
 from harness.errors import ConfigError
+from tests.conftest import wait_until
 
 
 def test_a_recorded_run_logs_cpu_and_memory_until_it_ends(store, monkeypatch):
@@ -18,7 +19,9 @@ def test_a_recorded_run_logs_cpu_and_memory_until_it_ends(store, monkeypatch):
     monkeypatch.setenv("HARNESS_SYSTEM_METRICS_S", "0.2")
     with tracking.RunRecorder(client, experiment_id=experiment_id, run_name="sys", config=RunConfig()) as rec:
         assert rec.run.monitor.interval == 0.2
-        time.sleep(1.5)
+        # at least two samples while the run is open (the monitor's thread may start late on a loaded machine)
+        wait_until(lambda: len(client.get_metric_history(rec.run_id, "system/cpu_utilization_percentage")) >= 2,
+                   timeout=30, what="two system-metrics samples during the run")
     run = client.get_run(rec.run_id)
     keys = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
