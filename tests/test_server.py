@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -205,10 +204,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_train_tune_submit_predict_through_a_server(dataset: Path, tmp_path: Path) -> None:
-    """train -> tune (2 workers) -> submit -> predict through `harness server` on PostgreSQL, the team layout
-    (required under CI), or on SQLite where PostgreSQL cannot run here. The client's side is the same on
-    either: a second pass on the other backend cost CI 60-100 s and tested nothing the first did not."""
+def test_two_machines_tune_then_submit_and_predict_through_a_server(dataset: Path, tmp_path: Path) -> None:
+    """tune (two coordinators on one study, as on two machines) -> submit -> predict through `harness server`
+    on PostgreSQL, the team layout (required under CI), or on SQLite where PostgreSQL cannot run here. The
+    client's side is the same on either: a second pass on the other backend cost CI 60-100 s and tested
+    nothing the first did not. The trials are training runs, so `harness train` through a server is not run
+    again on its own."""
     postgres = why_unavailable() is None or os.environ.get("CI") == "true"
     with required_postgres("mlflow") if postgres else _sqlite(tmp_path) as store:
         _drive(dataset, tmp_path, store, _study_storage(store, tmp_path))
@@ -244,7 +245,7 @@ class _sqlite:
         return None
 
 
-def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str | None) -> None:
+def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str) -> None:
     home, artifacts, port = tmp_path / "home", tmp_path / "served-artifacts", free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(HARNESS_HOME=str(home), HARNESS_CACHE=str(home / "cache"), PYTHONPATH=str(ROOT))
@@ -262,15 +263,9 @@ def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str | None)
             assert done.returncode == 0, f"{args[0]}: {done.stderr[-3000:]}"
             return done.stdout
 
-        out = harness_run("train", "--data", str(dataset), "--device", "cpu", "--backbone", "test_byobnet.r160_in1k",
-                          "--no-pretrained", "--epochs", "1", "--batch-size", "4", "--experiment", "served")
-        run_id = out.split("run id:")[1].split()[0]
-        # Proxied artifacts: the checkpoint went through the server into its destination folder.
-        assert [p for p in artifacts.rglob("best.safetensors") if run_id in p.parts]
+        best_run = _tune(client_env, dataset, tmp_path, study_storage, export.split("=", 1)[1], artifacts)
         # nothing fell back to a local store: mlruns/ holds only the server's log
         assert [p.name for p in (home / "mlruns").iterdir()] == ["server.log"]
-        best_run = (run_id if study_storage is None
-                    else _tune(harness_run, dataset, tmp_path, study_storage, export.split("=", 1)[1], artifacts))
         submitted = harness_run("submit", "--run-id", best_run, "--data", str(dataset), "--out", str(tmp_path / "out"))
         assert "registered: harness-ds version 1, alias champion" in submitted
         scores = harness_run("predict", "--run-id", best_run, str(dataset / "testset" / "test0.mp4")).strip().split(",")
@@ -287,27 +282,42 @@ def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str | None)
     wait_until(lambda: not _group_alive(pgid), 20, what=f"process group {pgid} (launcher and workers) to end")
 
 
-def _tune(harness_run: Callable[..., str], dataset: Path, tmp_path: Path, study_storage: str, server: str,
-          artifacts: Path) -> str:
-    """`harness tune` with 2 workers and 2 one-epoch trials through the server; returns the best
-    trial's run id after checking the study's run tree on the server and its files in `artifacts`."""
+def _tune(env: dict[str, str], dataset: Path, tmp_path: Path, study_storage: str, server: str, artifacts: Path) -> str:
+    """Two `harness tune` coordinators, as on two machines, on one study through the server: the team
+    layout. Checks the study's one run tree on the server and every trial's checkpoint in `artifacts`
+    (proxied: through the server), and returns the best trial's run id."""
     from mlflow.tracking import MlflowClient
 
-    spec = write_spec(tmp_path, "served", trials=2, workers=2, epochs=1, lrs=(3e-3, 6e-3))
-    out = harness_run("tune", "--study", str(spec), "--data", str(dataset), "--storage", study_storage)
-    best_run = out.split("best: trial ")[1].splitlines()[0].rsplit(" run ", 1)[1].strip()
+    spec = write_spec(tmp_path, "served", trials=4, workers=1, epochs=1, lrs=(3e-3, 6e-3))
+    command = [sys.executable, "-m", "harness", "tune", "--study", str(spec), "--data", str(dataset),
+               "--storage", study_storage]
+    machines = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    outputs = [m.communicate(timeout=600) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], [err[-3000:] for _, err in outputs]
     client = MlflowClient(tracking_uri=server)
     experiment = client.get_experiment_by_name("tune-served")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied: through the server
     runs = client.search_runs([experiment.experiment_id])
-    parent, = (r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    parent, = (r for r in runs if "mlflow.parentRunId" not in r.data.tags)  # one study parent for both machines
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 3 and parent.info.status == "FINISHED" and parent.data.tags["best.run_id"] == best_run
-    assert sorted(r.data.tags["optuna.trial_number"] for r in trials) == ["0", "1"]
-    assert all(r.info.status == "FINISHED" and r.data.tags["optuna.state"] == "COMPLETE" for r in trials)
-    for run in trials:  # each trial's checkpoint, and the study's files, in the server's destination
+    best_run = parent.data.tags["best.run_id"]
+    # the coordinator that wrapped up last (it saw every trial) named it
+    assert parent.info.status == "FINISHED" and best_run in {out.split("best: trial ")[1].splitlines()[0].rsplit(" run ", 1)[1]
+                                                             for out, _ in outputs}
+    finished = [r for r in trials if r.data.tags["optuna.state"] == "COMPLETE"]
+    numbers = [r.data.tags["optuna.trial_number"] for r in trials]
+    assert len(finished) == 4 and len(numbers) == len(set(numbers)) == len(runs) - 1  # each trial run once
+    assert all(r.info.status == "FINISHED" for r in finished)
+    for run in finished:  # each trial's checkpoint, and the study's files, in the server's destination
         assert [p for p in artifacts.rglob("best.safetensors") if run.info.run_id in p.parts]
     assert [p for p in artifacts.rglob("trials.csv") if parent.info.run_id in p.parts]
+    import optuna
+
+    from harness.tuning import normalise_storage
+
+    study = optuna.load_study(study_name="served", storage=normalise_storage(study_storage))
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both machines ran trials
     return best_run
 
 

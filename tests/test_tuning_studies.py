@@ -1,7 +1,7 @@
-"""Studies run for real: parallel and resumable, kill -9 recovery, PostgreSQL across "machines",
-multi-objective, and `harness tune`'s plain per-trial lines outside a terminal.
+"""Studies run for real: parallel and resumable, kill -9 recovery with `harness tune`'s plain per-trial
+lines outside a terminal, multi-objective. Two machines on one PostgreSQL study: tests/test_server.py.
 
-The studies run spawned workers on SQLite/PostgreSQL Optuna storage and a SQLite MLflow store, on a
+The studies run spawned workers on SQLite Optuna storage and a SQLite MLflow store, on a
 tiny generated data set (40 clips of 1.5 s) with tiny timm models for 1-3 epochs at 64x64, so each
 trial takes a couple of seconds. One MLflow store and feature cache serve the whole module.
 """
@@ -21,7 +21,6 @@ from mlflow.tracking import MlflowClient
 from harness import tuning
 from tests.conftest import isolated_home, wait_until
 
-from .pg import required_postgres
 from .tuning_helpers import CLI, write_spec
 
 pytestmark = pytest.mark.slow  # trains models in spawned worker processes
@@ -143,14 +142,17 @@ def test_a_study_whose_trials_all_fail_stops_at_max_failures(home, tmp_path: Pat
 def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
     """kill -9 a worker while it trains: `harness tune` exits 1; rerunning keeps every finished
     trial, fails and re-runs the stale one (heartbeat) and closes its orphaned MLflow run; no run
-    is left RUNNING."""
+    is left RUNNING. Both runs write to a file, not a terminal (nohup, a batch job): one plain line per
+    trial as it ends (number, state, value, epochs, seconds), then the leaderboard; no live table."""
     _, data = home
-    path = write_spec(tmp_path, "killed", trials=3, workers=1, epochs=6, lrs=(3e-3,))
+    path = write_spec(tmp_path, "killed", trials=2, workers=1, epochs=6, lrs=(3e-3,))
     spec = tuning.load_spec(path, check_models=False)
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", storage]
-    coordinator = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+    first_log = tmp_path / "first.log"
+    with first_log.open("w") as log:
+        coordinator = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
+                                       text=True)
 
     def running_after_a_finished_one() -> optuna.trial.FrozenTrial | None:
         assert coordinator.poll() is None, "the study ended before a trial was caught running after a finished one"
@@ -163,58 +165,52 @@ def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
 
     try:
         victim = wait_until(running_after_a_finished_one, 150, what="a trial running after a finished one")
+        # the finished trial's line is in the file while the study still runs: printed as the trial ended
+        wait_until(lambda: re.search(r"^trial 0 COMPLETE val_auc=0\.\d+ epochs=6 \d+s ", first_log.read_text(), re.M),
+                   30, what="trial 0's line in the log while trial 1 runs")
         os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-        out, _ = coordinator.communicate(timeout=120)
+        coordinator.wait(timeout=120)
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
+    out = first_log.read_text()
     assert coordinator.returncode == 1, out  # a worker died: reported, study left to resume
     assert "error: study killed: worker 0: exit -9" in out and "Traceback" not in out
     before = {t.number: (t.state, t.values) for t in optuna.load_study(study_name="killed", storage=storage).trials
               if t.state.is_finished()}
 
-    result = tuning.run_study(spec, data_dir=data, storage=storage)
+    rerun = subprocess.run(command, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = optuna.load_study(study_name="killed", storage=storage)
-    assert result.finished == 3
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
     for number, (state, values) in before.items():  # no finished trial lost
         assert (study.trials[number].state, study.trials[number].values) == (state, values)
     stale = study.trials[victim.number]
     assert stale.state.name == "FAIL"
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED") and retries[0].params == victim.params
+    # the rerun's lines: the retried trial, then the leaderboard; the pick, with its interval and how many
+    # trials it was the best of (the promotion gate's selection count), on stdout
+    lines = rerun.stderr.splitlines()
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    ran_again = [t.number for t in study.trials if t.number > victim.number]  # the retry, then what the target needs
+    assert [line.split()[1] for line in trial_lines] == [str(n) for n in ran_again], lines
+    assert all(" COMPLETE val_auc=0." in line and " epochs=6 " in line for line in trial_lines) and "2/2 finished" in rerun.stderr
+    assert next(i for i, line in enumerate(lines) if "study killed: leaderboard" in line) > lines.index(trial_lines[-1])
+    assert re.search(r"^next: harness submit --run-id \w+ --data \S+  \(trial \d of \d: val AUC [01]\.\d{3} "
+                     r"\[[01]\.\d{3}, [01]\.\d{3}\]\)$", rerun.stdout, re.M), rerun.stdout
     client = MlflowClient()
-    assert_tree_matches(client, storage, spec, result.experiment_id, result.parent_run_id)
+    experiment_id = client.get_experiment_by_name(spec.experiment).experiment_id
+    parent_run_id = study.user_attrs[tuning.PARENT_ATTR]
+    assert_tree_matches(client, storage, spec, experiment_id, parent_run_id)
     orphan = client.get_run(stale.user_attrs["mlflow_run_id"]) if "mlflow_run_id" in stale.user_attrs else None
-    killed_runs = child_runs(client, result.parent_run_id, result.experiment_id)
+    killed_runs = child_runs(client, parent_run_id, experiment_id)
     orphaned = [r for r in killed_runs if r.data.tags.get("orphaned") == "true"]
     assert len(orphaned) == 1 and orphaned[0].data.tags["optuna.trial_number"] == str(victim.number)
     assert orphan is None or orphan.info.status == "KILLED"
-    running = client.search_runs([result.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
     assert running == []
-    assert len(parents(client, result.experiment_id)) == 1
-
-
-def test_two_machines_share_a_postgresql_study(home, tmp_path: Path):
-    """Two `harness tune` coordinators (as on two machines) on one study in PostgreSQL, given the
-    README's URL form: one parent run, exactly N finished trials, each trial run once."""
-    _, data = home
-    path = write_spec(tmp_path, "shared", trials=4, workers=1, lrs=(3e-3, 1e-2))
-    spec = tuning.load_spec(path, check_models=False)
-    with required_postgres() as storage:
-        command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", storage]
-        machines = [subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-        outputs = [m.communicate(timeout=240)[0] for m in machines]
-        assert [m.returncode for m in machines] == [0, 0], outputs
-        study = optuna.load_study(study_name="shared", storage=tuning.normalise_storage(storage))
-        finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-        assert len(finished) == 4
-        assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both machines ran trials
-        client = MlflowClient()
-        experiment_id = client.get_experiment_by_name(spec.experiment).experiment_id
-        (parent,) = parents(client, experiment_id)
-        assert study.user_attrs[tuning.PARENT_ATTR] == parent.info.run_id
-        assert_tree_matches(client, storage, spec, experiment_id, parent.info.run_id)
+    assert len(parents(client, experiment_id)) == 1
 
 
 def test_multi_objective_study(home, tmp_path: Path):
@@ -225,36 +221,3 @@ def test_multi_objective_study(home, tmp_path: Path):
     assert result.finished == 2 and all(len(r.values) == 2 for r in result.ranked())
     parent = MlflowClient().get_run(result.parent_run_id)
     assert {"best_trial/val_auc", "best_trial/val_tpr_fpr1e-3"} <= parent.data.metrics.keys()
-
-
-def test_tune_outside_a_terminal_prints_a_line_per_trial_as_it_ends(home, tmp_path: Path):
-    """Under nohup, in a batch job or a pipe: one plain line per finished trial while the study
-    runs (number, state, value, epochs, seconds), then the leaderboard; no live table."""
-    _, data = home
-    path = write_spec(tmp_path, "lines", trials=2, workers=1, epochs=2, lrs=(3e-3,))
-    command = [*CLI, "tune", "--study", str(path), "--data", str(data), "--storage", f"sqlite:///{tmp_path / 'lines.db'}"]
-    process = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        first = process.stderr.readline()
-        while first and not first.startswith("trial "):
-            first = process.stderr.readline()
-        running_after_first = process.poll() is None
-        rest = process.stderr.read()
-        out = process.stdout.read()
-        process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, first + rest
-    assert running_after_first  # the line came as the trial ended, not with the leaderboard
-    lines = [first.rstrip("\n"), *rest.splitlines()]
-    trial_lines = [line for line in lines if line.startswith("trial ")]
-    assert len(trial_lines) == 2 and all(" COMPLETE val_auc=0." in line and " epochs=2 " in line for line in trial_lines)
-    assert [line.split()[1] for line in trial_lines] == ["0", "1"]
-    board = next(i for i, line in enumerate(lines) if "study lines: leaderboard" in line)
-    assert board > lines.index(trial_lines[-1]) and "2/2 finished" in rest
-    assert "best: trial" in out
-    # The pick, with its interval and how many trials it was the best of (the promotion gate's selection count).
-    assert re.search(r"^next: harness submit --run-id \w+ --data \S+  \(trial [01] of 2: val AUC [01]\.\d{3} "
-                     r"\[[01]\.\d{3}, [01]\.\d{3}\]\)$", out, re.M), out
