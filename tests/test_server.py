@@ -45,7 +45,8 @@ def test_a_file_store_is_refused() -> None:
         tracking_server(backend_store="./mlruns", artifacts="a", host="127.0.0.1", port=5000)
 
 
-def test_server_refuses_a_taken_port_at_once_and_makes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["server", "ui"])
+def test_a_taken_port_is_refused_at_once_and_nothing_is_made(tmp_path: Path, command: str) -> None:
     from typer.testing import CliRunner
 
     from harness.cli import app
@@ -55,8 +56,10 @@ def test_server_refuses_a_taken_port_at_once_and_makes_nothing(tmp_path: Path) -
         taken.listen()
         port = taken.getsockname()[1]
         with isolated_home(tmp_path / "home"):
-            for host in ("127.0.0.1", "0.0.0.0"):  # a wildcard bind collides with the loopback listener
-                result = CliRunner().invoke(app, ["server", "--host", host, "--port", str(port)])
+            # a wildcard bind collides with the loopback listener; `harness ui` serves on 127.0.0.1 only
+            for host in ("127.0.0.1", "0.0.0.0") if command == "server" else ("127.0.0.1",):
+                host_option = ["--host", host] if command == "server" else []
+                result = CliRunner().invoke(app, [command, *host_option, "--port", str(port)])
                 assert result.exit_code == 2, result.output
                 assert [line for line in result.output.splitlines() if line.strip()] == [
                     f"error: port {port} on {host} is in use (another `harness ui` or server?); stop it or pass --port"]

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from harness.callbacks import EpochReport, FitResult
 from harness.config import Augment, AudioFeatures, RunConfig, TrainConfig
 from harness.errors import BadInput
 from harness.metrics import classification_metrics
-from tests.conftest import free_port, isolated_home, wait_until
+from tests.conftest import isolated_home
 
 ROOT = Path(__file__).resolve().parent.parent
 N_EPOCHS = 3
@@ -364,76 +362,6 @@ def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tmp_path):
             assert (killed.info.status, killed.data.tags["orphaned"]) == ("KILLED", "true")
             assert killed.data.tags["harness.pid"] == str(doomed.pid)
             assert client.get_run(rec.run_id).info.status == "RUNNING"
-
-
-def _processes_in_session(sid: int) -> dict[int, tuple[str, int]]:
-    """pid -> (command line, RSS in kB) of every live process in session `sid`, from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # fields[3] is the session id; Z: a zombie
-            rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-            found[int(entry.name)] = (cmdline, rss)
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(entry.name))
-            except OSError:
-                continue
-    return kids
-
-
-@pytest.mark.slow
-def test_harness_ui_is_ready_when_it_prints_and_sigterm_stops_the_whole_server(tmp_path):
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    port = free_port()
-    with isolated_home(tmp_path):
-        client = tracking.setup()
-        experiment_id = tracking.get_or_create_experiment(client, "shown")
-        client.set_terminated(client.create_run(experiment_id).info.run_id)
-        ui = subprocess.Popen([sys.executable, "-c", "from harness.cli import main; main()", "ui", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            line = ui.stdout.readline().strip()
-            # ready when printed: the health check answers at once, and the page is the newest experiment's runs
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
-                assert answer.status == 200
-            assert line == (f"MLflow UI: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
-                            f"?workflowType=machine_learning&viewStateShareKey=harness-best-first  (Ctrl-C to stop)")
-            (server,) = _children(ui.pid)
-            tree = _processes_in_session(server)
-            print(f"\nharness ui: {len(tree) + 1} processes with harness itself; server tree {len(tree)} processes, "
-                  f"RSS {sum(r for _, r in tree.values()) / 1024:.0f} MB: "
-                  + "; ".join(f"{c[:60]} {r / 1024:.0f} MB" for c, r in tree.values()))
-            assert not any("huey" in command for command, _ in tree.values())  # no background job workers
-            assert len(tree) <= 2  # mlflow server and its one uvicorn worker
-
-            again = CliRunner().invoke(app, ["ui", "--port", str(port)])  # a second one on the same port
-            assert again.exit_code == 2 and "is in use" in again.output
-
-            ui.send_signal(signal.SIGTERM)
-            assert ui.wait(timeout=30) == 130
-        finally:
-            ui.kill()
-        wait_until(lambda: not _processes_in_session(server), 10, what=f"every process of the server's session {server} to end")
-        tracking.check_port_free("127.0.0.1", port)  # and nothing holding the port
 
 
 def test_best_and_last_resolve_among_finished_models(store):

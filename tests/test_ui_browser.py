@@ -1,6 +1,6 @@
 """The MLflow UI as a new user meets it, in a real browser (headless Chromium driven by Playwright).
 
-A small store is built the way a user builds one: `harness tune` runs a 3-trial study of a tiny
+A small store is built the way a user builds one: `harness tune` runs a 3-trial study (2 epochs each) of a tiny
 model on a generated data set, `harness submit --run-id best` registers the champion as a pyfunc
 model. Then `harness ui` starts as a subprocess and the URL it prints is opened: the study's runs
 are in the "Model training" view, the trials flat and best first with the val AUC and its interval as
@@ -99,7 +99,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     with isolated_home(home) as mp:
         mp.setenv("OMP_NUM_THREADS", "1")  # one torch thread: much the fastest on a busy machine
         data = make_demo_dataset(home / "data", clips=24, seconds=1.5)
-        spec = write_spec(home, STUDY, trials=3, epochs=3, pruner='kind = "median"\nn_startup_trials = 1\nn_warmup_steps = 0')
+        spec = write_spec(home, STUDY, trials=3, epochs=2, pruner='kind = "median"\nn_startup_trials = 1\nn_warmup_steps = 0')
         harness(home, "tune", "--study", str(spec), "--data", str(data))
         harness(home, "submit", "--run-id", "best", "--data", str(data), "--workers", "1")
 
@@ -265,9 +265,12 @@ def table_rows(page) -> list[dict[str, str]]:
     return [rows[i] for i in sorted(rows)]
 
 
-def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui):
+def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui, store: Store):
     with urllib.request.urlopen(f"{base_of(ui.url)}health", timeout=5) as answer:  # at once: no retry
         assert answer.status == 200
+    # the page it opens: the newest experiment's runs, in the saved best-first view
+    assert ui.url.endswith(f"/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
+                           "&viewStateShareKey=harness-best-first"), ui.url
     # harness ui, mlflow server, one uvicorn worker; MLflow's 8 background job workers would make it 11.
     commands = "\n".join(args for _, _, args in ui.processes)
     assert len(ui.processes) <= 4, commands
