@@ -146,25 +146,23 @@ def _server_pgid(parent: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["ui", "server"])
-def test_a_killed_harness_leaves_no_server_and_its_terminal_holds_only_its_own_lines(tmp_path: Path, command: str) -> None:
-    """`harness ui` / `harness server` killed with SIGKILL (no handler runs): the kernel's parent-death
-    signal stops `mlflow server`, which stops its uvicorn; the port is free again. While it ran, the
-    terminal held only the harness's lines; MLflow's and uvicorn's went to the log file."""
+def test_a_killed_harness_leaves_no_server_and_its_terminal_holds_only_its_own_lines(tmp_path: Path) -> None:
+    """`harness server` killed with SIGKILL (no handler runs): the kernel's parent-death signal stops
+    `mlflow server`, which stops its uvicorn; the port is free again. While it ran, the terminal held only
+    the harness's lines; MLflow's and uvicorn's went to the log file. `harness ui` starts the server through
+    the same launcher (`harness.tracking.launcher`); its terminal is checked in tests/test_ui_browser.py."""
     home, port = tmp_path / "home", free_port()
     env = {**os.environ, "HARNESS_HOME": str(home), "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
     out, err = (tmp_path / "stdout").open("w+"), (tmp_path / "stderr").open("w+")
-    harness = subprocess.Popen([sys.executable, "-m", "harness", command, "--port", str(port)], env=env, stdout=out,
+    harness = subprocess.Popen([sys.executable, "-m", "harness", "server", "--port", str(port)], env=env, stdout=out,
                                stderr=err, text=True, start_new_session=True)
     pgid = None
     try:
-        first = "MLflow UI: " if command == "ui" else "export MLFLOW_TRACKING_URI="
-
         def printed() -> bool:
             assert harness.poll() is None, (tmp_path / "stderr").read_text()
-            return first in (tmp_path / "stdout").read_text()
+            return "export MLFLOW_TRACKING_URI=" in (tmp_path / "stdout").read_text()
 
-        wait_until(printed, 180, 0.2, what=f"harness {command} to print its URL")
+        wait_until(printed, 180, 0.2, what="harness server to print its URL")
         pgid = _server_pgid(harness.pid)
         harness.kill()
         harness.wait(timeout=10)
@@ -174,7 +172,7 @@ def test_a_killed_harness_leaves_no_server_and_its_terminal_holds_only_its_own_l
         for group in (harness.pid, pgid):  # whatever a failing test left behind
             if group is not None and _group_alive(group):
                 os.killpg(group, signal.SIGKILL)
-    log = home / "mlruns" / f"{command}.log"
+    log = home / "mlruns" / "server.log"
     lines = [line for line in (tmp_path / "stderr").read_text().splitlines() if line.strip()]
     assert lines[0] == f"the server's own output: {log}", lines
     assert all(line.startswith("tip: ") for line in lines[1:]), lines

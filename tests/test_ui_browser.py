@@ -265,12 +265,17 @@ def table_rows(page) -> list[dict[str, str]]:
     return [rows[i] for i in sorted(rows)]
 
 
-def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui, store: Store):
+def test_harness_ui_is_ready_when_it_prints_and_runs_no_job_workers(ui: Ui, store: Store, shots: Path):
     with urllib.request.urlopen(f"{base_of(ui.url)}health", timeout=5) as answer:  # at once: no retry
         assert answer.status == 200
     # the page it opens: the newest experiment's runs, in the saved best-first view
     assert ui.url.endswith(f"/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
                            "&viewStateShareKey=harness-best-first"), ui.url
+    # its terminal holds only its own lines: MLflow's and uvicorn's go to the log file it names
+    lines = [line for line in (shots / "harness-ui.stderr").read_text().splitlines() if line.strip()]
+    log = store.home / "mlruns" / "ui.log"
+    assert lines[0] == f"the server's own output: {log}" and all(line.startswith("tip: ") for line in lines[1:]), lines
+    assert "Uvicorn running on" in log.read_text()
     # harness ui, mlflow server, one uvicorn worker; MLflow's 8 background job workers would make it 11.
     commands = "\n".join(args for _, _, args in ui.processes)
     assert len(ui.processes) <= 4, commands
