@@ -42,12 +42,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 0 if _names_tests(config) or one_file else 2
 
 
-# The files that take longest with their slow tests (`make test --durations`, 2026-12-07): run first, so that
+# The files that take longest with their slow tests (`make test --durations=0`, 2026-12-07): run first, so that
 # the two workers (`--dist loadfile` hands out whole files in collection order) end together instead of one
-# running the tuning studies alone at the end (12:14 on two cores before, the slowest file last).
-LONGEST_FIRST = ("test_server.py", "test_tuning_studies.py", "test_ddp.py", "test_ui_browser.py", "test_tuning_ddp.py",
-                 "test_submit.py", "test_windowed_run.py", "test_tuning_cv.py", "test_pack_cli.py", "test_run_lifecycle.py",
-                 "test_engine.py", "test_gate_submit.py", "test_pyfunc.py", "test_tracking.py", "test_cache_processes.py")
+# running a long file alone at the end.
+LONGEST_FIRST = ("test_ddp.py", "test_tuning_studies.py", "test_server.py", "test_ui_browser.py", "test_run_lifecycle.py",
+                 "test_tuning_ddp.py", "test_tuning_cv.py", "test_submit.py", "test_pack_cli.py", "test_tracking.py",
+                 "test_cache_processes.py", "test_windowed_run.py", "test_crossval.py", "test_pyfunc.py",
+                 "test_gate_submit.py", "test_audit_cli.py", "test_image_track.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -360,13 +360,14 @@ def test_cross_validate_ends_its_parent_and_folds_alike(store, data: Path, endin
 @pytest.mark.slow
 @pytest.mark.parametrize("ending", ENDINGS)
 def test_a_study_session_ends_its_parent(store, data: Path, tmp_path: Path, ending: str) -> None:
-    """A session that finishes, one whose live view breaks (FAILED), one interrupted (KILLED)."""
+    """A session that finishes, one whose live view breaks (FAILED), one interrupted (KILLED). The study
+    has two objectives: the finished one's trial carries both values and its parent both best values."""
     from harness import tuning
     from tests.tuning_helpers import write_spec
 
     client, _, root = store
-    spec = tuning.load_spec(write_spec(tmp_path, f"life-{ending.lower()}", trials=1, epochs=1, lrs=(3e-3,)),
-                            check_models=False)
+    spec = tuning.load_spec(write_spec(tmp_path, f"life-{ending.lower()}", trials=1, epochs=1, lrs=(3e-3,),
+                                       objectives='["val_auc", "val_tpr_fpr1e-3"]'), check_models=False)
 
     def on_progress(progress: object) -> None:
         end_in(ending)
@@ -382,3 +383,5 @@ def test_a_study_session_ends_its_parent(store, data: Path, tmp_path: Path, endi
                                       filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
         check_ending(client, trial.info.run_id, "FINISHED", "trial", here=False)  # made by the worker
         assert trial.info.run_name == "trial-000" and "val AUC " in trial.data.tags["mlflow.note.content"]
+        assert result.finished == 1 and all(len(r.values) == 2 for r in result.ranked())
+        assert {"best_trial/val_auc", "best_trial/val_tpr_fpr1e-3"} <= client.get_run(parent.info.run_id).data.metrics.keys()

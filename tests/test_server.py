@@ -1,8 +1,8 @@
 """`harness server` and `harness ui`: their one launcher (a taken port refused before anything is made, a
 killed harness leaves no server, the server's chatter in a log file), the saved view the UI's runs
-page opens on; and, for `harness server`, the command line it builds and train -> tune (2 workers) -> submit -> predict
-through a throwaway server on SQLite and (where tests/pg.py can start one) PostgreSQL, which then also
-holds the study's Optuna database; checked from outside: the checkpoints lie in the server's
+page opens on; and, for `harness server`, the command line it builds and tune (two coordinators, as on two
+machines) -> submit through a throwaway server on PostgreSQL (required under CI; SQLite where tests/pg.py
+cannot start one), which then also holds the study's Optuna database; checked from outside: the checkpoints lie in the server's
 artifact folder, the study's run tree is on the server, and stopping the command stops the whole
 server."""
 from __future__ import annotations
@@ -205,12 +205,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_machines_tune_then_submit_and_predict_through_a_server(dataset: Path, tmp_path: Path) -> None:
-    """tune (two coordinators on one study, as on two machines) -> submit -> predict through `harness server`
+def test_two_machines_tune_then_submit_through_a_server(dataset: Path, tmp_path: Path) -> None:
+    """tune (two coordinators on one study, as on two machines) -> submit through `harness server`
     on PostgreSQL, the team layout (required under CI), or on SQLite where PostgreSQL cannot run here. The
     client's side is the same on either: a second pass on the other backend cost CI 60-100 s and tested
     nothing the first did not. The trials are training runs, so `harness train` through a server is not run
-    again on its own."""
+    again on its own; `harness predict` finds a run and its weights by the door submit uses
+    (`tracking.resolve_run`), so it is not run through the server again either."""
     postgres = why_unavailable() is None or os.environ.get("CI") == "true"
     with required_postgres("mlflow") if postgres else _sqlite(tmp_path) as store:
         _drive(dataset, tmp_path, store, _study_storage(store, tmp_path))
@@ -269,8 +270,6 @@ def _drive(dataset: Path, tmp_path: Path, store: str, study_storage: str) -> Non
         assert [p.name for p in (home / "mlruns").iterdir()] == ["server.log"]
         submitted = harness_run("submit", "--run-id", best_run, "--data", str(dataset), "--out", str(tmp_path / "out"))
         assert "registered: harness-ds version 1, alias champion" in submitted
-        scores = harness_run("predict", "--run-id", best_run, str(dataset / "testset" / "test0.mp4")).strip().split(",")
-        assert 0.0 <= float(scores[1]) <= 1.0
         pgid = _server_pgid(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)

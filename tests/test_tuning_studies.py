@@ -1,5 +1,6 @@
 """Studies run for real: parallel and resumable, kill -9 recovery with `harness tune`'s plain per-trial
-lines outside a terminal, multi-objective. Two machines on one PostgreSQL study: tests/test_server.py.
+lines outside a terminal. Two machines on one PostgreSQL study: tests/test_server.py; a study with two
+objectives: tests/test_run_lifecycle.py.
 
 The studies run spawned workers on SQLite Optuna storage and a SQLite MLflow store, on a
 tiny generated data set (40 clips of 1.5 s) with tiny timm models for 1-3 epochs at 64x64, so each
@@ -211,13 +212,3 @@ def test_kill_9_worker_mid_trial_then_rerun_recovers(home, tmp_path: Path):
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
     assert running == []
     assert len(parents(client, experiment_id)) == 1
-
-
-def test_multi_objective_study(home, tmp_path: Path):
-    _, data = home
-    path = write_spec(tmp_path, "pareto", trials=2, workers=1, epochs=1, objectives='["val_auc", "val_tpr_fpr1e-3"]')
-    spec = tuning.load_spec(path, check_models=False)
-    result = tuning.run_study(spec, data_dir=data, storage=f"sqlite:///{tmp_path / 'pareto.db'}")
-    assert result.finished == 2 and all(len(r.values) == 2 for r in result.ranked())
-    parent = MlflowClient().get_run(result.parent_run_id)
-    assert {"best_trial/val_auc", "best_trial/val_tpr_fpr1e-3"} <= parent.data.metrics.keys()
