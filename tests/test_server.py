@@ -8,6 +8,7 @@ server."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -295,6 +296,16 @@ def _tune(env: dict[str, str], dataset: Path, tmp_path: Path, study_storage: str
                 for _ in range(2)]
     outputs = [m.communicate(timeout=600) for m in machines]
     assert [m.returncode for m in machines] == [0, 0], [err[-3000:] for _, err in outputs]
+    for out, err in outputs:  # outside a terminal: a plain line a trial, the leaderboard, then the pick
+        lines = err.splitlines()
+        trial_lines = [line for line in lines if line.startswith("trial ")]
+        assert trial_lines and all(re.match(r"trial \d+ COMPLETE val_auc=[01]\.\d{4} epochs=1 \d+s ", line)
+                                   for line in trial_lines), lines
+        assert next(i for i, line in enumerate(lines) if "study served: leaderboard" in line) > lines.index(trial_lines[-1])
+        assert re.search(r"^\d/4 finished", err, re.M), err  # the other machine's trials may still run
+        # the pick, with its interval and how many trials it was the best of (the promotion gate's selection count)
+        assert re.search(r"^next: harness submit --run-id \w+ --data \S+  \(trial \d of \d: val AUC [01]\.\d{3} "
+                         r"\[[01]\.\d{3}, [01]\.\d{3}\]\)$", out, re.M), out
     client = MlflowClient(tracking_uri=server)
     experiment = client.get_experiment_by_name("tune-served")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied: through the server
