@@ -44,8 +44,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 # The files that take longest with their slow tests (`make test --durations=0`, 2026-12-07): run first, so that
 # the two workers (`--dist loadfile` hands out whole files in collection order) end together instead of one
-# running a long file alone at the end. The DDP file third, not first: started beside the tuning studies (both
-# run several processes a test) the whole suite took 542 s instead of 487 s here.
+# running a long file alone at the end. The DDP file third: first, beside the tuning studies (both start several
+# processes a test), one run took 542 s; this order took 487 s and 516 s (runs here differ by up to 10%).
 LONGEST_FIRST = ("test_server.py", "test_tuning_studies.py", "test_ddp.py", "test_ui_browser.py", "test_run_lifecycle.py",
                  "test_tuning_ddp.py", "test_tuning_cv.py", "test_submit.py", "test_pack_cli.py", "test_tracking.py",
                  "test_cache_processes.py", "test_windowed_run.py", "test_crossval.py", "test_pyfunc.py",

@@ -289,7 +289,9 @@ def _tune(env: dict[str, str], dataset: Path, tmp_path: Path, study_storage: str
     (proxied: through the server), and returns the best trial's run id."""
     from mlflow.tracking import MlflowClient
 
-    spec = write_spec(tmp_path, "served", trials=4, workers=1, epochs=1, lrs=(3e-3, 6e-3))
+    # 2 epochs a trial, as the two-machine study always had: with shorter trials the machine whose worker
+    # started first could finish all four before the other's worker asked for one
+    spec = write_spec(tmp_path, "served", trials=4, workers=1, epochs=2, lrs=(3e-3, 6e-3))
     command = [sys.executable, "-m", "harness", "tune", "--study", str(spec), "--data", str(dataset),
                "--storage", study_storage]
     machines = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -299,7 +301,7 @@ def _tune(env: dict[str, str], dataset: Path, tmp_path: Path, study_storage: str
     for out, err in outputs:  # outside a terminal: a plain line a trial, the leaderboard, then the pick
         lines = err.splitlines()
         trial_lines = [line for line in lines if line.startswith("trial ")]
-        assert trial_lines and all(re.match(r"trial \d+ COMPLETE val_auc=[01]\.\d{4} epochs=1 \d+s ", line)
+        assert trial_lines and all(re.match(r"trial \d+ COMPLETE val_auc=[01]\.\d{4} epochs=2 \d+s ", line)
                                    for line in trial_lines), lines
         assert next(i for i, line in enumerate(lines) if "study served: leaderboard" in line) > lines.index(trial_lines[-1])
         assert re.search(r"^\d/4 finished", err, re.M), err  # the other machine's trials may still run
