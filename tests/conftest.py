@@ -87,6 +87,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` now, by the check `harness ui` and `harness server` make."""
+    from harness.errors import BadInput
+    from harness.tracking.launcher import check_port_free
+
+    try:
+        check_port_free("127.0.0.1", port)
+    except BadInput:
+        return False
+    return True
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "the condition") -> T:
     """Call `predicate` every `interval` s until it returns something truthy, and return that;
     after `timeout` s fail, naming `what`. The predicate may assert, to end the wait early (a

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, isolated_home, wait_until, write_clip, write_labels
+from tests.conftest import ROOT, free_port, isolated_home, port_free, wait_until, write_clip, write_labels
 from tests.pg import required_postgres, why_unavailable
 from tests.tuning_helpers import write_spec
 
@@ -122,17 +122,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _port_free(port: int) -> bool:
-    from harness.errors import BadInput
-    from harness.tracking.launcher import check_port_free
-
-    try:
-        check_port_free("127.0.0.1", port)
-    except BadInput:
-        return False
-    return True
-
-
 def _server_pgid(parent: int) -> int:
     """The process group of the `mlflow server` that `harness server` (pid `parent`) started."""
     for proc in Path("/proc").iterdir():
@@ -167,7 +156,7 @@ def test_a_killed_harness_leaves_no_server_and_its_terminal_holds_only_its_own_l
         pgid = _server_pgid(harness.pid)
         harness.kill()
         harness.wait(timeout=10)
-        wait_until(lambda: not _group_alive(pgid) and _port_free(port), 30, 0.2,
+        wait_until(lambda: not _group_alive(pgid) and port_free(port), 30, 0.2,
                    what=f"the server's process group {pgid} to end and port {port} to be free")
     finally:
         for group in (harness.pid, pgid):  # whatever a failing test left behind

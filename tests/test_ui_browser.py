@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from harness.tracking.links import BEST_FIRST_COLUMNS, BEST_FIRST_NAME, model_version_page
-from tests.conftest import free_port, isolated_home, require, wait_until
+from tests.conftest import free_port, isolated_home, port_free, require, wait_until
 from tests.run_main import run_main
 from tests.tuning_helpers import CLI, write_spec
 
@@ -133,17 +133,6 @@ def process_tree(root: int) -> list[tuple[int, int, str]]:
             tree.append((pid, rows[pid][1], rows[pid][2]))
             frontier += [child for child, (ppid, _, _) in rows.items() if ppid == pid]
     return tree
-
-
-def port_free(port: int) -> bool:
-    from harness.errors import BadInput
-    from harness.tracking import check_port_free
-
-    try:
-        check_port_free("127.0.0.1", port)
-    except BadInput:
-        return False
-    return True
 
 
 def stop(process: subprocess.Popen, pids: list[int]) -> None:
