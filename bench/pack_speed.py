@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--real", type=Path, default=Path("/work/shared/data/ffdv-phase1-sample"))
+    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "ffdv-phase1-sample")
     parser.add_argument("--clip-rounds", type=int, default=2)
     args = parser.parse_args()
     selection_costs(args.rows, args.candidates, args.size, args.folds)

@@ -274,7 +274,12 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, *, train: SplitArrays, val: Sp
     result = FitResult(best_epoch=0, best_metrics={}, checkpoint=None, val_names=val.names, val_labels=val.labels,
                        val_scores=np.zeros(len(val)), info=info)
     try:
-        _run_epochs(loop, train, val, out_dir / ckpt.WEIGHTS, callbacks, result)
+        try:
+            _run_epochs(loop, train, val, out_dir / ckpt.WEIGHTS, callbacks, result)
+        except Exception:
+            if world.active:
+                _interrupt_first()
+            raise
     except KeyboardInterrupt:  # Ctrl-C: the best checkpoint so far is reported, then the interrupt goes on
         result.stopped_by = "interrupted"
         for cb in callbacks:
@@ -283,6 +288,17 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, *, train: SplitArrays, val: Sp
     for cb in callbacks:
         cb.on_end(result)
     return result
+
+
+def _interrupt_first() -> None:
+    """Raise KeyboardInterrupt here if Ctrl-C or SIGTERM reached this rank while it waited in a collective.
+
+    The launcher passes Ctrl-C on as SIGTERM to every rank, rank 0 first. A rank blocked in a gloo or NCCL
+    call cannot run its Python handler until the call returns, and it returns with an error as soon as a
+    peer has died of its own SIGTERM: without this the lost peer, a consequence of the interrupt, would end
+    the run FAILED with no checkpoint. `os.kill(own pid, 0)` sends nothing but runs the handlers pending
+    (CPython checks signals right after a kill aimed at its own process); none pending: the error stands."""
+    os.kill(os.getpid(), 0)
 
 
 def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: Path, callbacks: Sequence[Callback],

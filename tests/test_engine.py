@@ -55,6 +55,7 @@ class Recorder:
 
     def on_end(self, result: FitResult) -> None:
         self.events.append("end")
+        self.result = result
 
 
 def _fit(tmp_path: Path, cfg: TrainConfig, callbacks=(), loss: str = "bce", **data) -> FitResult:
@@ -128,6 +129,46 @@ def test_ctrl_c_keeps_the_checkpoint_and_reports(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, TrainConfig(epochs=5, batch_size=16, device="cpu"), [rec])
     assert rec.events[-1] == "end" and (tmp_path / "best.safetensors").exists()
+
+
+def test_a_rank_whose_collective_fails_after_its_interrupt_arrived_ends_interrupted(tmp_path: Path, monkeypatch) -> None:
+    """The launcher's SIGTERM reaches a rank blocked in a C call (a collective), whose Python handler cannot run
+    until the call returns; it returns with an error because a peer died of its own SIGTERM. The interrupt, not
+    the lost peer, must end the run: callbacks told, then KeyboardInterrupt. Simulated in one process: SIGUSR1
+    (handler: KeyboardInterrupt, as harness's SIGTERM) lands while the epochs block in a socket read (C) that
+    then fails on its own, as gloo's would; nothing in Python runs between the two but `fit`."""
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def signal_soon() -> None:
+        time.sleep(0.2)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        os.kill(os.getpid(), signal.SIGUSR1)  # this thread takes it: Python only notes it for the main thread
+
+    mine, _peer = socket.socketpair()
+    mine.settimeout(1.0)
+    monkeypatch.setattr(engine, "_run_epochs",
+                        lambda *args: (threading.Thread(target=signal_soon).start(), mine.recv(1)))
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    rec = Recorder()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _fit(tmp_path, TrainConfig(epochs=2, batch_size=16, device="cpu"), [rec])
+    finally:
+        dist.destroy_process_group()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGUSR1, previous)
+    assert rec.events == ["start", "end"] and rec.result.stopped_by == "interrupted"
 
 
 def test_every_configured_loss_and_optimizer_is_implemented() -> None:

@@ -194,9 +194,9 @@ def uninterrupted() -> Iterator[None]:
     held: list[int] = []
     # A handler installed outside Python (getsignal: None) could not be put back: that signal is left alone.
     before = {n: h for n in _STOP_SIGNALS if (h := signal.getsignal(n)) is not None}
-    for signum in before:
-        signal.signal(signum, lambda n, _frame: held.append(n))
     try:
+        for signum in before:  # signal.signal runs a handler already pending: a Ctrl-C here still restores all
+            signal.signal(signum, lambda n, _frame: held.append(n))
         yield
     finally:
         for signum, handler in before.items():
