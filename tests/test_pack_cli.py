@@ -80,6 +80,10 @@ def test_pack_makes_one_run_of_kind_pack_with_its_members_or_says_why_one(cv, pa
         {a.path for d in ("pack", "") for a in _client().list_artifacts(run_id, d or None)}
     note = tags["mlflow.note.content"]
     assert all(m[:8] in note for m in members) and "nested" in note and "weight" in note
+    # its result in one line with its interval, on the page and in the terminal, beside its members' alone
+    interval = f"[{metrics['summary/val_auc_ci_low']:.4g}, {metrics['summary/val_auc_ci_high']:.4g}]"
+    said = next(line for line in err.splitlines() if line.startswith("pack: val AUC"))
+    assert interval in note.splitlines()[0] and interval in said and "members alone val AUC" in said
     report = err.split("nested pack - best member")[0]  # what pack prints before the members train
     assert "member added" in report and "OOF AUC" in report, report
     assert max(len(line.rstrip()) for line in report.splitlines()) <= 80, report

@@ -147,5 +147,8 @@ def _build_and_record(client, picks, estimate, *, data_dir: Path, experiment: st
                                  workers=2, on_progress=None, split="val")
     labels = np.array([s.label for s in val], dtype=np.int64)
     tags = {T.DATA_PATH: str(ds.root), T.DATA_FINGERPRINT: data_fingerprint(ds, specs[0].config)}
-    return record_pack(client, experiment=experiment, folder=folder, estimate=estimate, members=members,
-                       val=(names, labels, np.asarray(scores)), compliance=report, tags=tags, params=params, notes=notes)[0]
+    run_id, line = record_pack(client, experiment=experiment, folder=folder, estimate=estimate, members=members,
+                               val=(names, labels, np.asarray(scores)), compliance=report, tags=tags, params=params,
+                               notes=notes)
+    typer.echo(f"pack: {line}", err=True)
+    return run_id

@@ -22,7 +22,7 @@ from harness.metrics import bootstrap_auc_interval, classification_metrics, has_
 from harness.plots import save_evaluation_plots, save_pack_plot
 from harness.tracking import metric_names as M
 from harness.tracking import tags as T
-from harness.tracking.lifecycle import open_run
+from harness.tracking.lifecycle import open_run, readable
 from harness.tracking.links import markdown_link, run_page
 from harness.tracking.recorder import write_predictions
 from harness.tracking.resolve import resolve_run
@@ -91,7 +91,8 @@ class Member:
 def record_pack(client: MlflowClient, *, experiment: str, folder: Path, estimate: Any, members: Sequence[Member],
                 val: tuple[list[str], np.ndarray, np.ndarray], compliance: Any, tags: dict[str, str],
                 params: dict[str, Any], notes: Sequence[str] = ()) -> tuple[str, str]:
-    """Open, fill and end the pack's run (`folder`: the saved pack; `val`: names, labels, scores); (run id, run name)."""
+    """Open, fill and end the pack's run (`folder`: the saved pack; `val`: names, labels, scores); (run id, its
+    result in one line, with its members' val AUCs alone)."""
     experiment_id = get_or_create_experiment(client, experiment)
     c = estimate.comparison
     run_tags = {**tags, T.PACK_MEMBERS: ",".join(m.run_id for m in members),
@@ -119,18 +120,34 @@ def record_pack(client: MlflowClient, *, experiment: str, folder: Path, estimate
             run.call(client.log_artifacts, run.run_id, str(out))
         for name in (ckpt.PACK_TABLE, ckpt.PACK_WEIGHTS):  # logged from where they lie: no copy of the weights
             run.call(client.log_artifact, run.run_id, str(Path(folder) / name), ckpt.FOLDER)
-        run.describe(_description(estimate, members, values, compliance, notes))
-    return run.run_id, run.run_name
+        member_aucs = {m.run_id: client.get_run(m.run_id).data.metrics.get(M.BEST_VAL_AUC)
+                       for m in members if "+" not in m.run_id}  # a soup's id joins its ingredients'
+        run.describe(_description(estimate, members, values, compliance, notes, member_aucs))
+    line = result_line(values, len(members), compliance.thop_params)
+    if known := [a for a in member_aucs.values() if a is not None]:
+        line += f"; members alone val AUC {readable(min(known))} to {readable(max(known))}"
+    return run.run_id, line
+
+
+def result_line(values: dict[str, float], members: int, thop_params: float) -> str:
+    """The pack's result in one line, as a training run's: 'val AUC 0.7257 [0.5728, 0.8573], 7 members, 1.27M ...'."""
+    low, high = values.get(M.VAL_AUC_CI_LOW), values.get(M.VAL_AUC_CI_HIGH)
+    interval = f" [{readable(low)}, {readable(high)}]" if low is not None and high is not None else ""
+    return (f"val AUC {readable(values.get(M.BEST_VAL_AUC, float('nan')))}{interval}, {members} member(s), "
+            f"{thop_params / 1e6:.2f}M parameters (thop)")
 
 
 def _description(estimate: Any, members: Sequence[Member], values: dict[str, float], compliance: Any,
-                 notes: Sequence[str]) -> str:
-    rows = [f"- {markdown_link(m.run_id[:8], run_page(m.experiment_id, m.run_id))} weight {m.weight} "
+                 notes: Sequence[str], member_aucs: dict[str, float | None]) -> str:
+    def alone(run_id: str) -> str:
+        auc = member_aucs.get(run_id)
+        return f", val AUC {readable(auc)} alone" if auc is not None else ""
+
+    rows = [f"- {markdown_link(m.run_id[:8], run_page(m.experiment_id, m.run_id))} weight {m.weight}{alone(m.run_id)} "
             f"(settings of cv run {m.candidate[:8]})" for m in members]
     c = estimate.comparison
-    auc = values.get(M.BEST_VAL_AUC, float("nan"))
     return "\n".join([
-        f"Pack of {len(members)} member(s), {compliance.thop_params / 1e6:.2f}M parameters (thop); val AUC {auc:.4f}.",
+        f"Pack: {result_line(values, len(members), compliance.thop_params)}.",
         "", *rows, "", (f"Out-of-fold AUC {estimate.optimistic_auc:.4f} (optimistic), nested {estimate.nested_auc:.4f}; "
         f"best single member nested {estimate.nested_single_auc:.4f}; gain {c.difference:+.4f} (95% group bootstrap "
         f"{c.low:+.4f} to {c.high:+.4f}, {'distinguishably better' if c.better else 'not distinguishably better'})."), *notes])
