@@ -306,8 +306,10 @@ def test_promoting_again_moves_champion_and_replaces_the_bundle(promoted, traine
 
 
 def test_bundle_scripts_parse(promoted) -> None:
-    """train.sh and entrypoint.sh are valid shell, train.py valid Python."""
+    """train.sh and entrypoint.sh are valid shell, train.py valid Python; train.sh says it trains one model."""
     bundle = promoted[0].bundle
+    header = [line for line in (bundle / "train.sh").read_text().splitlines() if line.startswith("#")]
+    assert "(a single model, test_byobnet.r160_in1k)" in header[1] and "pack" not in " ".join(header)
     for script in ("train.sh", "entrypoint.sh"):
         done = subprocess.run(["bash", "-n", str(bundle / script)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
