@@ -97,12 +97,15 @@ def submit(
         from harness.tracking.links import UI_BASE, model_version_page
 
         page = model_version_page(report.model_name, report.model_version, base=UI_BASE)
+        what = (f"this run already is {report.model_name} version {report.model_version}, not registered again"
+                if report.reused else f"{report.model_name} version {report.model_version}")
         if report.champion == report.model_version:
-            typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion ({page})")
+            alias = "alias champion" if not report.reused else (
+                "alias champion moved to it" if report.champion_moved else "alias champion stays on it")
+            typer.echo(f"registered: {what}, {alias} ({page})")
         else:
             held = f"stays on version {report.champion}" if report.champion else "not set"
-            typer.echo(f"registered: {report.model_name} version {report.model_version} ({page}); alias champion "
-                       f"{held}: the gate did not find it distinguishably better")
+            typer.echo(f"registered: {what} ({page}); alias champion {held}: the gate did not find it distinguishably better")
             typer.echo(f"to make it the champion anyway: harness champion {report.model_name} {report.model_version}")
 
 
