@@ -67,7 +67,8 @@ def submit(
 
     First the promotion gate: val AUC and TPR@1e-3 with intervals, how many runs it was picked from, the
     audit's findings, a paired bootstrap against the champion. The 'champion' alias moves only when the run
-    is distinguishably better (or there is none); `harness champion MODEL VERSION` moves it on purpose."""
+    is distinguishably better (or there is none); `harness champion MODEL VERSION` moves it on purpose. A run
+    submitted again is not registered again: its version is reused."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -112,7 +113,8 @@ def submit(
 @app.command()
 def champion(model: Annotated[str, typer.Argument(help="Registered model name (harness-<dataset>).")],
              version: Annotated[str, typer.Argument(help="The version to make the champion.")]) -> None:
-    """Move a registered model's 'champion' alias to VERSION on purpose (submit moves it only when earned)."""
+    """Move a registered model's 'champion' alias to VERSION on purpose (submit moves it only when earned); the
+    version's description then says so, with date, above the gate's earlier verdict."""
     from harness import tracking
     from harness.tracking.links import UI_BASE, model_version_page
     from harness.tracking.registry import set_champion
