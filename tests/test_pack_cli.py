@@ -148,6 +148,7 @@ def test_submit_the_pack_bundle_api_equals_predict_and_the_champion_loads(cv, pa
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Pack members" in card and all(m["run_id"] in card for m in members)
     assert "PackedModel.build" in (bundle / "train.py").read_text() and "pack: nested out-of-fold AUC" in out
+    assert f"(a pack of {len(members)} members: each member, then the pack)" in (bundle / "train.sh").read_text()
 
     clips = [str(p) for p in expand_paths([shared_sample])]
     code, out, err = run_main("predict", *clips, "--run-id", run_id)

@@ -291,23 +291,34 @@ def dead_pid() -> int:
     return done.pid
 
 
-def test_promoting_again_moves_champion_and_replaces_the_bundle(promoted, trained: str, env) -> None:
+def test_submitting_the_champions_run_again_reuses_its_version_and_replaces_the_bundle(promoted, trained: str) -> None:
+    """The champion's own run again: no duplicate version, the alias stays, the files are written anew."""
     report, data = promoted
-    home, _ = env
+    c = client()
+    registered = sorted(int(v.version) for v in c.search_model_versions("name = 'harness-demo'"))
     pid = dead_pid()  # what a submit killed mid-way leaves: its staging, never cleaned before
     (report.out / f".bundle.tmp-{pid}" / "weights").mkdir(parents=True)
     (report.out / f".bundle.tar.gz.tmp-{pid}").write_bytes(b"half an archive")
     (report.out / f".submission.tmp-{pid}").mkdir()
-    again = submit(trained, data_dir=data, out_dir=report.out, cache_root=home / "cache", tta=3)
-    assert int(again.model_version) == int(report.model_version) + 1
-    assert str(client().get_model_version_by_alias("harness-demo", "champion").version) == again.model_version
-    assert json.loads((again.bundle / "config.json").read_text())["scoring"]["tta"] == 3
+    (report.out / "prediction.csv").unlink()  # written again
+    done = run_main("submit", "--run-id", trained, "--data", str(data), "--out", str(report.out), "--tta", "3")
+    assert done.exit_code == 0, done.stderr
+    version = report.model_version
+    assert f"champion: this run already is harness-demo version {version}" in done.stdout
+    assert (f"registered: this run already is harness-demo version {version}, not registered again, alias champion "
+            "stays on it") in done.stdout
+    assert sorted(int(v.version) for v in c.search_model_versions("name = 'harness-demo'")) == registered
+    assert str(c.get_model_version_by_alias("harness-demo", "champion").version) == version
+    assert validate_prediction(report.csv, template_names(data)) == 6
+    assert json.loads((report.bundle / "config.json").read_text())["scoring"]["tta"] == 3
     assert not [p for p in report.out.iterdir() if p.name.startswith(".")]
 
 
 def test_bundle_scripts_parse(promoted) -> None:
-    """train.sh and entrypoint.sh are valid shell, train.py valid Python."""
+    """train.sh and entrypoint.sh are valid shell, train.py valid Python; train.sh says it trains one model."""
     bundle = promoted[0].bundle
+    header = [line for line in (bundle / "train.sh").read_text().splitlines() if line.startswith("#")]
+    assert "(a single model, test_byobnet.r160_in1k)" in header[1] and "pack" not in " ".join(header)
     for script in ("train.sh", "entrypoint.sh"):
         done = subprocess.run(["bash", "-n", str(bundle / script)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
@@ -479,10 +490,20 @@ def test_a_run_not_distinguishably_better_is_registered_but_the_champion_stays(
     assert version.tags["val_auc"] == ""  # the twin was recorded without training: no metrics
     assert re.fullmatch(r"0\.\d{4}|1\.0000", c.get_model_version("harness-demo", before).tags["val_auc"])  # rounded
 
+    # The twin submitted again while withheld: its version is reused, the alias stays, nothing else registered.
+    again = submit(twin, data_dir=data, out_dir=tmp_path / "again", cache_root=home / "cache", bundle=False)
+    assert (again.reused, again.model_version, again.champion) == (True, str(version.version), before)
+    assert len(c.search_model_versions("name = 'harness-demo'")) == int(version.version)
+    assert (tmp_path / "again" / "prediction.csv").is_file()
+
     moved = run_main("champion", "harness-demo", str(version.version))
     assert moved.exit_code == 0, moved.stderr
     assert moved.stdout.startswith(f"champion: harness-demo version {version.version} (was version {before})")
     assert str(c.get_model_version_by_alias("harness-demo", "champion").version) == str(version.version)
+    described = c.get_model_version("harness-demo", str(version.version)).description  # says it was moved on purpose
+    assert described.startswith("**Made the champion by hand** on 20") and f"(`{command}`)." in described
+    assert "When submitted, the promotion gate did not make it the champion: not distinguishably better" in described
+    assert "**Not made the champion**" not in described and "workflowType=machine_learning" in described
     back = run_main("champion", "harness-demo", before)  # as the other tests of this module expect
     assert back.exit_code == 0 and str(c.get_model_version_by_alias("harness-demo", "champion").version) == before
     missing = run_main("champion", "harness-demo", "999")

@@ -149,6 +149,28 @@ def test_tune_with_a_bad_storage_is_one_line(tmp_path: Path, monkeypatch: pytest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.toml"]  # nothing made
 
 
+def test_a_tune_refused_for_its_data_leaves_no_sqlite_file_or_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An explicit SQLite --storage is checked without being made: a tune then refused for bad input (exit 2)
+    leaves neither the database file nor its folder; the place of one that cannot be made is refused at once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path))
+    spec = str(write_spec(tmp_path, "cli"))
+    database = tmp_path / "x" / "study.db"
+    code, _, err = run_main("tune", "--study", spec, "--storage", f"sqlite:///{database}", "--data", str(tmp_path / "none"))
+    assert code == 2 and err.strip().splitlines()[-1] == f"error: {tmp_path / 'none'}: dataset folder not found", err
+    assert not database.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.toml"]  # no database, no MLflow store either
+
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_main("tune", "--study", spec, "--storage", f"sqlite:///{tmp_path / 'afile' / 'sub' / 's.db'}")
+    assert code == 2 and err.strip().splitlines() == [f"error: storage {tmp_path / 'afile' / 'sub' / 's.db'}: "
+                                                      f"{tmp_path / 'afile'} is not a folder"]
+    (tmp_path / "garbage.db").write_text("not a database " * 100)  # an existing file is still opened once
+    with pytest.raises(tuning.StorageError, match="garbage.db: file is not a database"):
+        tuning.check_storage(f"sqlite:///{tmp_path / 'garbage.db'}")
+    assert tuning.check_storage(f"sqlite:///{database}") == f"sqlite:///{database}" and not database.parent.exists()
+
+
 def test_unknown_study_exits_2_with_one_line():
     for command in ("tune", "dashboard"):
         code, _, err = run_main(command, "--study", "no-such-study")

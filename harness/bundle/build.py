@@ -63,7 +63,9 @@ def build_bundle(dest: Path, *, run: Any, cfg: RunConfig, weights: Path, predict
                             f"{run_id}`) and submit that run")
     fill = {"run_id": run_id, "backbone": compliance.resolved, "image": f"harness-{run_id[:8]}", "python": python,
             "uv_version": UV_VERSION, "cuda_image": _cuda_image(), "created": now(),
-            "val_auc": config["metrics"].get("best_val_auc", float("nan"))}
+            "val_auc": config["metrics"].get("best_val_auc", float("nan")),
+            "trains": (f"a pack of {len(predictor.members)} members: each member, then the pack" if hasattr(predictor, "members")
+                       else f"a single model, {compliance.resolved}")}  # what train.sh's header says it does
     for name, template in ((F.DOCKERFILE, templates.DOCKERFILE), (F.DOCKERIGNORE, templates.DOCKERIGNORE),
                            (F.ENTRYPOINT, templates.ENTRYPOINT), (F.TRAIN_SH, templates.TRAIN_SH),
                            (F.TRAIN_PY, templates.TRAIN_PY), (F.README, templates.README)):

@@ -64,7 +64,7 @@ esac
 
 TRAIN_SH = """\
 #!/usr/bin/env bash
-# Reproduces run {run_id}'s training (a pack: each member, then the pack) on a dataset in the challenge
+# Reproduces run {run_id}'s training ({trains}) on a dataset in the challenge
 # layout with this bundle's harness and the run's settings; MLflow records under $HARNESS_HOME (default
 # ./harness-home). WEIGHTS=FILE: the backbone's initial weights; DEVICE=cuda|cpu|auto; PYTHON (python3).
 #   ./train.sh DATASET_DIR [EXPERIMENT]

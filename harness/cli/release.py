@@ -67,7 +67,8 @@ def submit(
 
     First the promotion gate: val AUC and TPR@1e-3 with intervals, how many runs it was picked from, the
     audit's findings, a paired bootstrap against the champion. The 'champion' alias moves only when the run
-    is distinguishably better (or there is none); `harness champion MODEL VERSION` moves it on purpose."""
+    is distinguishably better (or there is none); `harness champion MODEL VERSION` moves it on purpose. A run
+    submitted again is not registered again: its version is reused."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -97,19 +98,23 @@ def submit(
         from harness.tracking.links import UI_BASE, model_version_page
 
         page = model_version_page(report.model_name, report.model_version, base=UI_BASE)
+        what = (f"this run already is {report.model_name} version {report.model_version}, not registered again"
+                if report.reused else f"{report.model_name} version {report.model_version}")
         if report.champion == report.model_version:
-            typer.echo(f"registered: {report.model_name} version {report.model_version}, alias champion ({page})")
+            alias = "alias champion" if not report.reused else (
+                "alias champion moved to it" if report.champion_moved else "alias champion stays on it")
+            typer.echo(f"registered: {what}, {alias} ({page})")
         else:
             held = f"stays on version {report.champion}" if report.champion else "not set"
-            typer.echo(f"registered: {report.model_name} version {report.model_version} ({page}); alias champion "
-                       f"{held}: the gate did not find it distinguishably better")
+            typer.echo(f"registered: {what} ({page}); alias champion {held}: the gate did not find it distinguishably better")
             typer.echo(f"to make it the champion anyway: harness champion {report.model_name} {report.model_version}")
 
 
 @app.command()
 def champion(model: Annotated[str, typer.Argument(help="Registered model name (harness-<dataset>).")],
              version: Annotated[str, typer.Argument(help="The version to make the champion.")]) -> None:
-    """Move a registered model's 'champion' alias to VERSION on purpose (submit moves it only when earned)."""
+    """Move a registered model's 'champion' alias to VERSION on purpose (submit moves it only when earned); the
+    version's description then says so, with date, above the gate's earlier verdict."""
     from harness import tracking
     from harness.tracking.links import UI_BASE, model_version_page
     from harness.tracking.registry import set_champion

@@ -3,6 +3,11 @@ then the `gate`, whose warnings refuse under `strict`); 2. score every template 
 prediction.csv (validated first) and fallbacks.csv; 4. the bundle and its archive; 5. register the bundle as
 a pyfunc model version (`champion` only when earned), its files under the run's `submission/`, `promoted.*`.
 Steps 3 and 4 write one staging folder that replaces OUT whole (`output`): never two runs mixed.
+
+A run already registered under the model name is not registered again (steps 1 to 4 run as always): the
+champion's own run leaves the alias where it is; a run registered as another version reuses that version
+(the newest if several), which gets the alias only when the gate says it earned it now. The reused version
+keeps the model first registered with it (a resubmit with another --tta changes the bundle, not the version).
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class SubmitReport:
     model_name: str | None = None
     model_version: str | None = None
     champion: str | None = None  # the version alias `champion` names after the submit
+    champion_moved: bool = False  # this submit moved the alias (to `model_version`)
+    reused: bool = False  # the run already was `model_version`: nothing new was registered
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     gate: GateReport | None = None
@@ -101,8 +108,23 @@ def submit(run_id: str, *, data_dir: Path, out_dir: Path | None, cache_root: Pat
 
 
 def _register(client: Any, run: Any, report: SubmitReport, model_name: str, gate: GateReport) -> None:
-    """Register the model (the bundle as a pyfunc model), move `champion` when earned, record the promotion."""
+    """Register the model (the bundle as a pyfunc model) unless the run already is a version of it, move
+    `champion` when earned, record the promotion."""
     report.model_name = model_name
+    if (existing := registry.registered_version(client, model_name, report.run_id)) is not None:
+        report.reused, report.model_version = True, existing
+        report.champion, report.champion_moved = registry.reuse_version(client, model_name, existing, withheld=gate.withheld)
+    else:
+        _register_new(client, run, report, model_name, gate)
+        report.champion_moved = gate.withheld is None
+    bundled = [report.bundle / F.MANIFEST, report.bundle / F.MODEL_CARD] if report.bundle is not None else []
+    files = [report.csv, report.out / output.FALLBACKS, *bundled]
+    registry.record_promotion(client, report.run_id, model=model_name, version=report.model_version,
+                              fallbacks=len(report.fallbacks), at=now(), files=files)
+
+
+def _register_new(client: Any, run: Any, report: SubmitReport, model_name: str, gate: GateReport) -> None:
+    """A new version: the bundle logged as a pyfunc model (else the run's checkpoint folder), `champion` when earned."""
     source = None
     if report.bundle is not None:
         from harness.tracking.pyfunc import log_pyfunc_model
@@ -118,7 +140,3 @@ def _register(client: Any, run: Any, report: SubmitReport, model_name: str, gate
     report.model_version = registry.register_model(client, run, model_name, source=source, withheld=gate.withheld,
                                                    interval=interval)
     report.champion = report.model_version if gate.withheld is None else (gate.values.get("champion") or {}).get("version")
-    bundled = [report.bundle / F.MANIFEST, report.bundle / F.MODEL_CARD] if report.bundle is not None else []
-    files = [report.csv, report.out / output.FALLBACKS, *bundled]
-    registry.record_promotion(client, report.run_id, model=model_name, version=report.model_version,
-                              fallbacks=len(report.fallbacks), at=now(), files=files)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
+import os
 import re
 import tempfile
 import warnings
@@ -145,13 +146,31 @@ def open_storage(url: str, heartbeat: Heartbeat = Heartbeat()) -> optuna.storage
 
 def check_storage(url: str | None) -> str | None:
     """A `--storage` URL normalised and connected to once, so a bad URL or an unreachable server fails in
-    seconds, before any spec check or feature work; None stays None (SQLite, made on first use)."""
+    seconds, before any spec check or feature work; None stays None (SQLite, made on first use).
+
+    A SQLite file that does not exist yet is not made here (nor its folder): a command refused later, for its
+    data say, must leave nothing behind. Its place is checked instead (StorageError when it cannot be made)."""
     if url is None:
         return None
-    store = open_storage(url := normalise_storage(url))
+    url = normalise_storage(url)
+    if scheme(url) == "sqlite" and not (database := Path(make_url(url).database or "")).exists():
+        _check_creatable(database)
+        return url
+    store = open_storage(url)
     store.remove_session()
     store.engine.dispose()
     return url
+
+
+def _check_creatable(database: Path) -> None:
+    """StorageError unless `database` (and any folder above it that is missing) can be made by this process."""
+    folder = database.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StorageError(f"storage {database}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"storage {database}: cannot create it, {folder} is not writable")
 
 
 def fail_stale(study: optuna.Study) -> None:
