@@ -262,3 +262,7 @@ def test_pack_study_takes_the_complete_trials_runs_of_a_cross_validated_study(tm
     plain = write_spec(tmp_path, "plain")
     with pytest.raises(BadInput, match="study plain is not cross-validated"):
         _study_runs(str(plain), url)
+    missing = tmp_path / "elsewhere" / "none.db"
+    with pytest.raises(BadInput, match=f"no study database at {missing}"):
+        _study_runs(str(spec), f"sqlite:///{missing}")
+    assert not missing.parent.exists()  # refused, nothing made

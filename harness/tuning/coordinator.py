@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import sqlalchemy
 
 from harness import paths
 from harness.tracking import tags as T
@@ -241,8 +242,13 @@ def _wrap_up(session: _Session, processes: list[Any], interrupted: bool) -> Stud
 
 
 def study_rows(spec: StudySpec, *, storage: str | None = None) -> tuple[TrialRow, ...]:
-    """The trials of `spec`'s study as stored, without running anything (`harness pack --study`)."""
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(resolve_storage(storage, spec), spec.heartbeat))
+    """The trials of `spec`'s study as stored, without running anything (`harness pack --study`); a SQLite
+    database that is not there is refused (SpecError), not created empty."""
+    url = resolve_storage(storage, spec)
+    if url.startswith("sqlite:") and not Path(sqlalchemy.engine.make_url(url).database or "").is_file():
+        raise SpecError(f"study {spec.name}: no study database at {sqlalchemy.engine.make_url(url).database} "
+                        f"(run harness tune --study {spec.name} first, or give --storage)")
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url, spec.heartbeat))
     return trial_rows(study, spec.objectives)
 
 
