@@ -89,6 +89,27 @@ def test_a_session_reopens_the_parent_as_its_own(runs):
     assert run.info.status == "RUNNING" and T.PID not in run.data.tags and T.HOST not in run.data.tags
 
 
+def test_a_parent_resumed_by_a_younger_process_is_not_closed_as_orphaned(runs):
+    """`harness tune` again, on a study finished an hour ago: the session's process began after the parent
+    run did, so by the run's start time its pid looked reused and the session's own heal (and each worker's)
+    closed its parent KILLED, `orphaned=true`, a tag that stayed on the parent once the session ended FINISHED."""
+    import time
+
+    from harness.tracking import tags as T
+    from harness.tracking.lifecycle import close_dead_runs
+
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    tags = {T.KIND: "study", T.STUDY: "resumed", T.STUDY_STORAGE: "sqlite:////x/s.db"}
+    parent = runs.client.create_run(runs.experiment_id, start_time=an_hour_ago, tags=tags).info.run_id
+    runs.client.set_terminated(parent, status="FINISHED")
+    session = runs.start_session(parent, target=3)
+    assert parent not in close_dead_runs(runs.client)  # what the session's `_heal` and each worker do
+    assert runs.client.get_run(parent).info.status == "RUNNING"
+    session.end("FINISHED")
+    run = runs.client.get_run(parent)
+    assert run.info.status == "FINISHED" and T.ORPHANED not in run.data.tags
+
+
 def test_parent_description_links_the_best_trial_and_the_best_tag_moves(runs):
     from harness.tracking.study_runs import BestTrial
 
