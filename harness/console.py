@@ -29,15 +29,14 @@ _WORDED = ("backbone", "params", "thop_params", "macs", "modality", "input_size"
 
 
 class EpochTable:
-    """A Callback printing the run's facts, then a row per epoch. Column `lr` is the rate the epoch
-    began at (the engine reports the next epoch's); epoch 1 shows `lr`, the warm-up peak, when given."""
+    """A Callback printing the run's facts, then a row per epoch. Column `lr` is the epoch's rate as the engine
+    reports (and MLflow records) it: the highest its steps used, the warm-up peak in a first epoch."""
 
-    def __init__(self, console: Console | None = None, *, title: str = "", lr: float | None = None) -> None:
+    def __init__(self, console: Console | None = None, *, title: str = "") -> None:
         self.console = console or Console(stderr=True)
         if not self.console.is_terminal:
             self.console.width = max(self.console.width, 140)  # logs and pipes: keep each row on one line
         self.title = title
-        self.next_lr = lr  # the rate the coming epoch begins at
 
     def on_start(self, info: dict[str, Any]) -> None:
         for line in header(info, self.title):
@@ -46,7 +45,6 @@ class EpochTable:
 
     def on_epoch(self, report: EpochReport) -> None:
         values = {"epoch": report.epoch, **report.metrics}
-        values["lr"], self.next_lr = self.next_lr, values.get("lr")
         cells = [fmt.format(values[key]) if values.get(key) is not None else "-" for _, key, fmt, _ in COLUMNS]
         if report.improved:
             cells[2] = f"[green]{cells[2]}[/]"
