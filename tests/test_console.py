@@ -6,7 +6,7 @@ import io
 from rich.console import Console
 
 from harness.callbacks import EpochReport
-from harness.console import EpochTable
+from harness.console import EpochTable, plain_outside_terminal
 
 INFO = {"device": "cpu", "precision": "fp32", "train_clips": 144, "val_clips": 48, "modality": "audio",
         "backbone": "tf_efficientnet_lite0.in1k", "params": 3_372_000, "thop_params": 3_372_000, "macs": 198_000_000,
@@ -55,3 +55,14 @@ def test_in_a_pipe_every_row_is_one_line_under_its_header() -> None:
     for name in ("val AUC", "lr", "samples/s"):  # each value ends where its column's name ends
         end = header.index(name) + len(name)
         assert all(row[end - 1] != " " and (end == len(row) or row[end] == " ") for row in rows), name
+
+
+def test_one_rule_for_every_commands_lines_whole_in_a_log_wrapped_by_rich_in_a_terminal() -> None:
+    line = "prepared audio of 240 clips: 240 done, 0 reused, 0 failed; 86.8 clips/s; cache " + "/tmp/home" * 12
+    log = plain_outside_terminal(Console(file=io.StringIO()))  # a pipe or a file: rich would wrap at 80
+    log.print(f"[yellow]failed:[/] {line}")
+    assert log.file.getvalue() == f"failed: {line}\n"  # type: ignore[attr-defined]
+    terminal = plain_outside_terminal(_terminal())
+    terminal.print(line)
+    lines = terminal.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) > 1 and all(len(row) <= 80 for row in lines)
