@@ -3,8 +3,10 @@ leaderboard; and the pruning callback and replay that decide what a trial report
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
+from rich.console import Console
 
 from harness import tuning
 from harness.callbacks import EpochReport, StopTraining
@@ -48,16 +50,12 @@ DEMO = tuning.StudyResult("demo", "sqlite:///x.db", "1", "parent", ("val_auc",),
                           54, "target reached", (0, 0))
 
 
-def _printed(table, console) -> list[str]:  # noqa: ANN001
+def _printed(table: object, console: Console) -> list[str]:
     console.print(table)
     return console.file.getvalue().splitlines()
 
 
 def test_in_a_log_or_a_pipe_the_leaderboard_shows_every_cell_whole():
-    import io
-
-    from rich.console import Console
-
     from harness.console import plain_outside_terminal
 
     lines = _printed(tuning.leaderboard_table(DEMO), plain_outside_terminal(Console(file=io.StringIO())))
@@ -71,10 +69,6 @@ def test_in_a_log_or_a_pipe_the_leaderboard_shows_every_cell_whole():
 
 
 def test_in_an_80_column_terminal_the_study_tables_leave_columns_out_and_cut_no_cell():
-    import io
-
-    from rich.console import Console
-
     def terminal() -> Console:
         return Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
 
