@@ -21,7 +21,7 @@ class StopTraining(Exception):
 @dataclass(frozen=True)
 class EpochReport:
     epoch: int  # 1-based
-    metrics: dict[str, float]  # train_loss, lr, epoch_seconds, samples_per_s, val_auc, val_tpr_fpr1e-3, ...
+    metrics: dict[str, float]  # train_loss, lr (the epoch's peak rate), epoch_seconds, samples_per_s, val_auc, ...
     improved: bool  # val AUC beat every earlier epoch (the checkpoint was replaced)
 
 

@@ -1,5 +1,6 @@
-"""Terminal output for a training run: two lines of facts, then a table that grows by one row per epoch,
-printed as the epoch ends (no live redraw), so a log or a pipe gets the same aligned text as a terminal.
+"""Terminal output: every command's console (`make_console`, one rule for a terminal and for a log or a pipe),
+and a training run's: two lines of facts, then a table that grows by one row per epoch, printed as the epoch
+ends (no live redraw), so a log or a pipe gets the same aligned text as a terminal.
 """
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.callbacks import EpochReport, FitResult
+
+# Outside a terminal: wider than any table, so each is as wide as its content (rich's default there is 80).
+UNBOUNDED = 10_000
 
 # (name, metric, format, width): a row is 78 characters, one line of an 80-column terminal.
 COLUMNS = (
@@ -28,16 +32,28 @@ _WORDED = ("backbone", "params", "thop_params", "macs", "modality", "input_size"
            "ranks", "train_clips", "val_clips")
 
 
-class EpochTable:
-    """A Callback printing the run's facts, then a row per epoch. Column `lr` is the rate the epoch
-    began at (the engine reports the next epoch's); epoch 1 shows `lr`, the warm-up peak, when given."""
+def make_console(*, stderr: bool = True) -> Console:
+    """A console for a command's output on stderr (or stdout), under `plain_outside_terminal`."""
+    return plain_outside_terminal(Console(stderr=stderr))
 
-    def __init__(self, console: Console | None = None, *, title: str = "", lr: float | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        if not self.console.is_terminal:
-            self.console.width = max(self.console.width, 140)  # logs and pipes: keep each row on one line
+
+def plain_outside_terminal(console: Console) -> Console:
+    """The one rule for every command's lines and tables: in a terminal rich wraps them at its width; in a log
+    or a pipe nothing is wrapped or cut, so a line can be searched for and a value (a run id, a path) copied:
+    a line prints whole, a table as wide as its content."""
+    if not console.is_terminal:
+        console.soft_wrap = True
+        console.width = UNBOUNDED
+    return console
+
+
+class EpochTable:
+    """A Callback printing the run's facts, then a row per epoch. Column `lr` is the epoch's rate as the engine
+    reports (and MLflow records) it: the highest its steps used, the warm-up peak in a first epoch."""
+
+    def __init__(self, console: Console | None = None, *, title: str = "") -> None:
+        self.console = plain_outside_terminal(console or Console(stderr=True))  # a row a line in a log
         self.title = title
-        self.next_lr = lr  # the rate the coming epoch begins at
 
     def on_start(self, info: dict[str, Any]) -> None:
         for line in header(info, self.title):
@@ -46,7 +62,6 @@ class EpochTable:
 
     def on_epoch(self, report: EpochReport) -> None:
         values = {"epoch": report.epoch, **report.metrics}
-        values["lr"], self.next_lr = self.next_lr, values.get("lr")
         cells = [fmt.format(values[key]) if values.get(key) is not None else "-" for _, key, fmt, _ in COLUMNS]
         if report.improved:
             cells[2] = f"[green]{cells[2]}[/]"

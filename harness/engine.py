@@ -226,6 +226,7 @@ class _Loop:
     ema: torch.nn.Module | None = None  # timm ModelEmaV3 of `model`, when train.ema_decay > 0
     hook: BatchHook | None = None  # pseudo-fakes, made in host batches
     step: int = 0
+    epoch_lr: float = 0.0  # the highest rate a step of the epoch used: the warm-up peak, else the rate it began at
 
 
 def fit(cfg: TrainConfig, model: torch.nn.Module, *, train: SplitArrays, val: SplitArrays, stats: Stats, out_dir: Path,
@@ -331,7 +332,8 @@ def _run_epochs(loop: _Loop, train: SplitArrays, val: SplitArrays, checkpoint: P
         judged = {k: val_metrics(v) for k, v in scores.items()}
         chosen = max(judged, key=lambda k: _auc(judged[k]))  # raw on a tie
         metrics = {**judged["raw"], **{f"{k}_ema": v for k, v in judged.get("ema", {}).items()}}
-        metrics.update(train_loss=train_loss, lr=loop.optimizer.param_groups[0]["lr"],
+        # The epoch's rate, not the scheduler's after its last step (the next epoch's: 0 at the end of a cosine).
+        metrics.update(train_loss=train_loss, lr=loop.epoch_lr,
                        epoch_seconds=time.perf_counter() - start, samples_per_s=seen / train_seconds)
         if improved := (auc := _auc(judged[chosen])) > best_auc:
             best_auc, stale = auc, 0
@@ -380,6 +382,7 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
     scaler = loop.precision.scaler or torch.amp.GradScaler(device.type, enabled=False)  # disabled: plain steps
     total = torch.zeros((), device=device)
     seen = 0
+    loop.epoch_lr = 0.0
     # Every rank deals the same permutation, seeded by (seed, epoch) as DistributedSampler.set_epoch does.
     order = np.random.default_rng([cfg.seed, epoch]) if world.active else loop.deal
     # Host batches are read ahead while the model steps: a split larger than RAM streams (bench/scale_stream.py).
@@ -402,6 +405,7 @@ def _train_one_epoch(loop: _Loop, train: SplitArrays, epoch: int) -> tuple[float
         if cfg.grad_clip > 0:
             scaler.unscale_(loop.optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loop.epoch_lr = max(loop.epoch_lr, loop.optimizer.param_groups[0]["lr"])  # the rate this step uses
         scaler.step(loop.optimizer)
         scaler.update()
         loop.scheduler.step()

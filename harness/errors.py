@@ -1,6 +1,7 @@
 """The one error policy: library code raises these; `harness.cli.main` maps them to exit codes once:
 `BadInput` (exit 2: the user can fix an argument, a file or a dataset), `JobFailed` (exit 1: acceptable
-input, failed job), interrupted (exit 130: Ctrl-C, or SIGTERM turned into KeyboardInterrupt). Messages are
+input, failed job), interrupted (exit 130: Ctrl-C, or SIGTERM turned into KeyboardInterrupt), the reader of
+stdout gone (exit 141, quietly: `harness score ... | head -1`). Messages are
 one line naming the file, key or value at fault. Bad input is not a `ValueError`, so a handler for a
 library's ValueError never swallows a refusal.
 """
@@ -11,6 +12,7 @@ import os
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away (`| head`)
 
 
 class HarnessError(Exception):

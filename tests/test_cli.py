@@ -63,6 +63,12 @@ def test_prepare_with_failed_clips_exits_0_and_lists_them(small_dataset: Path, t
     assert result.exit_code == 0, result.output
     assert "failed: val/val1.mp4: undecodable" in result.output
     assert "8 clips: 7 done, 0 reused, 1 failed" in result.output  # a failed clip is not done
+    # Outside a terminal each line is whole, however long (rich wrapped them at 80 columns, mid-sentence).
+    lines = result.output.splitlines()
+    summary = [line for line in lines if line.startswith("prepared audio of 8 clips: 7 done")]
+    assert len(summary) == 1 and f"; cache {tmp_path / 'c'}/" in summary[0] and len(summary[0]) > 80, result.output
+    failed = [line for line in lines if line.startswith("failed: val/val1.mp4: undecodable (")]
+    assert len(failed) == 1 and failed[0].endswith(")"), result.output
     again = runner.invoke(app, ["prepare", "--data", str(small_dataset), "--cache", str(tmp_path / "c")])
     assert "0 done, 7 reused, 1 failed" in again.output
 

@@ -4,6 +4,7 @@ Tests that train are marked slow; the name tables and device check are fast.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ def test_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
     assert result.best_metrics["val_auc"] == max(r.metrics["val_auc"] for r in rec.reports)
     for key in ("train_loss", "lr", "epoch_seconds", "samples_per_s", "val_tpr_fpr1e-3", "val_eer", "val_f1", "val_logloss"):
         assert key in rec.reports[0].metrics
+    # `lr` is the rate each epoch trained at (4 steps an epoch, 2 of warm-up): the peak in epoch 1, then the cosine
+    # at the epoch's first step; never the scheduler's rate after the last step (0 at the end of the cosine).
+    cosine = [3e-3 * 0.5 * (1 + math.cos(math.pi * (4 * k - 2) / 14)) for k in (1, 2, 3)]
+    assert [r.metrics["lr"] for r in rec.reports] == pytest.approx([3e-3, *cosine])
+    assert result.best_metrics["lr"] == rec.reports[result.best_epoch - 1].metrics["lr"]
     state = load_file(result.checkpoint)
     model = tiny()
     model.load_state_dict(state)  # the best epoch's weights, complete

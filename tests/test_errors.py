@@ -18,7 +18,7 @@ from harness.engine import TrainingDiverged
 from harness.errors import BadInput, HarnessError, JobFailed, NotFound, io_message
 from harness.metrics import MetricsError
 from harness.models import ModelRuleError, WeightsUnavailableError
-from tests.conftest import isolated_home
+from tests.conftest import isolated_home, write_labels
 
 runner = CliRunner()
 
@@ -122,3 +122,39 @@ def test_sigterm_exits_130_like_ctrl_c() -> None:
         process.kill()
     assert process.returncode == 130
     assert _lines(err) == ["interrupted"]
+
+
+def _scores(folder: Path) -> list[str]:
+    """`harness score` arguments: four clips scored against their labels, no methods file."""
+    labels = write_labels(folder / "labels.txt", [(f"c{i}.mp4", i % 2) for i in range(4)])
+    (prediction := folder / "prediction.csv").write_text("video_name,score\n" + "".join(f"c{i}.mp4,0.{i}\n" for i in range(4)))
+    return ["score", str(prediction), "--labels", str(labels)]
+
+
+def test_a_closed_stdout_pipe_ends_a_command_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    # `harness score ... | head -0`: stdout a pipe whose reader has gone; it said "error: broken pipe", exit 1.
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        assert app(args=_scores(tmp_path), standalone_mode=False) == 141
+        closed.write("x" * 100_000)  # stdout now goes nowhere: the interpreter's last flush cannot fail
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow  # spawns the CLI
+@pytest.mark.parametrize("script", ["cli.main(sys.argv[1:])",
+                                    # a last line still in the buffer when the command returns: written at exit
+                                    "cli.app.command('late')(lambda: print('buffered'))\ncli.main(['late'])"],
+                         ids=["echo", "buffered"])
+def test_a_process_whose_reader_closed_exits_141_and_says_nothing(script: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual in a pipe
+    process = subprocess.Popen([sys.executable, "-c", f"import sys\nfrom harness import cli\n{script}", *_scores(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process.stdout.close()  # the reader is gone long before the first line (importing harness takes a second)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, err) == (141, "")  # not "error: broken pipe", nor "Exception ignored ..."

@@ -115,7 +115,11 @@ def test_two_workers_one_study_each_trial_once_failures_go_on_and_resume(home, t
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.study"] == "pair"
     assert parent.data.metrics["trials/finished"] == 4
     best = result.best
-    assert parent.data.tags["best.run_id"] == best.run_id and parent.data.metrics["best_trial/val_auc"] == pytest.approx(best.value)
+    assert parent.data.tags["best.run_id"] == best.run_id and parent.data.metrics["best_trial/val_auc"] == round(best.value, 4)
+    # The best trial's one-line result with its interval, as its own run's description says it.
+    best_note = client.get_run(best.run_id).data.tags["mlflow.note.content"]
+    assert re.fullmatch(r"val AUC [0-9.]+ \[[0-9.]+, [0-9.]+\], best epoch \d of \d", best_note), best_note
+    assert f"), val_auc **{best.value:.4f}**; {best_note}\n" in parent.data.tags["mlflow.note.content"]
     artifacts = {Path(a.path).name for a in client.list_artifacts(result.parent_run_id, "study")}
     assert {"trials.csv", "optimization_history.png", "parallel_coordinate.png", "spec.toml"} <= artifacts
 

@@ -3,8 +3,10 @@ leaderboard; and the pruning callback and replay that decide what a trial report
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
+from rich.console import Console
 
 from harness import tuning
 from harness.callbacks import EpochReport, StopTraining
@@ -34,6 +36,55 @@ def test_tables_render():
     sliced = dataclasses.replace(result, rows=(dataclasses.replace(ROWS[0], worst_slice="method.tts AUC 0.6100 [0.4, 0.8]"),))
     console.print(tuning.leaderboard_table(sliced))
     assert "worst slice" in (text := console.export_text()) and "method.tts AUC 0.6100 [0.4, 0.8]" in text
+
+
+# The demo study's seven dimensions, a worst slice and whole run ids: wider than 160 columns.
+DEMO_DIMENSIONS = ("backbone", "lr", "loss", "weight_decay", "batch_size", "augment_strength", "input_size")
+DEMO_ROWS = tuple(
+    tuning.TrialRow(n, "COMPLETE", {"backbone": "test_efficientnet.r160_in1k", "lr": 0.00112 * (n + 1), "loss": "focal",
+                                    "weight_decay": 0.000123, "batch_size": 16, "augment_strength": 1.23,
+                                    "input_size": "128x128"}, (0.6 + n / 100,), 0.6, 18, f"{n}5799e18dcc14d839b3b12bed3caba1",
+                    None, None, 30.0, "h:1", worst_slice=f"method.vocoder AUC 0.{n}667 [0.0330, 0.7301]")
+    for n in range(3))
+DEMO = tuning.StudyResult("demo", "sqlite:///x.db", "1", "parent", ("val_auc",), DEMO_DIMENSIONS, 50, DEMO_ROWS, 65.0,
+                          54, "target reached", (0, 0))
+
+
+def _printed(table: object, console: Console) -> list[str]:
+    console.print(table)
+    return console.file.getvalue().splitlines()
+
+
+def test_in_a_log_or_a_pipe_the_leaderboard_shows_every_cell_whole():
+    from harness.console import plain_outside_terminal
+
+    lines = _printed(tuning.leaderboard_table(DEMO), plain_outside_terminal(Console(file=io.StringIO())))
+    text = "\n".join(lines)
+    assert "…" not in text and len(lines) == 1 + 1 + 3 + 1  # title, header, a line a trial, caption
+    assert lines[1].split() == ["rank", "#", "backbone", "lr", "loss", "wd", "bs", "aug", "input", "val_auc", "epochs",
+                                "worst", "slice", "run", "id"]
+    for row, line in zip(DEMO_ROWS[::-1], lines[2:5]):  # best first, each value whole: a run id to copy from a log
+        assert line.split()[:3] == [str(3 - row.number), str(row.number), "test_efficientnet.r160_in1k"]
+        assert line.endswith(f"  {row.worst_slice}  {row.run_id}") and f" {row.params['lr']:.4g} " in line
+
+
+def test_in_an_80_column_terminal_the_study_tables_leave_columns_out_and_cut_no_cell():
+    def terminal() -> Console:
+        return Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+
+    lines = _printed(tuning.leaderboard_table(DEMO, width=80), terminal())
+    text = "\n".join(lines)
+    assert "…" not in text and all(len(line) <= 80 for line in lines), text
+    assert lines[1].split() == ["#", "backbone", "val_auc", "run", "id"]  # the rest named in the caption
+    assert all(line.split()[-1] == row.run_id for row, line in zip(DEMO_ROWS[::-1], lines[2:5]))
+    assert "left out to fit 80 columns: rank, epochs, worst slice, input, aug, bs, wd, loss, lr" in " ".join(text.split())
+    progress = tuning.Progress("demo", ("val_auc",), DEMO_DIMENSIONS, 50, (*DEMO_ROWS, dataclasses.replace(
+        DEMO_ROWS[0], number=3, state="RUNNING", values=None)), 65.0)
+    lines = _printed(tuning.trials_table(progress, width=80), terminal())
+    assert "…" not in (text := "\n".join(lines)) and all(len(line) <= 80 for line in lines), text
+    assert lines[1].split() == ["#", "state", "backbone", "lr", "loss", "wd", "bs", "aug", "val_auc"]
+    assert lines[2].split() == ["0", "complete", "test_efficientnet", "0.00112", "focal", "0.000123", "16", "1.23", "0.6000"]
+    assert lines[5].split()[:2] == ["3", "running"] and "left out to fit 80 columns: s, epoch, input" in text
 
 
 def test_trial_lines_say_each_finished_trial_once():

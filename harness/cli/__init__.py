@@ -16,12 +16,13 @@ import typer
 from typer.core import TyperGroup
 
 from harness import __version__
-from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, HarnessError, io_message
+from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, HarnessError, io_message
 
 
 class _Commands(TyperGroup):
     """The one place errors become exit codes: a HarnessError its line and code, an OSError the path and 1,
-    Ctrl-C (and SIGTERM) "interrupted" and 130; here, not in `main`, so `CliRunner(app)` sees what users do.
+    Ctrl-C (and SIGTERM) "interrupted" and 130, stdout's reader gone (`| head`) nothing and 141; here, not in
+    `main`, so `CliRunner(app)` sees what users do.
 
     `_plain_help` undoes typer's `<bool>` after flags, `[train]` read as markup and kept line breaks (rich's
     markdown mode would too, at 0.2 s more every --help)."""
@@ -39,6 +40,8 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except (HarnessError, OSError) as e:
+            if isinstance(e, BrokenPipeError) and _silence_closed_output():
+                raise typer.Exit(EXIT_PIPE_CLOSED) from None
             harness_error = isinstance(e, HarnessError)
             message = " ".join(str(e).split()) if harness_error else io_message(e)
             typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
@@ -109,6 +112,29 @@ def resolve_data(data: Path | None) -> Path:
                              on_build=lambda why: typer.echo(f"Generating the demo dataset in {out} ({why}) ...", err=True))
 
 
+def _silence_closed_output() -> bool:
+    """Whether stdout or stderr lost its reader (a pipe whose reading end closed), each such one pointed at
+    /dev/null: nothing more to say (a broken pipe elsewhere, an MLflow server's socket, is an error), and the
+    interpreter's last flush at exit would raise again ("Exception ignored ... BrokenPipeError")."""
+    import os
+    import select
+
+    closed = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # replaced by a test runner's buffer: it has no reader to lose
+            continue
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0)):  # Linux: no reader
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+            closed = True
+    return closed
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM (timeout, docker stop) takes Ctrl-C's clean-up path
 
@@ -121,12 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=argv, standalone_mode=False)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is reported after the fact
     except (KeyboardInterrupt, typer.Abort):  # outside a command (typer maps most to exit 130 itself)
         typer.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as e:  # usage errors: click's message, exit 2
         e.show()
         sys.exit(e.exit_code)
+    except BrokenPipeError:  # the last buffered lines of a command (--help's own: click exits 1, quietly)
+        if not _silence_closed_output():
+            raise
+        sys.exit(EXIT_PIPE_CLOSED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -33,10 +33,10 @@ def pack(
     """Pack trials into one model: greedy selection on out-of-fold AUC under the cap, an honest nested
     estimate, the members trained on the official split (reusing finished train runs of the same
     settings and data), one MLflow run of kind pack."""
-    from rich.console import Console
     from rich.table import Table
 
     from harness import tracking
+    from harness.console import make_console
     from harness.pack import Limits, align, estimate_pack, member_ms_per_clip, pack_params, read_oof
     from harness.tracking.pack_run import candidates as find_candidates
 
@@ -47,7 +47,7 @@ def pack(
         raise BadInput("--runs: no run ids given")
     experiment = experiment or study_experiment or "harness"
     data_dir = resolve_data(data)
-    console = Console(stderr=True)
+    console = make_console()
     client = tracking.setup()
     with tempfile.TemporaryDirectory(prefix="harness-pack-") as tmp:
         found = find_candidates(client, refs, Path(tmp) / "oof")

@@ -40,14 +40,14 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
                 splits: tuple[str, ...] = ("train", "val", "test"), methods: Path | None = None):  # noqa: ANN201
     """The pre-flight on the terminal for `prepare` and the commands that train; returns its `Ready`. Warnings,
     repairs and failures are always said, bars and summary unless `quiet`. `methods`: the --methods file."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from harness.console import make_console
     from harness.data.labels import load_dataset
     from harness.paths import cache_dir
     from harness.preflight import preflight
 
-    console = Console(stderr=True)
+    console = make_console()
     ds = load_dataset(data, methods)
     for w in ds.warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -94,16 +94,16 @@ def audit(
                                        "default a background process records it; run.json names it).")] = False,
 ) -> None:
     """Audit a dataset before trusting a score on it: metadata shortcuts, duplicates and leaks, train/test shift."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from harness.audit import AuditSettings, audit_dataset, headline_metrics, render, summary, write_outputs
     from harness.config import flat
+    from harness.console import make_console
     from harness.data.labels import load_dataset
     from harness.errors import JobFailed
     from harness.paths import cache_dir, project_root
 
-    console = Console(stderr=True)
+    console = make_console()
     ds = load_dataset(resolve_data(data))
     for w in ds.warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -114,7 +114,7 @@ def audit(
         result = audit_dataset(ds, settings, cache_root=cache or cache_dir(), workers=workers,
                                on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     out_dir = write_outputs(result, out or project_root() / "audits" / result.dataset_id)
-    render(result, Console())
+    render(result, make_console(stderr=False))
     typer.echo(f"audit: {out_dir / 'audit.json'} (table.csv, duplicates.csv, plots/ beside it)")
     if track:  # MLflow costs seconds: a detached process records the run unless --wait
         from harness.tracking.audit_run import RECEIPT, queue_audit, record_queued, start_recorder

@@ -69,13 +69,13 @@ def submit(
     audit's findings, a paired bootstrap against the champion. The 'champion' alias moves only when the run
     is distinguishably better (or there is none); `harness champion MODEL VERSION` moves it on purpose. A run
     submitted again is not registered again: its version is reused."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from harness.console import make_console
     from harness.paths import cache_dir
     from harness.submit import submit as promote
 
-    console = Console(stderr=True)
+    console = make_console()
     data_dir = resolve_data(data)
     columns = (TextColumn("features {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -85,11 +85,11 @@ def submit(
                          on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                          on_gate=_print_gate)
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {w}")
     for w in report.gate.warnings if report.gate is not None else []:
-        console.print(f"[yellow]gate warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]gate warning:[/] {w}", highlight=False)
     for f in report.fallbacks:
-        console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}", soft_wrap=True)
+        console.print(f"[yellow]fallback:[/] {f.name}: {f.reason} ({f.detail}); scored {report.fallback_score}")
     typer.echo(f"prediction: {report.csv} ({report.rows} rows, {len(report.fallbacks)} at the fallback score "
                f"{report.fallback_score}, listed in fallbacks.csv; checked against the template)")
     if report.bundle is not None:

@@ -27,9 +27,8 @@ def tune(
     """Search backbone, learning rate, loss and more with Optuna: pruned, resumable, parallel, one MLflow run tree.
 
     The same command again resumes the study and its parent run. A live table in a terminal, else a line per trial."""
-    from rich.console import Console
-
     from harness import tuning
+    from harness.console import make_console
     from harness.errors import JobFailed
 
     # A malformed URL fails first; the spec before anything connects (a refused one leaves no SQLite file);
@@ -38,23 +37,23 @@ def tune(
     spec = tuning.load_spec(study)
     url = tuning.check_storage(url)
     data_dir = resolve_data(data)  # run_study checks it against the spec and prepares every input, once
-    console = Console(stderr=True)
+    console = make_console()  # in a log or a pipe: whole lines, tables as wide as their content
     per_trial = gpus_per_trial or spec.gpus_per_trial
     console.print(f"study {spec.name}: storage {tuning.redact(tuning.resolve_storage(url, spec))}, target "
                   f"{trials or spec.trials} finished trials by {spec.objectives[0]}, {workers or spec.workers} worker(s)"
-                  + (f", {per_trial} devices a trial" if per_trial > 1 else ""), highlight=False, soft_wrap=True)
+                  + (f", {per_trial} devices a trial" if per_trial > 1 else ""), highlight=False)
     options = dict(data_dir=data_dir, storage=url, trials=trials, workers=workers, timeout=timeout, cache_root=cache,
                    gpus_per_trial=gpus_per_trial)
     if console.is_terminal:
         from rich.live import Live
 
         with Live(console=console, refresh_per_second=2) as live:
-            result = tuning.run_study(spec, **options, on_progress=lambda progress: live.update(tuning.trials_table(progress)))
+            result = tuning.run_study(spec, **options, on_progress=lambda progress: live.update(
+                tuning.trials_table(progress, width=console.width)))
         console.print()
     else:  # nohup, a batch job, a pipe: a line per trial as it ends, each on one line
-        console.width = max(console.width, 160)
         result = tuning.run_study(spec, **options, on_progress=tuning.TrialLines(lambda line: typer.echo(line, err=True)))
-    console.print(tuning.leaderboard_table(result))
+    console.print(tuning.leaderboard_table(result, width=console.width if console.is_terminal else None))
     best = result.best
     if best is None or not best.run_id:
         raise JobFailed(f"study {result.study}: no trial completed ({result.stopped})")

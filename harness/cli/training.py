@@ -134,9 +134,8 @@ def run_cross_validation(ready, *, experiment: str, folds: int, group_by: str) -
 
     cfg = ready.config
     title = cfg.train.backbone if cfg.modality == "audio" else f"{cfg.modality}: {cfg.train.backbone}"
-    lr = cfg.train.lr if cfg.train.warmup_epochs <= 1 else None
     result = cross_validate(ready, experiment=experiment, folds=folds, group_by=group_by,
-                            callbacks_for=lambda fold: [EpochTable(title=f"fold {fold}/{folds} {title}", lr=lr)])
+                            callbacks_for=lambda fold: [EpochTable(title=f"fold {fold}/{folds} {title}")])
     typer.echo(f"cross-validation: {result.clips} clips in {result.groups} groups, {folds} folds (group by {group_by})")
     if m := result.metrics:
         typer.echo(f"val AUC over folds {m['cv_val_auc_mean']:.4f} +- {m['cv_val_auc_std']:.4f}; TPR@FPR=1e-3 "
@@ -160,9 +159,7 @@ def run_train(ready, *, experiment: str) -> str:  # noqa: ANN001 - preflight.Rea
     from harness.console import EpochTable
     from harness.run import train_run
 
-    cfg = ready.config
-    result = train_run(ready, experiment=experiment,
-                       callbacks=[EpochTable(lr=cfg.train.lr if cfg.train.warmup_epochs <= 1 else None)])
+    result = train_run(ready, experiment=experiment, callbacks=[EpochTable()])
     typer.echo(f"run id: {result.run_id} (name {result.run_name})")
     return result.run_id
 

@@ -1,10 +1,11 @@
 """One MLflow run's life, for every kind of run, and the clean-up of runs whose process died.
 
 `open_run` creates a run RUNNING with `provenance_tags` and params; `reopen_run` makes a study's parent RUNNING
-again and this process's. A `TrackedRun` ends as the status contract (`tags`) says: FINISHED on a normal exit,
-KILLED on KeyboardInterrupt (SIGTERM becomes one), FAILED with the one-line `error` otherwise; an explicit `end`
-stands. A run left RUNNING whose host is this machine and whose pid is gone or reused, or a trial whose Optuna
-trial no longer runs, is closed KILLED, `orphaned=true`: by `heal_once` (once per store and process) and `harness tune`.
+again and this process's, from now on (`harness.pid_since`). A `TrackedRun` ends as the status contract (`tags`)
+says: FINISHED on a normal exit, KILLED on KeyboardInterrupt (SIGTERM becomes one), FAILED with the one-line
+`error` otherwise; an explicit `end` stands. A run left RUNNING whose host is this machine and whose pid is gone
+or reused (started after it took the run), or a trial whose Optuna trial no longer runs, is closed KILLED,
+`orphaned=true`: by `heal_once` (once per store and process) and `harness tune`.
 """
 from __future__ import annotations
 
@@ -159,10 +160,12 @@ def reopen_run(client: MlflowClient, run_id: str, kind: str) -> TrackedRun:
     found = client.get_run(run_id)
     run = TrackedRun(client, run_id, run_name=found.info.run_name, experiment_id=found.info.experiment_id)
     with run.ended_on_error():
-        run.call(client.update_run, run_id, status=T.RUNNING)
         for key in {T.ERROR, T.ORPHANED} & found.data.tags.keys():
             run.call(client.delete_tag, run_id, key)
-        run.set_tags(provenance_tags(kind))
+        # This process began after the run did: without the moment it took the run over, `close_dead_runs`
+        # would read its pid as reused and close the run KILLED, `orphaned`, under the live session.
+        run.set_tags({**provenance_tags(kind), T.PID_SINCE: int(time.time() * 1000)})
+        run.call(client.update_run, run_id, status=T.RUNNING)  # last: never RUNNING under the dead session's pid
     return run
 
 
@@ -253,7 +256,7 @@ def close_dead_runs(client: MlflowClient, *, study_parent: str | None = None,
     host = socket.gethostname().replace("'", "")
     running = f"attributes.status = '{T.RUNNING}' and "
     dead = [r.info.run_id for r in search_all(client, experiments, f"{running}tags.`{T.HOST}` = '{host}'")
-            if r.data.tags.get(T.PID, "").isdigit() and _process_gone(int(r.data.tags[T.PID]), r.info.start_time)]
+            if r.data.tags.get(T.PID, "").isdigit() and _process_gone(int(r.data.tags[T.PID]), _owned_since(r))]
     if study_parent is not None:
         for run in search_all(client, experiments, f"{running}tags.`{T.MLFLOW_PARENT}` = '{study_parent}'"):
             number = run.data.tags.get(T.OPTUNA_TRIAL_NUMBER, "")
@@ -265,8 +268,15 @@ def close_dead_runs(client: MlflowClient, *, study_parent: str | None = None,
     return dead
 
 
+def _owned_since(run: Any) -> int | None:
+    """When the run's pid took it: at its start, or when a later session reopened it (`reopen_run`)."""
+    since = run.data.tags.get(T.PID_SINCE, "")
+    return int(since) if since.isdigit() else run.info.start_time
+
+
 def _process_gone(pid: int, run_start_ms: int | None) -> bool:
-    """Whether `pid` is gone or reused: started (by /proc) after the run, with 2 s of slack (boot time is whole seconds)."""
+    """Whether `pid` is gone or reused: started (by /proc) after it took the run, with 2 s of slack (boot time is
+    whole seconds)."""
     if not pid_alive(pid):
         return True
     try:

@@ -102,16 +102,28 @@ class StudyRuns:
                                     M.TRIALS + "epochs_trained": epochs_trained}
         tags = {T.TRIALS_TARGET: str(target)}
         if best is not None:
-            values.update({f"{M.BEST_TRIAL}{o}": v for o, v in best.values.items() if math.isfinite(v)})
+            # Copies, rounded as people read them; the trial's own run keeps the exact value.
+            values.update({f"{M.BEST_TRIAL}{o}": round(v, 4) for o, v in best.values.items() if math.isfinite(v)})
             tags.update({T.BEST_TRIAL_NUMBER: str(best.number), T.BEST_RUN_ID: best.run_id or ""})
             tags.update({f"{T.BEST_PARAM_PREFIX}{k}": readable(v) for k, v in best.params.items()})
         on_parent = self.client.get_run(parent_run_id).data.tags
         tags[T.MLFLOW_NOTE] = study_description(on_parent.get(T.STUDY, ""), on_parent.get(T.STUDY_STORAGE, ""),
-                                                self.experiment_id, counts, target, best, leaders or ([best] if best else []))
+                                                self.experiment_id, counts, target, best, leaders or ([best] if best else []),
+                                                best_result=self._result_of(best))
         parent = TrackedRun(self.client, parent_run_id, run_name="", experiment_id=self.experiment_id)
         parent.log_metrics(values, step=step, tags=tags)  # one call, one timestamp
         if best is not None and best.run_id:
             self._move_best_tag(parent_run_id, best.run_id)
+
+    def _result_of(self, best: BestTrial | None) -> str:
+        """The best trial's one-line result with its interval, as its own run's description says it
+        ('val AUC 0.7101 [0.5553, 0.85], best epoch 1 of 1'; out of fold for a cross-validated trial), or ""."""
+        if best is None or not best.run_id:
+            return ""
+        with contextlib.suppress(MlflowException):
+            note = result_note(self.client.get_run(best.run_id).data.tags.get(T.MLFLOW_NOTE, ""))
+            return note if note and "\n" not in note else ""  # one line, or none said yet
+        return ""
 
     def _move_best_tag(self, parent_run_id: str, best_run_id: str) -> None:
         query = f"tags.`{T.MLFLOW_PARENT}` = '{parent_run_id}' and tags.`{T.BEST_CHILD}` = 'true'"
@@ -180,8 +192,9 @@ class StudyRuns:
 
 
 def study_description(study: str, storage: str, experiment_id: str, counts: Mapping[str, int], target: int,
-                      best: BestTrial | None, leaders: Sequence[BestTrial]) -> str:
-    """The parent run's description (markdown): the best trial's link and a leaderboard, relative links (any UI host)."""
+                      best: BestTrial | None, leaders: Sequence[BestTrial], *, best_result: str = "") -> str:
+    """The parent run's description (markdown): the best trial's link, its one-line result with its interval
+    (`best_result`, from its run) and a leaderboard, relative links (any UI host)."""
     lines = [f"Optuna study `{study}` in `{storage}`; one child run per trial.", ""]
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     lines.append(f"**{finished} of {target} trials finished**: {counts.get('COMPLETE', 0)} complete, "
@@ -190,7 +203,7 @@ def study_description(study: str, storage: str, experiment_id: str, counts: Mapp
         return "\n".join(lines)
     objectives = list(best.values)
     shown = ", ".join(f"{o} **{v:.4f}**" for o, v in best.values.items())
-    lines += ["", f"Best: {_trial_link(best, experiment_id)}, {shown}", "",
+    lines += ["", f"Best: {_trial_link(best, experiment_id)}, {shown}" + (f"; {best_result}" if best_result else ""), "",
               "| rank | trial | " + " | ".join(objectives) + " | params |",
               "|---|---|" + "---|" * len(objectives) + "---|"]
     for rank, row in enumerate(leaders[:_LEADERS], 1):

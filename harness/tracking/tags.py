@@ -25,6 +25,7 @@ STOPPED_BY = "stopped_by"  # "early stopping" or a pruner's reason (FINISHED or 
 # ---- provenance, on every run
 DATA_PATH, DATA_FINGERPRINT = "data.path", "data.fingerprint"
 HOST, PID = "harness.host", "harness.pid"  # the machine and process that own a RUNNING run (orphan detection)
+PID_SINCE = "harness.pid_since"  # ms since the epoch when PID took the run over (a reopened study parent)
 KIND = "harness.kind"  # one of KINDS
 BEST_WEIGHTS = "best.weights"  # "raw" or "ema": which weights the checkpoint holds (train.ema_decay > 0)
 

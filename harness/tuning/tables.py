@@ -1,5 +1,6 @@
 """How a study looks on the console: the live trials table (a terminal), one plain line per
-finished trial (a log file, a pipe, a batch job), and the leaderboard at the end.
+finished trial (a log file, a pipe, a batch job), and the leaderboard at the end. No cell is ever cut:
+in a log or a pipe a table is as wide as its content, in a terminal it leaves columns out to fit.
 """
 from __future__ import annotations
 
@@ -28,21 +29,39 @@ def _counts(rows: Progress | StudyResult) -> str:
     return f"{rows.finished}/{rows.target} finished ({rows.count('PRUNED')} pruned), {rows.count('FAIL')} failed"
 
 
-def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str) -> RenderableType:
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str, *, width: int | None = None,
+           droppable: Sequence[str] = ()) -> RenderableType:
+    """A borderless table of whole cells. `width` None (a log, a pipe): every column, as wide as its content.
+    A terminal's `width`: the `droppable` columns left out, first named first, until the rest fits; the caption
+    names them. Should even the rest not fit, its cells fold onto more lines, never cut with an ellipsis."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
+    rows = [list(row) for row in rows]
+    names = [_HEADER.get(name, name) for name in columns]
+    widths = [max([len(name), *(Text.from_markup(row[i]).cell_len for row in rows)]) for i, name in enumerate(names)]
+    kept = list(range(len(columns)))
+    left_out = []
+    for name in droppable:
+        if width is None or sum(widths[i] + 2 for i in kept) - 2 <= width:  # 2 columns of padding between cells
+            break
+        if name in columns:
+            kept.remove(columns.index(name))
+            left_out.append(names[columns.index(name)])
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for name in columns:
-        table.add_column(_HEADER.get(name, name), justify="left" if name in _LEFT else "right", no_wrap=True)
+    for i in kept:
+        table.add_column(names[i], justify="left" if columns[i] in _LEFT else "right", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in kept))
+    if left_out:
+        caption += f"; left out to fit {width} columns: {', '.join(left_out)} (a log or a pipe shows them)"
     return Group(table, Text(caption))
 
 
-def trials_table(progress: Progress, *, limit: int = 20) -> RenderableType:
-    """The live table: the last `limit` trials with state, parameters, value and epoch, and a summary line."""
+def trials_table(progress: Progress, *, limit: int = 20, width: int | None = None) -> RenderableType:
+    """The live table: the last `limit` trials with state, parameters, value and epoch, and a summary line;
+    in a terminal `width` wide, the seconds, epochs and the last parameters are left out until it fits."""
     first, best = progress.objectives[0], progress.best
     caption = f"{_counts(progress)}, {progress.count('RUNNING')} running, {progress.elapsed_s / 60:.1f} min"
     if best is not None:
@@ -56,7 +75,8 @@ def trials_table(progress: Progress, *, limit: int = 20) -> RenderableType:
             value = f"[bold green]{value}[/]"
         rows.append([str(r.number), f"[{_STATE_STYLE.get(r.state, '')}]{r.state.lower()}[/]", *params, value,
                      str(r.epoch or ""), "" if r.seconds is None else f"{r.seconds:.0f}"])
-    return _table(f"study {progress.study}", ("#", "state", *progress.dimensions, first, "epoch", "s"), rows, caption)
+    return _table(f"study {progress.study}", ("#", "state", *progress.dimensions, first, "epoch", "s"), rows, caption,
+                  width=width, droppable=("s", "epoch", *reversed(progress.dimensions)))
 
 
 def trial_line(row: TrialRow, objective: str, dimensions: tuple[str, ...] = ()) -> str:
@@ -92,8 +112,11 @@ class TrialLines:
             self.write(trial_line(row, progress.objectives[0], progress.dimensions))
 
 
-def leaderboard_table(result: StudyResult, *, top: int = 10) -> RenderableType:
-    """The best COMPLETE trials with their MLflow run ids, and a summary line."""
+def leaderboard_table(result: StudyResult, *, top: int = 10, width: int | None = None) -> RenderableType:
+    """The best COMPLETE trials with their whole MLflow run ids, and a summary line. Every column when `width` is
+    None (a log, a pipe); in a terminal `width` wide, the columns worth least are left out until the rest fits:
+    rank (the row order says it), epochs, worst slice, then the parameters from the last. The trial number, the
+    objectives and the run id always stay."""
     caption = (f"{_counts(result)}; {result.stopped}; {result.epochs_trained} epochs trained; "
                f"this session {result.seconds / 60:.1f} min; parent run {result.parent_run_id}")
     ranked = result.ranked()[:top]
@@ -102,4 +125,5 @@ def leaderboard_table(result: StudyResult, *, top: int = 10) -> RenderableType:
     rows = ([str(rank), str(r.number), *(_fmt(r.params[d]) if d in r.params else "" for d in result.dimensions),
              *(f"{v:.4f}" for v in r.values or ()), str(r.epoch), *([r.worst_slice or ""] * slices), r.run_id or ""]
             for rank, r in enumerate(ranked, 1))
-    return _table(f"study {result.study}: leaderboard", columns, rows, caption)
+    return _table(f"study {result.study}: leaderboard", columns, rows, caption, width=width,
+                  droppable=("rank", "epochs", "worst slice", *reversed(result.dimensions)))
