@@ -73,6 +73,21 @@ def test_prepare_with_failed_clips_exits_0_and_lists_them(small_dataset: Path, t
     assert "0 done, 7 reused, 1 failed" in again.output
 
 
+@pytest.mark.slow
+def test_prepare_imports_no_model_library(small_dataset: Path, tmp_path: Path) -> None:
+    """prepare trains nothing: checking backbones (the timm import, 4 s of a 10-clip prepare's 5) is the
+    training commands' pre-flight, not prepare's."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['harness', 'prepare', '--data', {str(small_dataset)!r}, '--cache', {str(tmp_path / 'c')!r}]\n"
+        "from harness import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('MODELS=' + ','.join(m for m in ('timm', 'torchvision', 'mlflow', 'optuna') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "prepared audio of" in done.stderr and done.stdout.strip().endswith("MODELS="), done.stdout[-300:]
+
+
 def test_check_refuses_in22k_and_accepts_in1k() -> None:
     refused = runner.invoke(app, ["check", "--backbone", "convnext_base"])
     assert refused.exit_code == 2 and "REFUSED" in refused.output and "in22k" in refused.output

@@ -33,13 +33,15 @@ def prepare(changes: dict, data: DataOption = None, cache: CacheOption = None,
     from harness.config import RunConfig, with_changes
 
     cfg = with_changes(RunConfig(), changes)  # a bad setting is refused before the demo is made or read
-    run_prepare(resolve_data(data), cfg, cache=cache, workers=workers)
+    run_prepare(resolve_data(data), cfg, cache=cache, workers=workers, check_models=False)
 
 
 def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: bool = False,  # noqa: ANN001
-                splits: tuple[str, ...] = ("train", "val", "test"), methods: Path | None = None):  # noqa: ANN201
+                splits: tuple[str, ...] = ("train", "val", "test"), methods: Path | None = None,
+                check_models: bool = True):  # noqa: ANN201
     """The pre-flight on the terminal for `prepare` and the commands that train; returns its `Ready`. Warnings,
-    repairs and failures are always said, bars and summary unless `quiet`. `methods`: the --methods file."""
+    repairs and failures are always said, bars and summary unless `quiet`. `methods`: the --methods file;
+    `check_models`: the backbones checked against timm (not by `prepare`, which trains nothing)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from harness.console import make_console
@@ -60,7 +62,8 @@ def run_prepare(data: Path, cfg, *, cache: Path | None, workers: int, quiet: boo
                 tasks[name] = progress.add_task("faces" if name == "video" else name, total=None)
             progress.update(tasks[name], completed=done, total=total)
 
-        ready = preflight(ds, cfg, cache_root=cache or cache_dir(), workers=workers, splits=splits, on_progress=show)
+        ready = preflight(ds, cfg, cache_root=cache or cache_dir(), workers=workers, splits=splits, on_progress=show,
+                          check_models=check_models)
     for name, report in ready.reports.items():
         for line in report.repairs:  # a damaged cache healed: always said, even when quiet
             console.print(f"[yellow]repaired:[/] {line}")
