@@ -69,7 +69,8 @@ def main() -> None:
 
     step("prepare (demo generated + features)", "prepare")
     audit = step("audit", "audit")
-    lines += ["  " + line.strip() for line in audit.splitlines() if "finding" in line.lower()][:4]
+    lines += ["  " + line.strip() for line in audit.splitlines()
+              if "finding" in line.lower() or line.startswith("Shift:")][:4]
     step("train (defaults)", "train")
     m, _ = latest(home, "train")
     tpr = interval(m, "summary/best_val_tpr_fpr1e-3", "summary/val_tpr_fpr1e-3_ci_low", "summary/val_tpr_fpr1e-3_ci_high")
