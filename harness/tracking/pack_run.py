@@ -125,7 +125,8 @@ def record_pack(client: MlflowClient, *, experiment: str, folder: Path, estimate
         run.describe(_description(estimate, members, values, compliance, notes, member_aucs))
     line = result_line(values, len(members), compliance.thop_params)
     if known := [a for a in member_aucs.values() if a is not None]:
-        line += f"; members alone val AUC {readable(min(known))} to {readable(max(known))}"
+        spread = readable(min(known)) + ("" if len(known) == 1 else f" to {readable(max(known))}")
+        line += f"; {'its member' if len(members) == 1 else 'members'} alone val AUC {spread}"
     return run.run_id, line
 
 
